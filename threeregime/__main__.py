@@ -1,0 +1,5 @@
+import sys
+
+from threeregime.cli import main
+
+sys.exit(main())

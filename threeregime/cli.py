@@ -1,0 +1,476 @@
+"""Command line entry points, one per workflow stage; the Snakemake rules only call these.
+
+Each command reads a JSON ``--spec`` (the rule's ``params``: every setting that changes the
+output), its input files, and writes its outputs atomically. Runtime settings that do not change
+results (device, threads, checkpoint interval, compile) come separately in ``--runtime``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from threeregime.config import ConfigError, RuntimeConfig, load_config, to_json
+from threeregime.io import (
+    CheckpointError,
+    file_digest,
+    load_checkpoint,
+    read_json,
+    save_checkpoint,
+    write_csv,
+    write_json,
+)
+
+log = logging.getLogger("threeregime")
+LABEL_TYPES = {"knob": str, "temperature": float, "density": float, "dense_seed": int}
+LABEL_TYPES |= {"retrain_seed": int, "seed_a": int, "seed_b": int}
+
+
+# ----------------------------------------------------------------------------- helpers
+def _labels(pairs: list[str]) -> dict:
+    labels = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        labels[key] = LABEL_TYPES.get(key, str)(value)
+    return labels
+
+
+def _runtime(args):
+    """Device, threads and fast paths for this job (torch imported here, not at CLI start)."""
+    import torch
+
+    from threeregime import runtime as rt
+
+    cfg = RuntimeConfig(**json.loads(args.runtime))
+    device = rt.resolve_device(cfg.device, cfg.require_gpu)
+    rt.setup(args.threads, device)
+    log.info("runtime: device %s, %d threads, %s", device, args.threads, cfg)
+    return cfg, device, torch
+
+
+def _load_data(path: str, device, channels_last: bool):
+    from threeregime.data import DeviceData
+
+    return DeviceData(load_checkpoint(path, "dataset"), device, channels_last)
+
+
+def _performance(spec: dict, runtime: RuntimeConfig):
+    from threeregime.runtime import Performance
+
+    perf = spec.get("performance", {})
+    return Performance(perf.get("amp", "none"), perf.get("channels_last", False), runtime.compile)
+
+
+def _model_from(payload: dict, device, perf):
+    """Rebuild the architecture recorded in a checkpoint and load its weights."""
+    import torch
+
+    from threeregime.config import ModelConfig
+    from threeregime.models import build_model
+
+    model = build_model(ModelConfig(**payload["model_cfg"]), payload["in_channels"], payload["num_classes"])
+    model.load_state_dict(payload["model"])
+    model = model.to(device)
+    if perf.channels_last and payload["in_channels"] == 3:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def _train_resumable(out: Path, fingerprint: str, runtime: RuntimeConfig, **train_kwargs) -> dict:
+    """Train with a resume checkpoint next to ``out`` every ``checkpoint_every`` epochs.
+
+    A later attempt of the same job (same spec and inputs: same fingerprint) continues from the
+    last saved epoch; the final result is identical to an uninterrupted run.
+    """
+    from threeregime.train import train
+
+    resume = Path(f"{out}.resume")
+    if resume.exists():
+        try:
+            saved = load_checkpoint(resume, "resume")
+        except CheckpointError as exc:
+            log.warning("%s; starting over", exc)
+            saved = None
+        if saved is not None and saved["fingerprint"] == fingerprint:
+            train_kwargs["state"] = saved["state"]
+            log.info("resuming from %s at epoch %d", resume, saved["state"]["epoch"])
+        elif saved is not None:
+            log.warning("ignoring %s: it was built from other settings or inputs", resume)
+
+    def checkpoint(state: dict) -> None:
+        if state["epoch"] % runtime.checkpoint_every == 0:
+            save_checkpoint(resume, {"fingerprint": fingerprint, "state": state}, "resume")
+
+    return train(on_epoch_end=checkpoint, **train_kwargs)
+
+
+def _fingerprint(spec: str, *paths: str) -> str:
+    return to_json({"spec": json.loads(spec), "inputs": [file_digest(p) for p in paths]})
+
+
+# ----------------------------------------------------------------------------- commands
+def cmd_validate(args) -> None:
+    cfg = load_config(args.config)
+    cells = len(cfg.temperatures) * len(cfg.densities)
+    print(
+        f"{args.config}: ok ({cfg.knob.name} x density = {len(cfg.temperatures)} x "
+        f"{len(cfg.densities)} = {cells} cells, {len(cfg.seeds.dense)} dense seeds, "
+        f"{len(cfg.retrain_pairs)} retrain pairs)"
+    )
+
+
+def cmd_fetch_data(args) -> None:
+    """Download CIFAR with torchvision (the only place the project downloads anything)."""
+    from threeregime.config import DataConfig
+    from threeregime.data import load_cifar
+
+    payload = load_cifar(DataConfig(name=args.name, root=args.root, download=True))
+    print(
+        f"{args.name}: {len(payload['train_y'])} train / {len(payload['test_y'])} test images in {args.root}"
+    )
+
+
+def cmd_prepare_data(args) -> None:
+    from threeregime.config import DataConfig
+    from threeregime.data import prepare_dataset
+
+    payload = prepare_dataset(DataConfig(**json.loads(args.spec)))
+    save_checkpoint(args.out, payload, "dataset")
+    log.info(
+        "dataset: %d train, %d test samples -> %s",
+        len(payload["train_y"]),
+        len(payload["test_y"]),
+        args.out,
+    )
+
+
+def cmd_dense(args) -> None:
+    from threeregime.config import ModelConfig, Recipe
+    from threeregime.models import init_model
+
+    runtime, device, torch = _runtime(args)
+    spec = json.loads(args.spec)
+    perf = _performance(spec, runtime)
+    data = _load_data(args.data, device, perf.channels_last)
+    model = init_model(ModelConfig(**spec["model"]), data.in_channels, data.num_classes, spec["seed"])
+    model = model.to(device)
+    if perf.channels_last and data.image:
+        model = model.to(memory_format=torch.channels_last)
+    state, inputs = None, [args.data]
+    if args.init:
+        state = load_checkpoint(args.init, "dense")["state"]
+        inputs.append(args.init)
+    recipe = Recipe(**{**spec["recipe"], "lr_milestones": tuple(spec["recipe"]["lr_milestones"])})
+    final = _train_resumable(
+        Path(args.out),
+        _fingerprint(args.spec, *inputs),
+        runtime,
+        model=model,
+        data=data,
+        recipe=recipe,
+        stream=(0, spec["seed"]),
+        state=state,
+        stop_epoch=spec["stop_epoch"],
+        perf=perf,
+        tag=f"dense seed={spec['seed']}",
+    )
+    _save_model(args.out, "dense", final, spec["model"], data, spec=spec)
+
+
+def _save_model(out: str, kind: str, state: dict, model_cfg: dict, data, **extra) -> None:
+    payload = {
+        "state": state,
+        "model": state["model"],
+        "model_cfg": model_cfg,
+        "in_channels": data.in_channels,
+        "num_classes": data.num_classes,
+        **extra,
+    }
+    save_checkpoint(out, payload, kind)
+    Path(f"{out}.resume").unlink(missing_ok=True)
+
+
+def cmd_prune(args) -> None:
+    from threeregime.config import ModelConfig
+    from threeregime.models import build_model
+    from threeregime.prune import apply_masks, compute_masks, layer_densities, mask_density
+
+    spec = json.loads(args.spec)
+    dense = load_checkpoint(args.dense, "dense")
+    model = build_model(ModelConfig(**dense["model_cfg"]), dense["in_channels"], dense["num_classes"])
+    model.load_state_dict(dense["model"])
+    masks = compute_masks(model, spec["density"], spec["method"])
+    apply_masks(model, masks)
+    achieved = mask_density(masks)
+    log.info("pruned with %s to density %.5f (target %g)", spec["method"], achieved, spec["density"])
+    for name, value in layer_densities(masks).items():
+        log.info("  %-40s density %.4f", name, value)
+    payload = {key: dense[key] for key in ("model_cfg", "in_channels", "num_classes")}
+    payload |= {
+        "model": model.state_dict(),
+        "masks": masks,
+        "spec": spec,
+        "density_actual": achieved,
+    }
+    save_checkpoint(args.out, payload, "pruned")
+
+
+def cmd_retrain(args) -> None:
+    from threeregime.config import Recipe
+
+    runtime, device, _ = _runtime(args)
+    spec = json.loads(args.spec)
+    perf = _performance(spec, runtime)
+    data = _load_data(args.data, device, perf.channels_last)
+    pruned = load_checkpoint(args.pruned, "pruned")
+    model = _model_from(pruned, device, perf)
+    masks = {name: m.to(device) for name, m in pruned["masks"].items()}
+    recipe = Recipe(**{**spec["recipe"], "lr_milestones": tuple(spec["recipe"]["lr_milestones"])})
+    final = _train_resumable(
+        Path(args.out),
+        _fingerprint(args.spec, args.data, args.pruned),
+        runtime,
+        model=model,
+        data=data,
+        recipe=recipe,
+        stream=(1, spec["seed"]),
+        masks=masks,
+        perf=perf,
+        tag=f"retrain seed={spec['seed']}",
+    )
+    final.pop("optimizer")  # not needed downstream; the resume file held it
+    pruned_cfg = pruned["model_cfg"]
+    _save_model(
+        args.out, "retrain", final, pruned_cfg, data, masks=pruned["masks"], spec=spec,
+        density_actual=pruned["density_actual"],
+    )  # fmt: skip
+
+
+def _model_metrics(payload: dict, model, data, spec: dict, perf) -> dict:
+    """Per-model numbers: test error (mean of the last epochs), train loss/error, Hessian."""
+    from threeregime.hessian import hessian_summary
+    from threeregime.metrics import test_error_summary
+    from threeregime.train import evaluate
+
+    masks = {name: m.to(data.device) for name, m in payload["masks"].items()}
+    result = test_error_summary(payload["state"]["history"], spec["test_error_last"])
+    train_loss, train_error = evaluate(model, data.eval_batches("train", spec["eval_batch_size"]), perf)
+    result |= {
+        "train_loss": train_loss,
+        "train_error": train_error,
+        "density_actual": payload["density_actual"],
+    }
+    x, y = next(data.eval_batches("train", spec["hessian_samples"], spec["hessian_samples"]))
+    result |= hessian_summary(
+        model, x, y, masks, spec["hessian_max_iter"], spec["hessian_tol"],
+        spec["hessian_probes"], spec["hessian_probe_batch"],
+    )  # fmt: skip
+    return result
+
+
+def cmd_metrics(args) -> None:
+    """All metrics of one retrain pair of one pruned model: LMC, CKA, and both models' own."""
+    import torch
+
+    from threeregime.metrics import linear_mode_connectivity, model_outputs, output_similarity
+
+    runtime, device, _ = _runtime(args)
+    spec = json.loads(args.spec)
+    perf = _performance(spec, runtime)
+    data = _load_data(args.data, device, perf.channels_last)
+    a, b = load_checkpoint(args.a, "retrain"), load_checkpoint(args.b, "retrain")
+    if a["masks"].keys() != b["masks"].keys() or any(
+        not torch.equal(a["masks"][k], b["masks"][k]) for k in a["masks"]
+    ):
+        raise CheckpointError(f"{args.a} and {args.b}: not retrainings of the same pruned model")
+    started = time.perf_counter()
+    model_a, model_b = _model_from(a, device, perf), _model_from(b, device, perf)
+    result = _labels(args.label)
+    result["models"] = [
+        {"retrain_seed": result[f"seed_{side}"]} | _model_metrics(payload, model, data, spec, perf)
+        for side, payload, model in (("a", a, model_a), ("b", b, model_b))
+    ]
+    samples = min(spec["cka_samples"], data.num_train)
+    if samples < spec["cka_samples"]:
+        log.warning(
+            "CKA on all %d training samples (fewer than cka_samples=%d)",
+            samples,
+            spec["cka_samples"],
+        )
+    batches = lambda: data.eval_batches("train", spec["eval_batch_size"], samples)  # noqa: E731
+    result |= output_similarity(
+        model_outputs(model_a, batches(), perf), model_outputs(model_b, batches(), perf)
+    )
+    state_a = {k: v.to(device) for k, v in a["model"].items()}
+    state_b = {k: v.to(device) for k, v in b["model"].items()}
+    result |= linear_mode_connectivity(
+        model_a, state_a, state_b, data, spec["lmc_points"], spec["lmc_bn_samples"],
+        spec["eval_batch_size"], perf,
+    )  # fmt: skip
+    result["seconds"] = time.perf_counter() - started
+    write_json(args.out, result)
+    log.info("pair: mc %.4f (at t=%.2f), CKA softmax %.4f, logits %.4f in %.1fs",
+             result["mc"], result["mc_t"], result["cka_softmax"], result["cka_logits"],
+             result["seconds"])  # fmt: skip
+    for model in result["models"]:
+        log.info("model %s", model)
+
+
+def cmd_collect(args) -> None:
+    import pandas as pd
+
+    from threeregime.regimes import aggregate_cells
+
+    keys = ["knob", "temperature", "density", "dense_seed"]
+    rows, models = [], {}
+    for path in args.inputs:
+        record = read_json(path)
+        pair_models = record.pop("models")
+        cell = {k: record[k] for k in keys}
+        for model in pair_models:
+            models[(*cell.values(), model["retrain_seed"])] = cell | model
+        averaged = pd.DataFrame(pair_models).drop(columns=["retrain_seed", "seconds"], errors="ignore")
+        pair = {k: v for k, v in record.items() if not k.startswith("lmc_") and k != "seconds"}
+        rows.append(pair | averaged.mean().to_dict())
+    metrics = pd.DataFrame(rows).sort_values(keys + ["seed_a", "seed_b"]).reset_index(drop=True)
+    models_table = pd.DataFrame(list(models.values())).sort_values(keys + ["retrain_seed"])
+    write_csv(args.models_csv, models_table.reset_index(drop=True))
+    write_csv(args.metrics, metrics)
+    write_csv(args.cells, aggregate_cells(metrics))
+    log.info("collected %d models and %d pairs into %s", len(models_table), len(metrics), args.metrics)
+
+
+def cmd_classify(args) -> None:
+    import pandas as pd
+
+    from threeregime.config import RegimeConfig
+    from threeregime.regimes import classify_cells, model_selection, robustness, temperature_advice
+
+    spec = json.loads(args.spec)
+    raw = spec["regimes"]
+    cfg = RegimeConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+    cells = pd.read_csv(args.cells)
+    regimes, thresholds = classify_cells(cells, cfg)
+    robust = robustness(cells, cfg, thresholds)
+    advice = temperature_advice(regimes)
+    selection = model_selection(regimes, thresholds.eps, cfg.cka_metric)
+    write_csv(args.regimes, regimes)
+    write_csv(args.robustness, robust)
+    write_csv(args.advice, advice)
+    write_csv(args.selection, selection)
+    summary = {
+        "thresholds": thresholds.__dict__,
+        "cka_metric": cfg.cka_metric,
+        "regime_counts": regimes["regime"].value_counts().to_dict(),
+        "advice_agreement": float(advice["agree"].mean()),
+        "selection_mean_rank": float(selection["rule_rank"].mean()),
+        "selection_top1": float((selection["rule_rank"] == 1).mean()),
+        "robustness_max_fraction_changed": float(robust["fraction_changed"].max()),
+    }
+    write_json(args.summary, summary)
+    log.info("regimes: %s", summary)
+
+
+def cmd_plot(args) -> None:
+    import pandas as pd
+
+    from threeregime.config import PlotConfig
+    from threeregime.plot import phase_diagram, regime_map
+
+    spec = json.loads(args.spec)
+    regimes = pd.read_csv(args.regimes)
+    cfg = PlotConfig(**spec["plot"])
+    phase_diagram(regimes, cfg, args.phase)
+    regime_map(regimes, cfg, args.map)
+    log.info("figures: %s", ", ".join(args.phase + args.map))
+
+
+# ----------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="threeregime", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(name, func, *, spec=True, compute=False):
+        p = sub.add_parser(name)
+        p.set_defaults(func=func)
+        if spec:
+            p.add_argument("--spec", required=True, help="JSON settings (the rule's params)")
+        if compute:
+            p.add_argument("--data", required=True, help="prepared dataset (prepare-data)")
+            p.add_argument(
+                "--runtime",
+                default=os.environ.get("THREEREGIME_RUNTIME", "{}"),
+                help="JSON runtime settings (default: $THREEREGIME_RUNTIME, set by the workflow)",
+            )
+            p.add_argument("--threads", type=int, default=1)
+        return p
+
+    p = command("validate", cmd_validate, spec=False)
+    p.add_argument("config")
+    p = command("fetch-data", cmd_fetch_data, spec=False)
+    p.add_argument("--name", choices=["cifar10", "cifar100"], default="cifar10")
+    p.add_argument("--root", default="data")
+    p = command("prepare-data", cmd_prepare_data)
+    p.add_argument("--out", required=True)
+    p = command("dense", cmd_dense, compute=True)
+    p.add_argument("--init", default="", help="dense checkpoint to continue from (epochs knob)")
+    p.add_argument("--out", required=True)
+    p = command("prune", cmd_prune)
+    p.add_argument("--dense", required=True)
+    p.add_argument("--out", required=True)
+    p = command("retrain", cmd_retrain, compute=True)
+    p.add_argument("--pruned", required=True)
+    p.add_argument("--out", required=True)
+    p = command("metrics", cmd_metrics, compute=True)
+    p.add_argument("--a", required=True, help="retrained model (first seed of the pair)")
+    p.add_argument("--b", required=True, help="retrained model (second seed of the pair)")
+    p.add_argument("--label", action="append", default=[], help="key=value naming the cell")
+    p.add_argument("--out", required=True)
+    p = command("collect", cmd_collect, spec=False)
+    p.add_argument("inputs", nargs="+", help="metrics JSON files")
+    p.add_argument("--models-csv", required=True)
+    p.add_argument("--metrics", required=True)
+    p.add_argument("--cells", required=True)
+    p = command("classify", cmd_classify)
+    p.add_argument("--cells", required=True)
+    for name in ("regimes", "robustness", "advice", "selection", "summary"):
+        p.add_argument(f"--{name}", required=True)
+    p = command("plot", cmd_plot)
+    p.add_argument("--regimes", required=True)
+    p.add_argument("--phase", nargs="+", required=True)
+    p.add_argument("--map", nargs="+", required=True)
+    return parser
+
+
+EXPECTED_ERRORS = (ConfigError, CheckpointError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from threeregime.runtime import configure_logging
+
+    configure_logging()
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except EXPECTED_ERRORS + _domain_errors() as exc:
+        print(f"threeregime {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _domain_errors() -> tuple[type[Exception], ...]:
+    from threeregime.data import DataError
+    from threeregime.prune import PruneError
+    from threeregime.runtime import DeviceError
+    from threeregime.train import NonFiniteLossError
+
+    return (DataError, PruneError, DeviceError, NonFiniteLossError)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,380 @@
+"""Typed experiment configuration: schema validation, defaults, semantic checks, job specs.
+
+The Snakefile turns ``config.yaml`` into an :class:`ExperimentConfig` before it builds the DAG,
+so a bad key fails in one line before any job starts. Each rule gets a JSON *spec* holding only
+the settings that change its output; Snakemake compares specs between runs (``params:``), so a
+config edit reruns exactly the jobs it affects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import asdict, dataclass, field, replace
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SCHEMA_PATH = Path(__file__).parent / "schema" / "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    """A configuration problem, reported as one line naming the file and the key."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = "mnist1d"
+    root: str = "data"
+    download: bool = False
+    num_samples: int = 5000
+    generation_seed: int = 42
+    augment: bool = True
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "cnn1d"
+    width: float = 1.0
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One SGD training schedule; the paper's dense CIFAR-10 recipe by default."""
+
+    epochs: int = 160
+    iterations: int | None = None
+    batch_size: int = 64
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    lr_milestones: tuple[float, ...] = (0.5, 0.75)
+    lr_gamma: float = 0.1
+    optimizer: str = "sgd"
+    sam_rho: float = 0.05
+
+
+@dataclass(frozen=True)
+class KnobConfig:
+    name: str
+    values: tuple[float | int, ...]
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    densities: tuple[float, ...]
+    method: str = "uniform"
+
+
+@dataclass(frozen=True)
+class RetrainConfig:
+    mode: str = "rewind"
+    recipe: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SeedConfig:
+    dense: tuple[int, ...]
+    retrain: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    test_error_last: int = 5
+    lmc_points: int = 11
+    lmc_bn_samples: int = 0
+    cka_samples: int = 6464
+    hessian_samples: int = 200
+    hessian_max_iter: int = 100
+    hessian_tol: float = 1e-3
+    hessian_probes: int = 100
+    hessian_probe_batch: int = 10
+    eval_batch_size: int = 1000
+
+
+@dataclass(frozen=True)
+class RegimeConfig:
+    eps_mode: str = "noise"
+    eps: float = 0.02
+    eps_z: float = 2.0
+    cka_metric: str = "cka_softmax"
+    cka_cut_mode: str = "fixed"
+    cka_cut: float = 0.9
+    eps_range: tuple[float, ...] = ()
+    cka_cut_range: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class PlotConfig:
+    dpi: int = 150
+    cmap: str = "viridis"
+    annotate: bool = True
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    device: str = "auto"
+    require_gpu: bool = False
+    threads: int = 1
+    checkpoint_every: int = 1
+    amp: str = "none"
+    channels_last: bool = False
+    compile: bool = False
+
+
+@dataclass(frozen=True)
+class KnobInfo:
+    """How a knob maps to temperature: ``hotter`` is +1 if a larger value is hotter."""
+
+    label: str
+    unit: str
+    hotter: int
+    integer: bool
+
+
+KNOBS = {
+    "epochs": KnobInfo("dense training epochs", "epochs", hotter=-1, integer=True),
+    "batch_size": KnobInfo("dense batch size", "samples per step", hotter=-1, integer=True),
+    "sam_rho": KnobInfo("SAM rho", "neighbourhood radius", hotter=+1, integer=False),
+}
+
+MODEL_DATA = {"cnn1d": {"mnist1d"}, "preresnet20": {"cifar10", "cifar100"}}
+MODEL_DATA["vgg16_bn"] = MODEL_DATA["preresnet20"]
+
+
+def fmt_value(value: float | int) -> str:
+    """Canonical string of a grid value, used in paths and wildcards (0.10 -> '0.1', 20.0 -> '20')."""
+    number = float(value)
+    if number.is_integer():
+        return str(int(number))
+    return f"{number:.10g}"
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    knob: KnobConfig
+    prune: PruneConfig
+    seeds: SeedConfig
+    run_name: str = "demo"
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: Recipe = Recipe()
+    retrain: RetrainConfig = RetrainConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    regimes: RegimeConfig = RegimeConfig()
+    plot: PlotConfig = PlotConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+
+    # ----- grids as canonical strings (wildcard values) -----
+    @property
+    def temperatures(self) -> list[str]:
+        """Knob values sorted from coldest to hottest."""
+        info = KNOBS[self.knob.name]
+        ordered = sorted(self.knob.values, key=lambda v: info.hotter * float(v))
+        return [fmt_value(v) for v in ordered]
+
+    @property
+    def densities(self) -> list[str]:
+        return [fmt_value(d) for d in sorted(self.prune.densities)]
+
+    @property
+    def retrain_pairs(self) -> list[tuple[int, int]]:
+        seeds = sorted(self.seeds.retrain)
+        return [(a, b) for i, a in enumerate(seeds) for b in seeds[i + 1 :]]
+
+    # ----- recipes -----
+    def dense_recipe(self, temperature: str) -> Recipe:
+        """The dense recipe at one temperature: the knob overrides one field."""
+        value = float(temperature)
+        if self.knob.name == "batch_size":
+            return replace(self.train, batch_size=int(value))
+        if self.knob.name == "sam_rho":
+            return replace(self.train, optimizer="sam", sam_rho=value)
+        return self.train  # epochs: one run, checkpoints are the temperatures
+
+    def retrain_recipe(self) -> Recipe:
+        """LR rewinding replays the dense recipe; fine-tuning uses a small constant lr."""
+        base = replace(self.train, optimizer="sgd")
+        if self.retrain.mode == "finetune":
+            base = replace(
+                base,
+                lr=base.lr * 0.01,
+                lr_milestones=(),
+                epochs=max(1, base.epochs // 4),
+                iterations=None,
+            )
+        overrides = dict(self.retrain.recipe)
+        if "lr_milestones" in overrides:
+            overrides["lr_milestones"] = tuple(overrides["lr_milestones"])
+        return replace(base, **overrides)
+
+    def dense_parent(self, temperature: str) -> str | None:
+        """Epochs knob: the checkpoint at the previous grid epoch seeds this one."""
+        if self.knob.name != "epochs":
+            return None
+        epochs = sorted(int(float(t)) for t in self.temperatures)
+        index = epochs.index(int(float(temperature)))
+        return None if index == 0 else str(epochs[index - 1])
+
+    # ----- per-rule specs: exactly what changes each rule's output -----
+    def performance_spec(self) -> dict:
+        return {"amp": self.runtime.amp, "channels_last": self.runtime.channels_last}
+
+    def data_spec(self) -> dict:
+        return asdict(self.data)
+
+    def dense_spec(self, temperature: str, seed: int) -> dict:
+        stop = int(float(temperature)) if self.knob.name == "epochs" else None
+        return {
+            "model": asdict(self.model),
+            "recipe": asdict(self.dense_recipe(temperature)),
+            "seed": int(seed),
+            "stop_epoch": stop,
+            "performance": self.performance_spec(),
+        }
+
+    def prune_spec(self, density: str) -> dict:
+        return {"method": self.prune.method, "density": float(density)}
+
+    def retrain_spec(self, seed: int) -> dict:
+        return {
+            "recipe": asdict(self.retrain_recipe()),
+            "seed": int(seed),
+            "performance": self.performance_spec(),
+        }
+
+    def metrics_spec(self) -> dict:
+        return asdict(self.metrics) | {"performance": self.performance_spec()}
+
+    def analysis_spec(self) -> dict:
+        return {"knob": self.knob.name, "regimes": asdict(self.regimes)}
+
+    def plot_spec(self) -> dict:
+        return {"knob": self.knob.name, "plot": asdict(self.plot)}
+
+
+def to_json(spec: dict) -> str:
+    """Stable JSON for a spec: Snakemake compares these strings between runs."""
+    return json.dumps(spec, sort_keys=True, separators=(",", ":"))
+
+
+@cache
+def _schema() -> dict:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def _key_path(error) -> str:
+    parts = []
+    for part in error.absolute_path:
+        parts.append(f"[{part}]" if isinstance(part, int) else f".{part}")
+    return "".join(parts).lstrip(".") or "<top level>"
+
+
+def validate_schema(raw: Any, source: str) -> None:
+    """Raise ConfigError naming the first offending key, per the JSON schema."""
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(_schema())
+    error = jsonschema.exceptions.best_match(validator.iter_errors(raw))
+    if error is not None:
+        raise ConfigError(f"{source}: {_key_path(error)}: {error.message}")
+
+
+def _build(cls, raw: dict | None):
+    raw = dict(raw or {})
+    for f in dataclasses.fields(cls):
+        if f.name in raw and isinstance(raw[f.name], list):
+            raw[f.name] = tuple(raw[f.name])
+    return cls(**raw)
+
+
+def load_config(raw: dict | str | Path, source: str | None = None, check_paths: bool = True):
+    """Validate a config (dict or YAML path) and return an ExperimentConfig, or raise ConfigError."""
+    if isinstance(raw, (str, Path)):
+        source = source or str(raw)
+        try:
+            raw = yaml.safe_load(Path(raw).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{source}: file not found") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{source}: not valid YAML ({exc})".replace("\n", " ")) from None
+    source = source or "config"
+    validate_schema(raw, source)
+    sections = {
+        "data": DataConfig,
+        "model": ModelConfig,
+        "train": Recipe,
+        "retrain": RetrainConfig,
+        "metrics": MetricsConfig,
+        "regimes": RegimeConfig,
+        "plot": PlotConfig,
+        "runtime": RuntimeConfig,
+        "knob": KnobConfig,
+        "prune": PruneConfig,
+        "seeds": SeedConfig,
+    }
+    kwargs = {name: _build(cls, raw.get(name)) for name, cls in sections.items() if name in raw}
+    if "run_name" in raw:
+        kwargs["run_name"] = raw["run_name"]
+    cfg = ExperimentConfig(**kwargs)
+    check_semantics(cfg, source, check_paths=check_paths)
+    return cfg
+
+
+def check_semantics(cfg: ExperimentConfig, source: str, check_paths: bool = True) -> None:
+    """Checks a JSON schema cannot express; each raises one ConfigError line."""
+
+    def fail(key: str, message: str):
+        raise ConfigError(f"{source}: {key}: {message}")
+
+    if cfg.data.name not in MODEL_DATA[cfg.model.name]:
+        allowed = ", ".join(sorted(MODEL_DATA[cfg.model.name]))
+        fail("model.name", f"{cfg.model.name} needs data.name in {{{allowed}}}, got {cfg.data.name}")
+    info = KNOBS[cfg.knob.name]
+    for i, value in enumerate(cfg.knob.values):
+        if info.integer and not float(value).is_integer():
+            fail(f"knob.values[{i}]", f"{value} must be a whole number for knob {cfg.knob.name}")
+    canonical = [fmt_value(v) for v in cfg.knob.values]
+    if len(set(canonical)) != len(canonical):
+        fail("knob.values", f"duplicate grid values {canonical}")
+    if len(set(cfg.densities)) != len(cfg.densities):
+        fail("prune.densities", f"duplicate grid values {cfg.densities}")
+    if cfg.knob.name == "epochs":
+        if cfg.train.iterations is not None:
+            fail("train.iterations", "the epochs knob needs an epoch budget; remove iterations")
+        too_long = [v for v in cfg.knob.values if v > cfg.train.epochs]
+        if too_long:
+            fail("knob.values", f"epochs {too_long} exceed train.epochs={cfg.train.epochs}")
+    if cfg.knob.name == "batch_size" and cfg.train.iterations is None:
+        fail("train.iterations", "the batch_size knob needs a fixed iteration budget (paper: 62400)")
+    if cfg.train.optimizer == "sam" and cfg.knob.name != "sam_rho" and cfg.train.sam_rho <= 0:
+        fail("train.sam_rho", "SAM needs a positive rho")
+    if check_paths and cfg.data.name.startswith("cifar") and not cfg.data.download:
+        from threeregime.data import cifar_folder
+
+        folder = Path(cfg.data.root) / cifar_folder(cfg.data.name)
+        if not folder.is_dir():
+            fail(
+                "data.root",
+                f"{folder} not found: put torchvision's {cfg.data.name} files there "
+                "(python -m threeregime fetch-data, or set data.download: true)",
+            )
+    if cfg.prune.method == "uniform":
+        check_uniform_density(cfg, fail)
+
+
+def check_uniform_density(cfg: ExperimentConfig, fail) -> None:
+    """Uniform pruning keeps round(d * n) weights per conv layer; zero would empty a layer."""
+    from threeregime.models import prunable_layer_sizes
+
+    sizes = prunable_layer_sizes(cfg.model, cfg.data.name)
+    smallest_name, smallest = min(sizes.items(), key=lambda kv: kv[1])
+    for density in cfg.prune.densities:
+        if round(density * smallest) < 1:
+            fail(
+                "prune.densities",
+                f"density {fmt_value(density)} keeps no weight of layer {smallest_name} "
+                f"({smallest} weights); use a density >= {1 / smallest:.3g}",
+            )

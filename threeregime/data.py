@@ -1,0 +1,199 @@
+"""Datasets as device-resident tensors with batched, seeded augmentation.
+
+``prepare_dataset`` runs once per experiment (rule ``prepare_data``) and stores plain tensors;
+every training or metrics job then loads them straight onto its device. Shuffling and the
+CIFAR augmentation (random crop with 4 zero pixels of padding, horizontal flip) are drawn from an
+explicit ``torch.Generator``, so a job's data stream depends only on its seed and epoch.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from threeregime.config import DataConfig
+
+CIFAR_STATS = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+_CIFAR_LAYOUT = {
+    "cifar10": (
+        "cifar-10-batches-py",
+        [f"data_batch_{i}" for i in range(1, 6)],
+        ["test_batch"],
+        "labels",
+        10,
+    ),
+    "cifar100": ("cifar-100-python", ["train"], ["test"], "fine_labels", 100),
+}
+
+
+class DataError(RuntimeError):
+    """A dataset that is missing or not in the expected on-disk format."""
+
+
+def cifar_folder(name: str) -> str:
+    return _CIFAR_LAYOUT[name][0]
+
+
+def _read_cifar_files(folder: Path, files: list[str], label_key: str) -> tuple[np.ndarray, np.ndarray]:
+    images, labels = [], []
+    for name in files:
+        path = folder / name
+        if not path.is_file():
+            raise DataError(f"{path}: missing CIFAR file (expected torchvision's on-disk format)")
+        try:
+            with open(path, "rb") as handle:
+                batch = pickle.load(handle, encoding="latin1")
+            data = np.asarray(batch["data"], dtype=np.uint8)
+            label = np.asarray(batch[label_key], dtype=np.int64)
+        except Exception as exc:
+            raise DataError(f"{path}: malformed CIFAR batch ({type(exc).__name__}: {exc})") from None
+        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(label) != len(data):
+            raise DataError(f"{path}: malformed CIFAR batch (data shape {data.shape}, {len(label)} labels)")
+        images.append(data.reshape(-1, 3, 32, 32))
+        labels.append(label)
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def load_cifar(cfg: DataConfig) -> dict:
+    """Read CIFAR-10/100 from torchvision's python-pickle layout under ``cfg.root``."""
+    folder_name, train_files, test_files, label_key, classes = _CIFAR_LAYOUT[cfg.name]
+    root = Path(cfg.root)
+    if cfg.download:
+        import torchvision
+
+        dataset_cls = torchvision.datasets.CIFAR10 if cfg.name == "cifar10" else torchvision.datasets.CIFAR100
+        dataset_cls(str(root), train=True, download=True)
+    folder = root / folder_name
+    if not folder.is_dir():
+        raise DataError(
+            f"{folder}: {cfg.name} not found; place torchvision's files there or set data.download: true"
+        )
+    train_x, train_y = _read_cifar_files(folder, train_files, label_key)
+    test_x, test_y = _read_cifar_files(folder, test_files, label_key)
+    mean, std = CIFAR_STATS[cfg.name]
+    return {
+        "train_x": torch.from_numpy(train_x),
+        "train_y": torch.from_numpy(train_y),
+        "test_x": torch.from_numpy(test_x),
+        "test_y": torch.from_numpy(test_y),
+        "num_classes": classes,
+        "in_channels": 3,
+        "image": True,
+        "mean": mean,
+        "std": std,
+        "augment": cfg.augment,
+    }
+
+
+def load_mnist1d(cfg: DataConfig) -> dict:
+    """Generate MNIST-1D offline with the package's own generator (never its download)."""
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    args.num_samples = cfg.num_samples
+    args.seed = cfg.generation_seed
+    data = make_dataset(args)
+    as_x = lambda a: torch.from_numpy(np.asarray(a, dtype=np.float32)).unsqueeze(1)  # noqa: E731
+    as_y = lambda a: torch.from_numpy(np.asarray(a, dtype=np.int64))  # noqa: E731
+    return {
+        "train_x": as_x(data["x"]),
+        "train_y": as_y(data["y"]),
+        "test_x": as_x(data["x_test"]),
+        "test_y": as_y(data["y_test"]),
+        "num_classes": 10,
+        "in_channels": 1,
+        "image": False,
+        "mean": None,
+        "std": None,
+        "augment": False,
+    }
+
+
+def prepare_dataset(cfg: DataConfig) -> dict:
+    return load_mnist1d(cfg) if cfg.name == "mnist1d" else load_cifar(cfg)
+
+
+def crop_flip(images: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
+    """Batched RandomCrop(size, padding, zeros) + RandomHorizontalFlip on NCHW uint8 images."""
+    batch, channels, height, width = images.shape
+    device = images.device
+    padded = F.pad(images, (padding, padding, padding, padding))
+    offset_y = torch.randint(0, 2 * padding + 1, (batch,), generator=generator, device=device)
+    offset_x = torch.randint(0, 2 * padding + 1, (batch,), generator=generator, device=device)
+    flip = torch.rand(batch, generator=generator, device=device) < 0.5
+    rows = offset_y[:, None] + torch.arange(height, device=device)
+    cols = offset_x[:, None] + torch.arange(width, device=device)
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    b = torch.arange(batch, device=device)[:, None, None, None]
+    c = torch.arange(channels, device=device)[None, :, None, None]
+    return padded[b, c, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+class DeviceData:
+    """A prepared dataset on one device; batches come out normalised and ready for the model."""
+
+    def __init__(self, payload: dict, device: torch.device | str, channels_last: bool = False):
+        self.device = torch.device(device)
+        self.train_x = payload["train_x"].to(self.device)
+        self.train_y = payload["train_y"].to(self.device)
+        self.test_x = payload["test_x"].to(self.device)
+        self.test_y = payload["test_y"].to(self.device)
+        self.num_classes = int(payload["num_classes"])
+        self.in_channels = int(payload["in_channels"])
+        self.image = bool(payload["image"])
+        self.augment = bool(payload["augment"])
+        self.channels_last = channels_last and self.image
+        if self.image:
+            shape = (1, -1, 1, 1)
+            self.mean = torch.tensor(payload["mean"], device=self.device).view(shape)
+            self.std = torch.tensor(payload["std"], device=self.device).view(shape)
+
+    @property
+    def num_train(self) -> int:
+        return len(self.train_y)
+
+    def _finish(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.image:
+            return x
+        x = (x.float().div_(255.0) - self.mean) / self.std
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def train_batches(
+        self, batch_size: int, generator: torch.Generator
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One epoch of shuffled, augmented batches; the last partial batch is dropped."""
+        order = torch.randperm(self.num_train, generator=generator, device=self.device)
+        for start in range(0, self.num_train - batch_size + 1, batch_size):
+            index = order[start : start + batch_size]
+            x = self.train_x[index]
+            if self.augment and self.image:
+                x = crop_flip(x, generator)
+            yield self._finish(x), self.train_y[index]
+
+    def split(self, name: str, limit: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = (self.train_x, self.train_y) if name == "train" else (self.test_x, self.test_y)
+        return (x[:limit], y[:limit]) if limit else (x, y)
+
+    def eval_batches(
+        self, name: str, batch_size: int, limit: int = 0
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Un-augmented batches in dataset order, optionally only the first ``limit`` samples."""
+        x, y = self.split(name, limit)
+        for start in range(0, len(y), batch_size):
+            yield self._finish(x[start : start + batch_size]), y[start : start + batch_size]
+
+
+def data_generator(device: torch.device, *seed_parts: int) -> torch.Generator:
+    """A generator whose stream depends only on the given integers (seed, epoch, role...)."""
+    seed = int(np.random.SeedSequence(list(seed_parts)).generate_state(1, dtype=np.uint64)[0] >> 1)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed)
+    return generator

@@ -1,0 +1,103 @@
+"""Atomic file output and checked checkpoint input.
+
+Every artefact is written to a temporary file in the target folder and renamed into place, so a
+killed job never leaves a truncated file that a later rule would read as complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, truncated, corrupted or of the wrong kind."""
+
+
+@contextmanager
+def atomic_path(path: str | Path):
+    """Yield a temporary path next to ``path``; rename it onto ``path`` only on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_atomic(path: str | Path, writer: Callable[[Path], Any]) -> None:
+    with atomic_path(path) as tmp:
+        writer(tmp)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    write_atomic(path, lambda tmp: tmp.write_text(text))
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: file not found") from None
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc}); delete it and rerun") from None
+
+
+def write_csv(path: str | Path, frame) -> None:
+    write_atomic(path, lambda tmp: frame.to_csv(tmp, index=False))
+
+
+def save_figure(fig, path: str | Path, dpi: int) -> None:
+    fmt = Path(path).suffix.lstrip(".")
+    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format=fmt, bbox_inches="tight"))
+
+
+def save_checkpoint(path: str | Path, payload: dict, kind: str) -> None:
+    import torch
+
+    write_atomic(path, lambda tmp: torch.save({"kind": kind, **payload}, tmp))
+
+
+def load_checkpoint(path: str | Path, kind: str, map_location: str = "cpu") -> dict:
+    """Load a checkpoint written by :func:`save_checkpoint`, with a clear error if it is bad."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as exc:  # torch raises several types for truncated or garbled zips
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(
+            f"{path}: corrupted or truncated checkpoint ({message}); delete it and rerun"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("kind") != kind:
+        found = payload.get("kind") if isinstance(payload, dict) else type(payload).__name__
+        raise CheckpointError(f"{path}: expected a '{kind}' checkpoint, found '{found}'")
+    return payload
+
+
+def file_digest(path: str | Path) -> str:
+    """Content hash, used to refuse resuming from state built on a different input."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]

@@ -1,0 +1,123 @@
+"""Loss-landscape metrics of retrained sparse models: test/train error, LMC, CKA.
+
+Definitions follow the paper (see BRIEF.md): LMC interpolates two retrainings of the same pruned
+model at evenly spaced points, recomputes BatchNorm statistics at each point on the (unaugmented)
+training set, and reports mc = m - e(u) with m the mean endpoint training error and u the point
+farthest from m. mc < 0 is a barrier; mc ~ 0 is a connected pair. CKA is linear CKA of the two
+models' outputs on the first training samples.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from threeregime.data import DeviceData
+from threeregime.runtime import Performance
+from threeregime.train import evaluate
+
+
+def test_error_summary(history: list[dict], last: int) -> dict:
+    """Mean test error over the last ``last`` epochs (the paper's reported number) and the final one."""
+    if not history:
+        raise ValueError("empty training history: the model was never trained")
+    tail = [h["test_error"] for h in history[-last:]]
+    return {
+        "test_error": float(np.mean(tail)),
+        "test_error_final": float(history[-1]["test_error"]),
+        "test_error_epochs": len(tail),
+    }
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, batches) -> None:
+    """Replace BN running statistics by exact averages over ``batches`` (train-mode forward)."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average = exact mean over batches
+    model.train()
+    for x, _ in batches:
+        model(x)
+    for m, momentum in zip(norms, saved):
+        m.momentum = momentum
+    model.eval()
+
+
+def interpolate_states(state_a: dict, state_b: dict, t: float) -> dict:
+    """(1 - t) a + t b for floating tensors; integer buffers (BN batch counts) come from a."""
+    out = {}
+    for key, a in state_a.items():
+        b = state_b[key]
+        out[key] = torch.lerp(a, b, t) if a.is_floating_point() else a.clone()
+    return out
+
+
+def mode_connectivity(errors: list[float]) -> tuple[float, int]:
+    """mc = m - e(u), u = argmax_t |m - e(t)|, m = (e(0) + e(1)) / 2. Returns (mc, u index)."""
+    midpoint = (errors[0] + errors[-1]) / 2
+    deviations = [midpoint - e for e in errors]
+    u = int(np.argmax(np.abs(deviations)))
+    return float(deviations[u]), u
+
+
+def linear_mode_connectivity(
+    model: nn.Module,
+    state_a: dict,
+    state_b: dict,
+    data: DeviceData,
+    points: int,
+    bn_samples: int,
+    batch_size: int,
+    perf: Performance = Performance(),
+) -> dict:
+    """Training error/loss along the straight line between two models, BN recalibrated at each t."""
+    ts = np.linspace(0.0, 1.0, points)
+    errors, losses = [], []
+    for t in ts:
+        model.load_state_dict(interpolate_states(state_a, state_b, float(t)))
+        recalibrate_batchnorm(model, data.eval_batches("train", batch_size, bn_samples))
+        loss, error = evaluate(model, data.eval_batches("train", batch_size), perf)
+        errors.append(error)
+        losses.append(loss)
+    mc, u = mode_connectivity(errors)
+    return {
+        "lmc_t": [float(t) for t in ts],
+        "lmc_train_error": errors,
+        "lmc_train_loss": losses,
+        "mc": mc,
+        "mc_t": float(ts[u]),
+    }
+
+
+def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Linear CKA (Kornblith et al. 2019) between two n x d representations, in float64."""
+    x = x.double() - x.double().mean(0, keepdim=True)
+    y = y.double() - y.double().mean(0, keepdim=True)
+    cross = torch.linalg.matrix_norm(y.T @ x) ** 2
+    norm_x = torch.linalg.matrix_norm(x.T @ x)
+    norm_y = torch.linalg.matrix_norm(y.T @ y)
+    return float(cross / (norm_x * norm_y))
+
+
+@torch.no_grad()
+def model_outputs(model: nn.Module, batches, perf: Performance = Performance()) -> torch.Tensor:
+    """Logits of ``model`` (eval mode) over the batches, concatenated, as float32."""
+    model.eval()
+    chunks = []
+    for x, _ in batches:
+        with perf.autocast(x.device):
+            chunks.append(model(x).float())
+    return torch.cat(chunks)
+
+
+def output_similarity(logits_a: torch.Tensor, logits_b: torch.Tensor) -> dict:
+    return {
+        "cka_logits": linear_cka(logits_a, logits_b),
+        "cka_softmax": linear_cka(logits_a.softmax(1), logits_b.softmax(1)),
+        "cka_samples": len(logits_a),
+    }

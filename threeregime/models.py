@@ -1,0 +1,149 @@
+"""Model zoo: a BatchNorm 1D CNN for MNIST-1D, PreResNet-20 and VGG-16-BN for CIFAR.
+
+Pruning acts on every convolution weight (first conv and 1x1 downsample convs included); the
+final Linear layer is never pruned, as in the paper.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from threeregime.config import ModelConfig
+
+DATA_SHAPES = {"mnist1d": (1, 10), "cifar10": (3, 10), "cifar100": (3, 100)}
+
+
+def _scaled(channels: int, width: float) -> int:
+    return max(1, int(round(channels * width)))
+
+
+class CNN1d(nn.Module):
+    """Four conv-BN-ReLU layers over the 40-step MNIST-1D signal, global average pool, linear."""
+
+    def __init__(self, in_channels: int, num_classes: int, width: float = 1.0):
+        super().__init__()
+        c1, c2, c3 = (_scaled(c, width) for c in (32, 64, 64))
+        layers, previous = [], in_channels
+        for channels, kernel, stride in ((c1, 5, 1), (c2, 3, 2), (c3, 3, 2), (c3, 3, 1)):
+            layers += [
+                nn.Conv1d(previous, channels, kernel, stride, kernel // 2, bias=False),
+                nn.BatchNorm1d(channels),
+                nn.ReLU(inplace=True),
+            ]
+            previous = channels
+        self.features = nn.Sequential(*layers)
+        self.fc = nn.Linear(previous, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x).mean(dim=2))
+
+
+class PreActBlock(nn.Module):
+    """Pre-activation basic block; the 1x1 downsample conv sees the block input, as in the paper."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or in_planes != planes:
+            self.downsample = nn.Conv2d(in_planes, planes, 1, stride, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv1(self.relu(self.bn1(x)))
+        out = self.conv2(self.relu(self.bn2(out)))
+        shortcut = x if self.downsample is None else self.downsample(x)
+        return out + shortcut
+
+
+class PreResNet(nn.Module):
+    """PreResNet-(6n+2) for 32x32 inputs: 16/32/64 channels times ``width``, fc 64 -> classes."""
+
+    def __init__(self, in_channels: int, num_classes: int, depth: int = 20, width: float = 1.0):
+        super().__init__()
+        assert (depth - 2) % 6 == 0, "PreResNet depth must be 6n+2"
+        blocks_per_stage = (depth - 2) // 6
+        planes = [_scaled(c, width) for c in (16, 32, 64)]
+        self.conv1 = nn.Conv2d(in_channels, planes[0], 3, 1, 1, bias=False)
+        stages, previous = [], planes[0]
+        for stage, channels in enumerate(planes):
+            for block in range(blocks_per_stage):
+                stride = 2 if stage > 0 and block == 0 else 1
+                stages.append(PreActBlock(previous, channels, stride))
+                previous = channels
+        self.blocks = nn.Sequential(*stages)
+        self.bn = nn.BatchNorm2d(previous)
+        self.relu = nn.ReLU(inplace=True)
+        self.fc = nn.Linear(previous, num_classes)
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn(self.blocks(self.conv1(x))))
+        return self.fc(out.mean(dim=(2, 3)))
+
+
+VGG16_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)
+
+
+class VGG(nn.Module):
+    """VGG-16 with BatchNorm for CIFAR: 13 conv-BN-ReLU layers, global pool, one linear layer."""
+
+    def __init__(self, in_channels: int, num_classes: int, width: float = 1.0):
+        super().__init__()
+        layers, previous = [], in_channels
+        for item in VGG16_LAYOUT:
+            if item == "M":
+                layers.append(nn.MaxPool2d(2))
+                continue
+            channels = _scaled(item, width)
+            layers += [
+                nn.Conv2d(previous, channels, 3, padding=1, bias=False),
+                nn.BatchNorm2d(channels),
+                nn.ReLU(inplace=True),
+            ]
+            previous = channels
+        self.features = nn.Sequential(*layers)
+        self.fc = nn.Linear(previous, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x).mean(dim=(2, 3)))
+
+
+def build_model(cfg: ModelConfig, in_channels: int, num_classes: int) -> nn.Module:
+    if cfg.name == "cnn1d":
+        return CNN1d(in_channels, num_classes, cfg.width)
+    if cfg.name == "preresnet20":
+        return PreResNet(in_channels, num_classes, depth=20, width=cfg.width)
+    if cfg.name == "vgg16_bn":
+        return VGG(in_channels, num_classes, cfg.width)
+    raise ValueError(f"model.name: unknown model {cfg.name!r}")
+
+
+def init_model(cfg: ModelConfig, in_channels: int, num_classes: int, seed: int) -> nn.Module:
+    """Build a model whose initial weights depend only on ``seed``."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_model(cfg, in_channels, num_classes)
+
+
+def prunable_layers(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Every conv weight, keyed by its parameter name."""
+    return {
+        f"{name}.weight": module.weight
+        for name, module in model.named_modules()
+        if isinstance(module, (nn.Conv1d, nn.Conv2d))
+    }
+
+
+def prunable_layer_sizes(cfg: ModelConfig, data_name: str) -> dict[str, int]:
+    """Weights per prunable layer, computed on the meta device (no memory, no compute)."""
+    in_channels, num_classes = DATA_SHAPES[data_name]
+    with torch.device("meta"):
+        model = build_model(cfg, in_channels, num_classes)
+    return {name: weight.numel() for name, weight in prunable_layers(model).items()}

@@ -1,0 +1,113 @@
+import re
+import shlex
+from dataclasses import asdict
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+
+from threeregime.config import ConfigError, load_config, to_json
+
+try:
+    CFG = load_config(
+        config, source=", ".join(map(str, workflow.configfiles)) or "config"
+    )
+except ConfigError as exc:
+    raise WorkflowError(f"invalid configuration: {exc}") from None
+
+RES = f"results/{CFG.run_name}"
+LOGS = f"{RES}/logs"
+KNOB = CFG.knob.name
+DATA = f"{RES}/data/dataset.pt"
+CELL = f"{KNOB}-{{temperature}}/density-{{density}}/seed{{seed}}"
+DENSE = f"{RES}/dense/{KNOB}-{{temperature}}/seed{{seed}}/model.pt"
+PRUNED = f"{RES}/pruned/{CELL}/model.pt"
+RETRAINED = f"{RES}/retrain/{CELL}/retrain{{rseed}}/model.pt"
+METRICS = f"{RES}/metrics/{CELL}/pair{{a}}-{{b}}.json"
+ENV = "../../envs/threeregime.yaml"
+# Runtime settings (device, threads, checkpoint interval, compile) do not change results, so they
+# are not params (no rerun when they change); jobs read them from the environment. The package
+# is imported from this checkout, also inside conda environments.
+_EXPORTS = (
+    f"export THREEREGIME_RUNTIME={shlex.quote(to_json(asdict(CFG.runtime)))}"
+    f" PYTHONPATH={shlex.quote(str(Path(workflow.basedir).parent))}${{PYTHONPATH:+:$PYTHONPATH}}; "
+)
+shell.prefix(_EXPORTS.replace("{", "{{").replace("}", "}}"))
+GPUS_PER_JOB = 0 if CFG.runtime.device == "cpu" else 1
+
+
+def _one_of(values):
+    return "|".join(re.escape(v) for v in values)
+
+
+wildcard_constraints:
+    temperature=_one_of(CFG.temperatures),
+    density=_one_of(CFG.densities),
+    seed=r"\d+",
+    rseed=r"\d+",
+    a=r"\d+",
+    b=r"\d+",
+
+
+def dense_init(wildcards):
+    """Epochs knob: each checkpoint continues the run from the previous grid epoch."""
+    parent = CFG.dense_parent(wildcards.temperature)
+    if parent is None:
+        return []
+    return DENSE.format(temperature=parent, seed=wildcards.seed)
+
+
+def labels(wildcards):
+    """--label flags naming the cell an output belongs to (written into its JSON)."""
+    names = {
+        "seed": "dense_seed",
+        "rseed": "retrain_seed",
+        "a": "seed_a",
+        "b": "seed_b",
+    }
+    pairs = [f"knob={KNOB}"]
+    pairs += [f"{names.get(k, k)}={v}" for k, v in wildcards.items()]
+    return " ".join(f"--label {p}" for p in pairs)
+
+
+def cell_keys():
+    return dict(
+        temperature=CFG.temperatures,
+        density=CFG.densities,
+        seed=[str(s) for s in CFG.seeds.dense],
+    )
+
+
+def all_metrics():
+    """One metrics file per (temperature, density, dense seed, retrain pair)."""
+    return [
+        path
+        for a, b in CFG.retrain_pairs
+        for path in expand(METRICS, a=a, b=b, **cell_keys())
+    ]
+
+
+ANALYSIS = {
+    name: f"{RES}/{name}.csv"
+    for name in (
+        "metrics",
+        "models",
+        "cells",
+        "regimes",
+        "robustness",
+        "advice",
+        "selection",
+    )
+}
+FIGURES = {
+    "phase": [f"{RES}/phase_diagram.png", f"{RES}/phase_diagram.pdf"],
+    "map": [f"{RES}/regime_map.png", f"{RES}/regime_map.pdf"],
+}
+
+
+def final_outputs():
+    return (
+        list(ANALYSIS.values())
+        + FIGURES["phase"]
+        + FIGURES["map"]
+        + [f"{RES}/summary.json"]
+    )

@@ -1,0 +1,14 @@
+rule prune:
+    input:
+        DENSE,
+    output:
+        PRUNED,
+    log:
+        f"{LOGS}/prune/{CELL}.log",
+    conda:
+        ENV
+    params:
+        spec=lambda wc: to_json(CFG.prune_spec(wc.density)),
+    shell:
+        "python -m threeregime prune --spec {params.spec:q} --dense {input} --out {output}"
+        " > {log} 2>&1"
