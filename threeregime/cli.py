@@ -254,11 +254,11 @@ def cmd_retrain(args) -> None:
 def _model_metrics(payload: dict, model, data, spec: dict, perf) -> dict:
     """Per-model numbers: test error (mean of the last epochs), train loss/error, Hessian."""
     from threeregime.hessian import hessian_summary
-    from threeregime.metrics import test_error_summary
+    from threeregime.metrics import summarize_test_error
     from threeregime.train import evaluate
 
     masks = {name: m.to(data.device) for name, m in payload["masks"].items()}
-    result = test_error_summary(payload["state"]["history"], spec["test_error_last"])
+    result = summarize_test_error(payload["state"]["history"], spec["test_error_last"])
     train_loss, train_error = evaluate(model, data.eval_batches("train", spec["eval_batch_size"]), perf)
     result |= {
         "train_loss": train_loss,

@@ -18,7 +18,7 @@ from threeregime.runtime import Performance
 from threeregime.train import evaluate
 
 
-def test_error_summary(history: list[dict], last: int) -> dict:
+def summarize_test_error(history: list[dict], last: int) -> dict:
     """Mean test error over the last ``last`` epochs (the paper's reported number) and the final one."""
     if not history:
         raise ValueError("empty training history: the model was never trained")
@@ -32,16 +32,23 @@ def test_error_summary(history: list[dict], last: int) -> dict:
 
 @torch.no_grad()
 def recalibrate_batchnorm(model: nn.Module, batches) -> None:
-    """Replace BN running statistics by exact averages over ``batches`` (train-mode forward)."""
+    """Replace BN running statistics by sample-weighted averages over ``batches``.
+
+    Each batch enters with momentum n_batch / n_seen, so running_mean is the exact mean over all
+    samples even when the last batch is smaller (torch's cumulative mode weights batches equally).
+    """
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms:
         return
     saved = [m.momentum for m in norms]
     for m in norms:
         m.reset_running_stats()
-        m.momentum = None  # cumulative moving average = exact mean over batches
     model.train()
+    seen = 0
     for x, _ in batches:
+        seen += len(x)
+        for m in norms:
+            m.momentum = len(x) / seen
         model(x)
     for m, momentum in zip(norms, saved):
         m.momentum = momentum

@@ -121,11 +121,13 @@ def classify_cells(cells: pd.DataFrame, cfg: RegimeConfig) -> tuple[pd.DataFrame
 
 
 def robustness(cells: pd.DataFrame, cfg: RegimeConfig, chosen: Thresholds) -> pd.DataFrame:
-    """How many cells change regime when eps and the CKA cut move around the chosen values."""
-    eps_grid = cfg.eps_range or tuple(chosen.eps * f for f in (0.5, 0.75, 1.0, 1.5, 2.0))
-    cut_grid = cfg.cka_cut_range or tuple(
-        float(np.clip(chosen.cka_cut + d, 0, 1)) for d in (-0.05, -0.025, 0.0, 0.025, 0.05)
-    )
+    """How many cells change regime when eps and the CKA cut move around the chosen values.
+
+    Default grids scale eps, and the CKA cut's distance from 1, by 0.5x .. 2x.
+    """
+    factors = (0.5, 0.75, 1.0, 1.5, 2.0)
+    eps_grid = cfg.eps_range or tuple(chosen.eps * f for f in factors)
+    cut_grid = cfg.cka_cut_range or tuple(float(np.clip(1 - (1 - chosen.cka_cut) * f, 0, 1)) for f in factors)
     reference = classify(cells, chosen.eps, chosen.cka_cut, cfg.cka_metric)
     rows = []
     for eps in sorted(set(eps_grid)):

@@ -132,6 +132,7 @@ class _FrozenBatchNorm:
             m.momentum = momentum
 
 
+@torch.no_grad()
 def _sam_perturb(params: list[torch.Tensor], rho: float) -> list[torch.Tensor]:
     """Move to w + rho g/||g|| (non-adaptive SAM); return the saved weights to restore."""
     grads = [p.grad for p in params]
@@ -196,6 +197,7 @@ def train(
             loss.backward()
             if recipe.optimizer == "sam":
                 saved = _sam_perturb(params, recipe.sam_rho)
+                enforce_masks()  # the perturbation stays inside the sparse model
                 optimizer.zero_grad()
                 with frozen_bn, perf.autocast(device):
                     F.cross_entropy(forward(x).float(), y).backward()

@@ -1,0 +1,89 @@
+"""End to end: a tiny config through the real Snakemake workflow (CLI), outputs and their columns."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from .conftest import snakemake, write_config
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from .conftest import TINY_CONFIG
+
+    folder = tmp_path_factory.mktemp("tiny")
+    write_config(folder, TINY_CONFIG)
+    result = snakemake(folder)
+    return folder, folder / "results" / "tiny", result
+
+
+def test_outputs_and_columns(tiny_run):
+    _, results, _ = tiny_run
+    metrics = pd.read_csv(results / "metrics.csv")
+    assert len(metrics) == 2 * 2 * 1  # temperatures x densities x retrain pairs
+    for column in [
+        "knob", "temperature", "density", "dense_seed", "seed_a", "seed_b", "mc", "mc_t",
+        "cka_softmax", "cka_logits", "test_error", "train_loss", "train_error",
+        "hessian_top_eigenvalue", "hessian_trace", "density_actual",
+    ]:  # fmt: skip
+        assert column in metrics, column
+    assert metrics[["mc", "cka_softmax", "test_error", "hessian_trace"]].notna().all().all()
+    assert ((metrics["cka_softmax"] > 0) & (metrics["cka_softmax"] <= 1 + 1e-9)).all()
+    assert (metrics["mc"] <= 0.5).all() and (metrics["test_error"].between(0, 1)).all()
+    assert set(metrics["density"]) == {0.2, 0.6} and set(metrics["temperature"]) == {1, 3}
+    assert (abs(metrics["density_actual"] - metrics["density"]) < 0.02).all()
+    models = pd.read_csv(results / "models.csv")
+    assert len(models) == 2 * 2 * 2 and set(models["retrain_seed"]) == {1, 2}
+    regimes = pd.read_csv(results / "regimes.csv")
+    assert set(regimes["regime"]) <= {"I", "II-A", "II-B"} and len(regimes) == 4
+    assert {"eps", "cka_cut", "normalized_test_error", "mc_mean", "cka_softmax_mean"} <= set(regimes)
+    summary = json.loads((results / "summary.json").read_text())
+    assert sum(summary["regime_counts"].values()) == 4
+    for name in ("phase_diagram.png", "phase_diagram.pdf", "regime_map.png", "regime_map.pdf"):
+        assert (results / name).stat().st_size > 1000, name
+    assert (results / "phase_diagram.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for name in ("robustness.csv", "advice.csv", "selection.csv"):
+        assert len(pd.read_csv(results / name)) > 0, name
+
+
+def test_every_job_logged_progress(tiny_run):
+    _, results, _ = tiny_run
+    retrain_logs = list((results / "logs" / "retrain").rglob("*.log"))
+    assert len(retrain_logs) == 8
+    text = retrain_logs[0].read_text()
+    assert "epoch 1/3" in text and "epoch 3/3" in text and "done at epoch 3" in text
+    dense_logs = sorted((results / "logs" / "dense").rglob("*.log"))
+    assert "epochs 1->3" in dense_logs[-1].read_text() or "epochs 1->3" in dense_logs[0].read_text()
+
+
+def test_second_run_has_nothing_to_do_and_dry_run_lists_plan(tiny_run, tmp_path):
+    folder, _, _ = tiny_run
+    again = snakemake(folder)
+    assert "Nothing to be done" in again.stdout + again.stderr
+    fresh = tmp_path / "fresh"
+    from .conftest import TINY_CONFIG
+
+    write_config(fresh, TINY_CONFIG)
+    plan = snakemake(fresh, "-n")
+    text = plan.stdout
+    for rule, count in [("dense_train", 2), ("prune", 4), ("retrain", 8), ("metrics", 4), ("plot", 1)]:
+        assert any(line.split() == [rule, str(count)] for line in text.splitlines()), (rule, text[-800:])
+    assert not (fresh / "results").exists(), "a dry run computes nothing"
+
+
+def test_bad_config_fails_before_any_job(tmp_path):
+    from .conftest import TINY_CONFIG
+
+    config = json.loads(json.dumps(TINY_CONFIG))
+    config["prune"]["densities"] = [0.2, 1.5]
+    write_config(tmp_path, config)
+    result = snakemake(tmp_path, check=False)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "prune.densities[1]: 1.5 is greater than the maximum of 1" in output
+    assert not (tmp_path / "results").exists()
