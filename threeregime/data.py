@@ -16,68 +16,77 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from threeregime.catalog import CIFAR_LAYOUT, cifar_folder, cifar_howto  # noqa: F401
 from threeregime.config import DataConfig
 
+# Per-channel mean and std of the training images. CIFAR-10's are the paper's; CIFAR-100 uses
+# its own (the paper's code reuses CIFAR-10's for every CIFAR, but reports no CIFAR-100 result).
 CIFAR_STATS = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
 }
-_CIFAR_LAYOUT = {
-    "cifar10": (
-        "cifar-10-batches-py",
-        [f"data_batch_{i}" for i in range(1, 6)],
-        ["test_batch"],
-        "labels",
-        10,
-    ),
-    "cifar100": ("cifar-100-python", ["train"], ["test"], "fine_labels", 100),
-}
+CIFAR_CLASSES = {"cifar10": 10, "cifar100": 100}
 
 
 class DataError(RuntimeError):
     """A dataset that is missing or not in the expected on-disk format."""
 
 
-def cifar_folder(name: str) -> str:
-    return _CIFAR_LAYOUT[name][0]
-
-
-def _read_cifar_files(folder: Path, files: list[str], label_key: str) -> tuple[np.ndarray, np.ndarray]:
+def _read_cifar_files(
+    folder: Path, files: tuple[str, ...], label_key: str, classes: int, howto: str
+) -> tuple[np.ndarray, np.ndarray]:
     images, labels = [], []
     for name in files:
         path = folder / name
         if not path.is_file():
-            raise DataError(f"{path}: missing CIFAR file (expected torchvision's on-disk format)")
+            raise DataError(f"{path}: missing CIFAR file (torchvision's on-disk format expected); {howto}")
         try:
             with open(path, "rb") as handle:
                 batch = pickle.load(handle, encoding="latin1")
             data = np.asarray(batch["data"], dtype=np.uint8)
             label = np.asarray(batch[label_key], dtype=np.int64)
         except Exception as exc:
-            raise DataError(f"{path}: malformed CIFAR batch ({type(exc).__name__}: {exc})") from None
-        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(label) != len(data):
-            raise DataError(f"{path}: malformed CIFAR batch (data shape {data.shape}, {len(label)} labels)")
-        images.append(data.reshape(-1, 3, 32, 32))
+            raise DataError(f"{path}: malformed CIFAR batch ({type(exc).__name__}: {exc}); {howto}") from None
+        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or label.ndim != 1 or len(label) != len(data):
+            raise DataError(
+                f"{path}: malformed CIFAR batch (data shape {data.shape}, {len(label)} labels; "
+                f"expected N x 3072 uint8 and N labels); {howto}"
+            )
+        if len(label) and (label.min() < 0 or label.max() >= classes):
+            raise DataError(
+                f"{path}: malformed CIFAR batch (labels {label.min()}..{label.max()} outside "
+                f"0..{classes - 1}); {howto}"
+            )
+        images.append(data.reshape(-1, 3, 32, 32))  # rows are R, G, B planes of 32 x 32
         labels.append(label)
     return np.concatenate(images), np.concatenate(labels)
 
 
 def load_cifar(cfg: DataConfig) -> dict:
-    """Read CIFAR-10/100 from torchvision's python-pickle layout under ``cfg.root``."""
-    folder_name, train_files, test_files, label_key, classes = _CIFAR_LAYOUT[cfg.name]
+    """Read CIFAR-10/100 from torchvision's python-pickle layout under ``cfg.root``.
+
+    ``cfg.download`` is the only way this touches the network (torchvision's downloader).
+    """
+    layout = CIFAR_LAYOUT[cfg.name]
+    classes = CIFAR_CLASSES[cfg.name]
     root = Path(cfg.root)
+    howto = cifar_howto(cfg.name, cfg.root)
     if cfg.download:
         import torchvision
 
         dataset_cls = torchvision.datasets.CIFAR10 if cfg.name == "cifar10" else torchvision.datasets.CIFAR100
-        dataset_cls(str(root), train=True, download=True)
-    folder = root / folder_name
+        try:
+            dataset_cls(str(root), train=True, download=True)
+        except Exception as exc:
+            raise DataError(
+                f"{root}: downloading {cfg.name} with torchvision failed ({type(exc).__name__}: {exc}); "
+                f"place torchvision's files in {root / layout['folder']} and set data.download: false"
+            ) from None
+    folder = root / layout["folder"]
     if not folder.is_dir():
-        raise DataError(
-            f"{folder}: {cfg.name} not found; place torchvision's files there or set data.download: true"
-        )
-    train_x, train_y = _read_cifar_files(folder, train_files, label_key)
-    test_x, test_y = _read_cifar_files(folder, test_files, label_key)
+        raise DataError(f"{folder}: {cfg.name} not found; {howto}")
+    train_x, train_y = _read_cifar_files(folder, layout["train"], layout["label_key"], classes, howto)
+    test_x, test_y = _read_cifar_files(folder, layout["test"], layout["label_key"], classes, howto)
     mean, std = CIFAR_STATS[cfg.name]
     return {
         "train_x": torch.from_numpy(train_x),
@@ -167,11 +176,12 @@ class DeviceData:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def train_batches(
-        self, batch_size: int, generator: torch.Generator
+        self, batch_size: int, generator: torch.Generator, drop_last: bool = True
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """One epoch of shuffled, augmented batches; the last partial batch is dropped."""
+        """One epoch of shuffled, augmented batches; the last partial batch only if not drop_last."""
         order = torch.randperm(self.num_train, generator=generator, device=self.device)
-        for start in range(0, self.num_train - batch_size + 1, batch_size):
+        stop = self.num_train - batch_size + 1 if drop_last else self.num_train
+        for start in range(0, stop, batch_size):
             index = order[start : start + batch_size]
             x = self.train_x[index]
             if self.augment and self.image:

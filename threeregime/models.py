@@ -1,7 +1,8 @@
 """Model zoo: a BatchNorm 1D CNN for MNIST-1D, PreResNet-20 and VGG-16-BN for CIFAR.
 
 Pruning acts on every convolution weight (first conv and 1x1 downsample convs included); the
-final Linear layer is never pruned, as in the paper.
+final Linear layer is never pruned, as in the paper. Channel plans come from
+``threeregime.catalog``, which also gives the conv shapes without torch (config validation).
 """
 
 from __future__ import annotations
@@ -9,13 +10,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from threeregime.catalog import CNN1D_PLANES, DATA_SHAPES, PRERESNET_PLANES, VGG16_LAYOUT, conv_layer_sizes
+from threeregime.catalog import scaled as _scaled
 from threeregime.config import ModelConfig
 
-DATA_SHAPES = {"mnist1d": (1, 10), "cifar10": (3, 10), "cifar100": (3, 100)}
-
-
-def _scaled(channels: int, width: float) -> int:
-    return max(1, int(round(channels * width)))
+MODEL_NAMES = ("cnn1d", "preresnet20", "vgg16_bn")
 
 
 class CNN1d(nn.Module):
@@ -23,7 +22,7 @@ class CNN1d(nn.Module):
 
     def __init__(self, in_channels: int, num_classes: int, width: float = 1.0):
         super().__init__()
-        c1, c2, c3 = (_scaled(c, width) for c in (32, 64, 64))
+        c1, c2, c3 = (_scaled(c, width) for c in CNN1D_PLANES)
         layers, previous = [], in_channels
         for channels, kernel, stride in ((c1, 5, 1), (c2, 3, 2), (c3, 3, 2), (c3, 3, 1)):
             layers += [
@@ -61,13 +60,19 @@ class PreActBlock(nn.Module):
 
 
 class PreResNet(nn.Module):
-    """PreResNet-(6n+2) for 32x32 inputs: 16/32/64 channels times ``width``, fc 64 -> classes."""
+    """PreResNet-(6n+2) for 32x32 inputs: 16/32/64 channels times ``width``, fc 64 -> classes.
+
+    As the paper's code: conv1 (3x3) -> 3 stages of n pre-activation basic blocks (the first
+    block of stages 2 and 3 has stride 2 and a 1x1 downsample conv, no BN, on the block input)
+    -> BN -> ReLU -> 8x8 average pool -> fc. Convs are He-normal with fan_out, BN (1, 0), fc
+    torch's default. Depth 20 has 21 convs (19 3x3 + 2 1x1), about 0.27M parameters.
+    """
 
     def __init__(self, in_channels: int, num_classes: int, depth: int = 20, width: float = 1.0):
         super().__init__()
         assert (depth - 2) % 6 == 0, "PreResNet depth must be 6n+2"
         blocks_per_stage = (depth - 2) // 6
-        planes = [_scaled(c, width) for c in (16, 32, 64)]
+        planes = [_scaled(c, width) for c in PRERESNET_PLANES]
         self.conv1 = nn.Conv2d(in_channels, planes[0], 3, 1, 1, bias=False)
         stages, previous = [], planes[0]
         for stage, channels in enumerate(planes):
@@ -88,11 +93,13 @@ class PreResNet(nn.Module):
         return self.fc(out.mean(dim=(2, 3)))
 
 
-VGG16_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)
-
-
 class VGG(nn.Module):
-    """VGG-16 with BatchNorm for CIFAR: 13 conv-BN-ReLU layers, global pool, one linear layer."""
+    """VGG-16 with BatchNorm for CIFAR: 13 conv-BN-ReLU layers, global pool, one linear layer.
+
+    As the paper's code (layout D, four max pools, 2x2 average pool = global mean on 32x32
+    inputs, Linear 512 -> classes): convs He-normal with fan_in, fc N(0, 0.01) with zero bias.
+    Convs have no bias (the paper's have one; BatchNorm right after makes it a no-op).
+    """
 
     def __init__(self, in_channels: int, num_classes: int, width: float = 1.0):
         super().__init__()
@@ -110,6 +117,11 @@ class VGG(nn.Module):
             previous = channels
         self.features = nn.Sequential(*layers)
         self.fc = nn.Linear(previous, num_classes)
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+        nn.init.normal_(self.fc.weight, 0.0, 0.01)
+        nn.init.zeros_(self.fc.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.features(x).mean(dim=(2, 3)))
@@ -122,7 +134,7 @@ def build_model(cfg: ModelConfig, in_channels: int, num_classes: int) -> nn.Modu
         return PreResNet(in_channels, num_classes, depth=20, width=cfg.width)
     if cfg.name == "vgg16_bn":
         return VGG(in_channels, num_classes, cfg.width)
-    raise ValueError(f"model.name: unknown model {cfg.name!r}")
+    raise ValueError(f"model.name: unknown model {cfg.name!r}; choose one of {', '.join(MODEL_NAMES)}")
 
 
 def init_model(cfg: ModelConfig, in_channels: int, num_classes: int, seed: int) -> nn.Module:
@@ -142,8 +154,7 @@ def prunable_layers(model: nn.Module) -> dict[str, nn.Parameter]:
 
 
 def prunable_layer_sizes(cfg: ModelConfig, data_name: str) -> dict[str, int]:
-    """Weights per prunable layer, computed on the meta device (no memory, no compute)."""
-    in_channels, num_classes = DATA_SHAPES[data_name]
-    with torch.device("meta"):
-        model = build_model(cfg, in_channels, num_classes)
-    return {name: weight.numel() for name, weight in prunable_layers(model).items()}
+    """Weights per prunable layer, from the channel plan alone (no torch module is built)."""
+    if cfg.name not in MODEL_NAMES or data_name not in DATA_SHAPES:
+        raise ValueError(f"unknown model {cfg.name!r} or dataset {data_name!r}")
+    return conv_layer_sizes(cfg.name, cfg.width, data_name)

@@ -1,0 +1,238 @@
+"""The paper's experiments as presets: settings, isolation from config.yaml, and their DAGs.
+
+There is no real CIFAR here. Each test writes a tiny fake CIFAR-10 in torchvision's on-disk
+format into ``<working directory>/data``, where a preset's ``data.root: data`` finds it (or into
+any folder named by an overlay file, ``--configfile preset.yaml overlay.yaml``), so config
+validation and ``snakemake -n`` run exactly as they would on a cluster with the real files.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from threeregime.config import load_config
+from threeregime.train import Schedule
+
+from .conftest import REPO, snakemake, write_config
+from .test_cifar import write_fake_cifar
+
+PRESETS = REPO / "presets"
+NAMES = ["cifar10-preresnet20-epochs", "cifar10-preresnet20-batchsize", "cifar10-preresnet20-sam"]
+PAPER_DENSITIES = [0.05, 0.06, 0.07, 0.08, 0.10, 0.14, 0.20, 0.40, 0.80]
+PAPER_GRIDS = {
+    "epochs": list(range(10, 161, 10)),
+    "batch_size": [16, 32, 64, 128, 256, 512],
+    "sam_rho": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8],
+}
+DRY_RUN_LIMIT_S = 15.0
+
+
+def _raw(name: str) -> dict:
+    return yaml.safe_load((PRESETS / f"{name}.yaml").read_text())
+
+
+def _merged(*layers: dict) -> dict:
+    """Layer configs the way Snakemake does (config.yaml first, then each --configfile)."""
+    from snakemake.utils import update_config
+
+    merged: dict = {}
+    for layer in layers:
+        update_config(merged, copy.deepcopy(layer))
+    return merged
+
+
+@pytest.fixture(scope="module")
+def fake_root(tmp_path_factory) -> Path:
+    return write_fake_cifar(tmp_path_factory.mktemp("cifar-root"))
+
+
+def _load(name: str, root: Path):
+    return load_config(_merged(_raw(name), {"data": {"root": str(root)}}), source=name)
+
+
+def test_every_preset_is_present():
+    assert sorted(p.stem for p in PRESETS.glob("*.yaml")) == sorted(NAMES)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_preset_is_the_papers_setup(name, fake_root):
+    cfg = _load(name, fake_root)
+    assert cfg.run_name == name
+    assert (cfg.data.name, cfg.data.root, cfg.data.download, cfg.data.augment) == (
+        "cifar10",
+        str(fake_root),
+        False,
+        True,
+    )
+    assert _raw(name)["data"]["root"] == "data"  # torchvision's default layout under ./data
+    assert (cfg.model.name, cfg.model.width) == ("preresnet20", 1.0)
+    assert cfg.prune.method == "uniform" and cfg.prune.densities == tuple(PAPER_DENSITIES)
+    assert cfg.seeds.dense == (1, 2, 3) and cfg.seeds.retrain == (1, 2, 3)
+    assert cfg.retrain_pairs == [(1, 2), (1, 3), (2, 3)]
+    m = cfg.metrics
+    assert (m.lmc_points, m.lmc_bn_samples, m.cka_samples, m.test_error_last) == (11, 0, 6464, 5)
+    assert (m.hessian_samples, m.hessian_max_iter, m.hessian_probes) == (200, 100, 100)
+    assert cfg.regimes.cka_metric == "cka_softmax"
+    assert cfg.runtime.device == "cuda" and cfg.runtime.require_gpu and cfg.runtime.amp == "none"
+    assert [float(v) for v in cfg.knob.values] == PAPER_GRIDS[cfg.knob.name]
+    base = cfg.train
+    assert (base.lr, base.momentum, base.weight_decay, base.lr_gamma) == (0.1, 0.9, 1e-4, 0.1)
+    assert base.lr_milestones == (0.5, 0.75) and base.optimizer == "sgd"
+    retrain = cfg.retrain_recipe()
+    assert cfg.retrain.mode == "rewind" and retrain.optimizer == "sgd" and retrain.lr == 0.1
+    assert retrain.lr_milestones == (0.5, 0.75)
+    if cfg.knob.name == "epochs":
+        assert (base.epochs, base.batch_size, base.iterations, base.drop_last) == (160, 64, None, False)
+        for t in cfg.temperatures:
+            assert cfg.dense_recipe(t) == base and cfg.dense_spec(t, 1)["stop_epoch"] == int(t)
+            assert cfg.dense_parent(t) == (None if t == "10" else str(int(t) - 10))
+        assert retrain == base  # LR rewinding: the full 160-epoch dense schedule
+        schedule = Schedule(base, steps_per_epoch=782)  # 50000 images, last partial batch kept
+        assert schedule.lr_at(80 * 782 - 1) == 0.1 and schedule.lr_at(80 * 782) == pytest.approx(0.01)
+        assert schedule.lr_at(120 * 782) == pytest.approx(0.001)
+    if cfg.knob.name == "batch_size":
+        assert base.iterations == 62400 and base.drop_last
+        for t in cfg.temperatures:
+            recipe = cfg.dense_recipe(t)
+            assert recipe == base.__class__(**{**base.__dict__, "batch_size": int(t)})  # only the batch
+            assert cfg.dense_parent(t) is None and cfg.dense_spec(t, 1)["stop_epoch"] is None
+            schedule = Schedule(recipe, steps_per_epoch=50000 // int(t))
+            assert schedule.total_iterations == 62400
+            assert schedule.lr_at(31199) == 0.1 and schedule.lr_at(31200) == pytest.approx(0.01)
+            assert schedule.lr_at(46800) == pytest.approx(0.001)
+        assert (retrain.batch_size, retrain.iterations) == (128, 62400)
+        assert Schedule(retrain, steps_per_epoch=50000 // 128).total_epochs == 160
+    if cfg.knob.name == "sam_rho":
+        assert (base.epochs, base.batch_size, base.drop_last) == (160, 64, False)
+        for t in cfg.temperatures:
+            recipe = cfg.dense_recipe(t)
+            assert (recipe.optimizer, recipe.sam_rho) == ("sam", float(t))
+            assert recipe.momentum == 0.9 and recipe.epochs == 160
+        assert retrain == base  # retraining is plain SGD with the dense schedule
+
+
+def test_finetune_mode_is_a_small_constant_lr_for_fewer_epochs(fake_root):
+    raw = _merged(_raw("cifar10-preresnet20-epochs"), {"data": {"root": str(fake_root)}})
+    raw["retrain"] = {"mode": "finetune"}
+    recipe = load_config(raw).retrain_recipe()
+    assert (recipe.lr, recipe.lr_milestones, recipe.epochs, recipe.optimizer) == (0.001, (), 40, "sgd")
+    raw["retrain"] = {"mode": "finetune", "recipe": {"lr": 0.01, "epochs": 20}}
+    recipe = load_config(raw).retrain_recipe()
+    assert (recipe.lr, recipe.epochs, recipe.lr_milestones) == (0.01, 20, ())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_embedded_config_yaml_does_not_leak_into_a_preset(name, fake_root):
+    """Snakemake merges config.yaml under --configfile; the jobs must be those of the preset alone."""
+    overlay = {"data": {"root": str(fake_root)}}
+    embedded = yaml.safe_load((REPO / "config.yaml").read_text())
+    alone = load_config(_merged(_raw(name), overlay))
+    merged = load_config(_merged(embedded, _raw(name), overlay))
+
+    def specs(cfg) -> dict:
+        out = {
+            "run_name": cfg.run_name,
+            "data": cfg.data_spec(),
+            "runtime": cfg.runtime,
+            "metrics": cfg.metrics_spec(),
+            "analysis": cfg.analysis_spec(),
+            "plot": cfg.plot_spec(),
+            "grids": (cfg.temperatures, cfg.densities, cfg.seeds, cfg.retrain_pairs),
+        }
+        out |= {f"dense {t}": cfg.dense_spec(t, 1) for t in cfg.temperatures}
+        out |= {f"prune {d}": cfg.prune_spec(d) for d in cfg.densities}
+        out |= {f"retrain {s}": cfg.retrain_spec(s) for s in cfg.seeds.retrain}
+        return out
+
+    assert specs(merged) == specs(alone)
+
+
+def _expected_jobs(cfg) -> dict[str, int]:
+    cells = len(cfg.temperatures) * len(cfg.densities) * len(cfg.seeds.dense)
+    jobs = {
+        "prepare_data": 1,
+        "dense_train": len(cfg.temperatures) * len(cfg.seeds.dense),
+        "prune": cells,
+        "retrain": cells * len(cfg.seeds.retrain),
+        "metrics": cells * len(cfg.retrain_pairs),
+    }
+    return jobs
+
+
+def _job_stats(text: str) -> dict[str, int]:
+    table = text[text.index("Job stats:") :]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.MULTILINE)}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_dry_run_plans_the_papers_jobs(name, tmp_path, fake_root, capsys):
+    """`snakemake -n --configfile presets/<name>.yaml` from a folder holding data/ and config.yaml."""
+    write_fake_cifar(tmp_path / "data")
+    shutil.copy(REPO / "config.yaml", tmp_path / "config.yaml")  # as when run from the checkout
+    started = time.perf_counter()
+    result = snakemake(tmp_path, "-n", "--configfile", str(PRESETS / f"{name}.yaml"))
+    seconds = time.perf_counter() - started
+    stats = _job_stats(result.stdout)
+    expected = _expected_jobs(_load(name, fake_root))
+    assert {k: stats[k] for k in expected} == expected
+    assert stats["total"] == sum(expected.values()) + 4  # collect, classify, plot, all
+    assert not (tmp_path / "results").exists(), "a dry run computes nothing"
+    with capsys.disabled():
+        print(f"\n{name}: snakemake -n plans {stats['total']} jobs {expected} in {seconds:.1f} s")
+    assert seconds < 4 * DRY_RUN_LIMIT_S, "dry run far slower than the 15 s target"
+
+
+def test_overlay_points_a_preset_at_another_data_folder(tmp_path, fake_root):
+    overlay = write_config(tmp_path, {"data": {"root": str(fake_root)}}, "my-data.yaml")
+    name = "cifar10-preresnet20-sam"
+    result = snakemake(
+        tmp_path, "-n", "--quiet", "rules", "--configfile", str(PRESETS / f"{name}.yaml"), str(overlay)
+    )
+    assert _job_stats(result.stdout)["dense_train"] == 8 * 3
+
+
+def test_preset_without_data_fails_before_any_job_naming_path_and_remedy(tmp_path):
+    result = snakemake(
+        tmp_path, "-n", "--configfile", str(PRESETS / "cifar10-preresnet20-epochs.yaml"), check=False
+    )
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "invalid configuration:" in output
+    assert "data.root: data/cifar-10-batches-py not found" in output
+    assert "python -m threeregime fetch-data --name cifar10 --root data" in output
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.slow
+def test_a_preset_runs_end_to_end_on_fake_cifar(tmp_path):
+    """The epochs preset, shrunk by an overlay, through the real workflow: Figure-2 tables and plots."""
+    write_fake_cifar(tmp_path / "data", train=48, test=16)
+    tiny = {
+        "run_name": "tiny-cifar",
+        "model": {"width": 0.25},
+        "train": {"epochs": 2, "batch_size": 16},
+        "knob": {"values": [1, 2]},
+        "prune": {"densities": [0.3]},
+        "seeds": {"dense": [1, 2], "retrain": [1, 2]},
+        "metrics": {"lmc_points": 5, "hessian_samples": 16, "hessian_max_iter": 3, "hessian_probes": 2},
+        "runtime": {"device": "cpu", "require_gpu": False, "threads": 1},
+    }
+    overlay = write_config(tmp_path, tiny, "tiny.yaml")
+    snakemake(tmp_path, "--configfile", str(PRESETS / "cifar10-preresnet20-epochs.yaml"), str(overlay))
+    import pandas as pd
+
+    results = tmp_path / "results" / "tiny-cifar"
+    metrics = pd.read_csv(results / "metrics.csv")
+    assert len(metrics) == 2 * 1 * 2 * 1  # temperatures x densities x dense seeds x retrain pairs
+    cells = pd.read_csv(results / "cells.csv")
+    assert len(cells) == 2 and set(cells["temperature"]) == {1, 2}
+    assert (cells["n"] == 2).all(), "each cell averages 2 dense seeds x 1 retrain pair"
+    assert cells["normalized_test_error"].min() == 0
+    assert (results / "phase_diagram.png").stat().st_size > 1000
