@@ -1,0 +1,228 @@
+"""Incremental reruns: after one real run, each config edit reruns exactly the affected jobs.
+
+Snakemake runs from the repository root, as a user would, so the workflow profile
+profiles/default (cores, the one-machine `gpu` cap, rerun-incomplete) is in force. The job sets
+come from the dry-run plan (`snakemake -n`) and are compared exactly, wildcards included.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from .conftest import REPO, TINY_CONFIG, write_config
+
+pytestmark = pytest.mark.slow
+
+# Two temperatures (the epochs-3 dense run continues epochs-1), one density, one retrain pair:
+# 14 jobs. runtime.device auto makes dense_train/retrain/metrics ask `gpu: 1` (CPU fallback).
+BASE = copy.deepcopy(TINY_CONFIG)
+BASE["prune"]["densities"] = [0.5]
+BASE["runtime"] = {"device": "auto", "threads": 1}
+TEMPS, DENSITY, SEED, PAIR = ["1", "3"], "0.5", "1", ("1", "2")
+GPU_RULES = {"dense_train", "retrain", "metrics"}
+ANALYSIS = {("collect", frozenset()), ("classify", frozenset()), ("plot", frozenset())}
+
+JOB_HEADER = re.compile(r"^(?:local)?(?:rule|checkpoint) (\w+):$")
+STAMP = re.compile(r"^\[(\w{3} \w{3} +\d+ \d\d:\d\d:\d\d \d{4})\]$")
+FINISHED = re.compile(r"^Finished jobid: (\d+) \(Rule: (\w+)\)")
+
+
+def job(rule: str, **wildcards: str) -> tuple[str, frozenset]:
+    return rule, frozenset(wildcards.items())
+
+
+def cell_jobs(temperature: str, density: str, with_prune: bool = True) -> set:
+    """The prune, retrain and metrics jobs of one (temperature, density) cell."""
+    cell = {"temperature": temperature, "density": density, "seed": SEED}
+    jobs = {job("retrain", **cell, rseed=r) for r in PAIR}
+    jobs.add(job("metrics", **cell, a=PAIR[0], b=PAIR[1]))
+    if with_prune:
+        jobs.add(job("prune", **cell))
+    return jobs
+
+
+def snakemake(folder: Path, *args: str) -> subprocess.CompletedProcess:
+    """`snakemake --directory folder ARGS` from the repository root, the venv's bin on PATH."""
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    command = [sys.executable, "-m", "snakemake", "--directory", str(folder), *args]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env)
+
+
+def run(folder: Path, *args: str) -> str:
+    """Run and return stdout + stderr; fail the test if Snakemake fails."""
+    result = snakemake(folder, *args)
+    output = result.stdout + result.stderr
+    if result.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{output[-4000:]}")
+    return output
+
+
+def jobs_in(output: str) -> set:
+    """(rule, wildcards) of every job a (dry) run lists, the target rule `all` left out."""
+    jobs, rule = set(), None
+    for line in output.splitlines():
+        header = JOB_HEADER.match(line)
+        if header:
+            rule = header.group(1)
+            if rule != "all":
+                jobs.add(job(rule))
+            continue
+        stripped = line.strip()
+        if rule and rule != "all" and stripped.startswith("wildcards:"):
+            jobs.discard(job(rule))
+            pairs = (item.split("=", 1) for item in stripped.removeprefix("wildcards:").split(","))
+            jobs.add((rule, frozenset((k.strip(), v.strip()) for k, v in pairs)))
+        elif not line.startswith(" "):
+            rule = None
+    return jobs
+
+
+def plan(folder: Path, overlay: dict | None = None) -> set:
+    """The jobs `snakemake -n` plans, with an overlay config file on top of config.yaml if given."""
+    args = ["-n"]
+    if overlay is not None:
+        args += ["--configfile", str(write_config(folder, overlay, "overlay.yaml"))]
+    output = run(folder, *args)
+    if "Nothing to be done" in output:
+        return set()
+    return jobs_in(output)
+
+
+def job_intervals(output: str) -> list[tuple[str, datetime, datetime]]:
+    """(rule, start, end) of every finished job, from Snakemake's own log of a real run."""
+    stamp, rule, starts, spans = None, None, {}, []
+    for line in output.splitlines():
+        if STAMP.match(line):
+            stamp = datetime.strptime(" ".join(STAMP.match(line).group(1).split()), "%a %b %d %H:%M:%S %Y")
+        elif JOB_HEADER.match(line):
+            rule = JOB_HEADER.match(line).group(1)
+        elif line.strip().startswith("jobid:") and rule:
+            starts[line.split(":")[1].strip()] = (rule, stamp)
+            rule = None
+        elif FINISHED.match(line):
+            jobid = FINISHED.match(line).group(1)
+            spans.append((starts[jobid][0], starts[jobid][1], stamp))
+    return spans
+
+
+@pytest.fixture(scope="module")
+def done(tmp_path_factory):
+    """One real run of the base config; returns (folder, its Snakemake output)."""
+    folder = tmp_path_factory.mktemp("incremental")
+    write_config(folder, BASE)
+    return folder, run(folder)
+
+
+def test_base_run_uses_the_workflow_profile_and_one_gpu_job_at_a_time(done):
+    folder, output = done
+    assert "workflow specific profile profiles/default" in output
+    assert re.search(r'Provided resources: gpu=(Resource\("gpu", )?1\b', output), output[:3000]
+    assert (folder / "results/tiny/regimes.csv").exists()
+    spans = job_intervals(output)
+    counts = {"prepare_data": 1, "dense_train": 2, "prune": 2, "retrain": 4, "metrics": 2, "collect": 1}
+    counts |= {"classify": 1, "plot": 1}
+    assert Counter(rule for rule, _, _ in spans if rule != "all") == counts
+    gpu = sorted((start, end, rule) for rule, start, end in spans if rule in GPU_RULES)
+    assert len(gpu) == 8
+    for (_, end, first), (start, _, second) in zip(gpu, gpu[1:]):
+        assert start >= end, f"{first} (until {end}) and {second} (from {start}) shared the one GPU"
+
+
+def test_second_run_does_nothing(done):
+    folder, _ = done
+    assert "Nothing to be done" in run(folder)
+
+
+def test_added_density_runs_only_its_cells_and_the_analysis(done):
+    folder, _ = done
+    overlay = {"prune": {"densities": [0.5, 0.2]}}
+    expected = set().union(*(cell_jobs(t, "0.2") for t in TEMPS)) | ANALYSIS
+    assert plan(folder, overlay) == expected
+
+
+def test_retrain_hyperparameter_reruns_retrain_and_downstream_not_dense_or_prune(done):
+    folder, _ = done
+    overlay = {"retrain": {"recipe": {"lr": 0.02}}}
+    expected = set().union(*(cell_jobs(t, DENSITY, with_prune=False) for t in TEMPS))
+    assert plan(folder, overlay) == expected | ANALYSIS
+
+
+def test_plot_setting_reruns_only_plot(done):
+    folder, _ = done
+    assert plan(folder, {"plot": {"dpi": 80}}) == {job("plot")}
+
+
+def test_runtime_settings_rerun_nothing(done):
+    folder, _ = done
+    overlay = {"runtime": {"device": "cpu", "threads": 2, "checkpoint_every": 2}}
+    assert plan(folder, overlay) == set()
+
+
+def test_deleted_metrics_file_recomputes_only_it_and_its_dependents(done):
+    folder, _ = done
+    cell = {"temperature": "3", "density": DENSITY, "seed": SEED}
+    target = folder / "results/tiny/metrics/epochs-3/density-0.5/seed1/pair1-2.json"
+    target.unlink()
+    expected = {job("metrics", **cell, a="1", b="2")} | ANALYSIS
+    assert plan(folder) == expected
+    executed = run(folder)
+    assert jobs_in(executed) == expected
+    assert target.exists()
+    assert plan(folder) == set()
+
+
+def test_summary_lists_every_output_as_up_to_date(done):
+    folder, _ = done
+    result = snakemake(folder, "--summary")
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    header = lines.index(next(line for line in lines if line.startswith("output_file\t")))
+    rows = [line.split("\t") for line in lines[header + 1 :] if line.strip()]
+    assert {row[2] for row in rows} >= {"prepare_data", "dense_train", "prune", "retrain", "metrics", "plot"}
+    assert all(row[-1] == "no update" for row in rows), [row for row in rows if row[-1] != "no update"]
+
+
+RULE_EDGES = {
+    ("prepare_data", "dense_train"), ("dense_train", "dense_train"), ("dense_train", "prune"),
+    ("prepare_data", "retrain"), ("prune", "retrain"), ("prepare_data", "metrics"),
+    ("retrain", "metrics"), ("metrics", "collect"), ("collect", "classify"), ("classify", "plot"),
+}  # fmt: skip
+
+
+def rulegraph_edges(dot: str) -> set:
+    names = dict(re.findall(r'^\s*(\d+)\[label = "(\w+)"', dot, flags=re.M))
+    return {(names[a], names[b]) for a, b in re.findall(r"^\s*(\d+) -> (\d+)$", dot, flags=re.M)}
+
+
+def graph(folder: Path, kind: str) -> str:
+    result = snakemake(folder, kind)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout[result.stdout.index("digraph") :]
+
+
+def test_rulegraph_shows_the_pipeline(done):
+    folder, _ = done
+    edges = rulegraph_edges(graph(folder, "--rulegraph"))
+    assert RULE_EDGES <= edges, RULE_EDGES - edges
+
+
+def test_dag_renders_with_graphviz(done):
+    if shutil.which("dot") is None:
+        pytest.skip("graphviz `dot` is not installed (apt-get install graphviz)")
+    folder, _ = done
+    for kind in ("--rulegraph", "--dag"):
+        svg = subprocess.run(
+            ["dot", "-Tsvg"], input=graph(folder, kind), capture_output=True, text=True, check=True
+        ).stdout
+        assert svg.lstrip().startswith("<?xml") and "<svg" in svg
+        assert "retrain" in svg and "plot" in svg

@@ -1,0 +1,267 @@
+"""The workflow on a real (single-node) Slurm cluster through `snakemake --profile profiles/slurm`.
+
+tests/slurm/up.sh starts a private munged + slurmctld + slurmd (installing the Debian packages
+when missing; it needs root) with two fake GPUs and no slurmdbd; tests/slurm/down.sh stops exactly
+those daemons afterwards. Snakemake runs in a scratch copy of the repository layout (links to
+workflow/, profiles/, threeregime/, envs/), exactly as a user types it in a checkout, so the
+workflow profile profiles/default is loaded too.
+
+One sequence is checked: a first run whose dense_train job is cancelled with scancel half way
+through training (reported as failed, no model left behind), then a rerun that resumes the
+training from its checkpoint and completes the workflow.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from .conftest import REPO, TINY_CONFIG, write_config
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+HARNESS = REPO / "tests" / "slurm"
+PROFILE = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
+GPU_RULES = {"dense_train", "retrain", "metrics"}
+RULES = ["prepare_data", "dense_train", "prune", "retrain", "metrics", "collect", "classify", "plot"]
+
+# One dense run of 30 epochs (~0.5 s each on the 2-core dev machine, a checkpoint after each) so it
+# is still training when cancelled; short retraining; one cell, whose two retrainings (GPU jobs)
+# run side by side.
+CONFIG = copy.deepcopy(TINY_CONFIG)
+CONFIG["run_name"] = "slurm"
+CONFIG["data"]["num_samples"] = 2000
+CONFIG["train"].update(epochs=30, batch_size=16)
+CONFIG["knob"]["values"] = [30]
+CONFIG["prune"]["densities"] = [0.5]
+CONFIG["retrain"] = {"recipe": {"epochs": 2}}
+CONFIG["runtime"] = {"device": "auto", "threads": 1, "checkpoint_every": 1}
+RESULTS = Path("results/slurm")
+DENSE = RESULTS / "dense/epochs-30/seed1/model.pt"
+DENSE_LOG = RESULTS / "logs/dense/epochs-30/seed1.log"
+
+
+@dataclass
+class Cluster:
+    state: Path
+    env: dict
+
+
+def _read_env(path: Path) -> dict:
+    return dict(line.split("=", 1) for line in path.read_text().split() if "=" in line)
+
+
+def _alive_with(pid: int, marker: str) -> bool:
+    try:
+        return marker in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    state = Path(tempfile.mkdtemp(prefix="threeregime-slurm-", dir="/tmp"))  # short: munge socket
+    try:
+        up = subprocess.run(["bash", str(HARNESS / "up.sh"), str(state)], capture_output=True, text=True)
+        if up.returncode == 77:
+            pytest.skip(up.stdout.strip().splitlines()[-1])
+        assert up.returncode == 0, f"up.sh failed:\n{up.stdout}\n{up.stderr}"
+        recorded = _read_env(state / "env")
+        env = dict(os.environ, SLURM_CONF=recorded["SLURM_CONF"])
+        # The harness's srun first (see up.sh), then the venv: jobs run snakemake and python.
+        env["PATH"] = os.pathsep.join(
+            [recorded["PATH_PREFIX"], str(Path(sys.executable).parent), env["PATH"]]
+        )
+        yield Cluster(state, env)
+    finally:
+        pids = _read_env(state / "pids") if (state / "pids").exists() else {}
+        down = subprocess.run(["bash", str(HARNESS / "down.sh"), str(state)], capture_output=True, text=True)
+        still = {name: pid for name, pid in pids.items() if _alive_with(int(pid), str(state))}
+        assert down.returncode == 0 and not still, f"down.sh left {still}:\n{down.stdout}\n{down.stderr}"
+        for name, pid in pids.items():
+            assert f"{name.removesuffix('_PID').lower()} {pid}" in down.stdout, down.stdout
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def slurm(cluster: Cluster, *args: str) -> str:
+    return subprocess.run(args, env=cluster.env, capture_output=True, text=True, check=True).stdout
+
+
+def checkout(folder: Path) -> Path:
+    """A folder laid out like the repository, with its own config.yaml, results and logs."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("workflow", "profiles", "threeregime", "envs"):
+        (folder / name).symlink_to(REPO / name)
+    write_config(folder, CONFIG)
+    return folder
+
+
+def profile_run(cluster: Cluster, folder: Path, *args: str, **popen) -> subprocess.Popen:
+    command = [sys.executable, "-m", "snakemake", "--profile", "profiles/slurm"]
+    # Poll Slurm 2 s after each submission instead of the profile's 20 s (MinJobAge is 600 s).
+    command += ["--slurm-init-seconds-before-status-checks", "2", *args]
+    return subprocess.Popen(command, cwd=folder, env=cluster.env, text=True, **popen)
+
+
+def finish(process: subprocess.Popen, log: Path, timeout: float) -> tuple[int, str]:
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGINT)  # snakemake cancels its Slurm jobs on SIGINT
+        process.wait(timeout=60)
+        raise AssertionError(f"snakemake did not finish in {timeout} s:\n{log.read_text()[-4000:]}") from None
+    return process.returncode, log.read_text()
+
+
+def job_records(cluster: Cluster) -> list[dict]:
+    """Every job slurmctld still remembers (finished ones for MinJobAge), as key=value dicts."""
+    lines = slurm(cluster, "scontrol", "show", "job", "--oneliner").splitlines()
+    return [dict(token.split("=", 1) for token in line.split() if "=" in token) for line in lines if line]
+
+
+def rule_of(record: dict) -> str:
+    comment = record.get("Comment", "")
+    return max((r for r in RULES if re.fullmatch(rf"rule_{r}(_wildcards_.*)?", comment)), key=len)
+
+
+@dataclass
+class Runs:
+    folder: Path
+    cancelled: str  # Slurm job id of the cancelled dense_train job
+    first: tuple[int, str]
+    dense_after_cancel: bool
+    resume_after_cancel: bool
+    second: tuple[int, str]
+    dry: str
+    records: list[dict]
+
+
+@pytest.fixture(scope="module")
+def runs(cluster, tmp_path_factory) -> Runs:
+    folder = checkout(tmp_path_factory.mktemp("slurm") / "checkout")
+    log1 = folder / "first.log"
+    with log1.open("w") as out:
+        first = profile_run(cluster, folder, stdout=out, stderr=subprocess.STDOUT)
+    # Wait until dense_train has saved a resume checkpoint, then cancel its Slurm job.
+    deadline, jobid = time.monotonic() + 300, None
+    while time.monotonic() < deadline and first.poll() is None:
+        log = folder / DENSE_LOG
+        if log.exists() and re.search(r"epoch ([2-9]|\d\d)/30", log.read_text()):
+            if Path(f"{folder / DENSE}.resume").exists():
+                queue = slurm(cluster, "squeue", "-h", "-t", "RUNNING", "-o", "%i|%k")
+                running = [j for j, c in (r.split("|") for r in queue.split()) if c.startswith("rule_dense")]
+                if running:
+                    jobid = running[0]
+                    slurm(cluster, "scancel", jobid)
+                    break
+        time.sleep(0.2)
+    assert jobid, f"dense_train never reached epoch 2 under Slurm:\n{log1.read_text()[-4000:]}"
+    first_result = finish(first, log1, 300)
+    dense_after, resume_after = (folder / DENSE).exists(), Path(f"{folder / DENSE}.resume").exists()
+
+    log2 = folder / "second.log"
+    with log2.open("w") as out:
+        second = profile_run(cluster, folder, stdout=out, stderr=subprocess.STDOUT)
+    second_result = finish(second, log2, 480)
+    with (folder / "dry.log").open("w") as out:
+        dry = finish(
+            profile_run(cluster, folder, "-n", stdout=out, stderr=subprocess.STDOUT), folder / "dry.log", 120
+        )
+    return Runs(
+        folder, jobid, first_result, dense_after, resume_after, second_result, dry[1], job_records(cluster)
+    )
+
+
+def test_cancelled_job_is_reported_failed_and_leaves_no_model(runs):
+    returncode, output = runs.first
+    assert returncode != 0
+    assert f"SLURM-job '{runs.cancelled}' failed, SLURM status is: 'CANCELLED'" in output
+    assert "Falling back to 'sacct'" not in output  # squeue answered: no slurmdbd here
+    assert not runs.dense_after_cancel, "a cancelled dense_train left its model behind"
+    assert runs.resume_after_cancel, "the resume checkpoint should survive the cancellation"
+    record = next(r for r in runs.records if r["JobId"] == runs.cancelled)
+    assert record["JobState"] == "CANCELLED"
+    # The failed job's sbatch log is kept under the profile's log dir (logs/slurm).
+    assert list((runs.folder / "logs/slurm/rule_dense_train").rglob(f"{runs.cancelled}.log"))
+
+
+def test_rerun_resumes_training_and_completes(runs):
+    returncode, output = runs.second
+    assert returncode == 0, output[-4000:]
+    assert "Using profiles profiles/slurm and workflow specific profile profiles/default" in output
+    resumed = re.search(
+        r"resuming from \S+model\.pt\.resume at epoch (\d+)", (runs.folder / DENSE_LOG).read_text()
+    )
+    assert resumed and int(resumed.group(1)) >= 2, (runs.folder / DENSE_LOG).read_text()
+    assert "done at epoch 30" in (runs.folder / DENSE_LOG).read_text()
+    assert not Path(f"{runs.folder / DENSE}.resume").exists()
+    results = runs.folder / RESULTS
+    metrics = pd.read_csv(results / "metrics.csv")
+    assert len(metrics) == 1 and set(metrics["density"]) == {0.5}
+    assert metrics[["mc", "cka_softmax", "test_error"]].notna().all().all()
+    assert len(pd.read_csv(results / "regimes.csv")) == 1
+    assert (results / "phase_diagram.png").read_bytes()[:4] == b"\x89PNG"
+    assert "Nothing to be done" in runs.dry
+
+
+def _minutes(limit: str) -> int:
+    hours, minutes, _ = (int(x) for x in limit.split("-")[-1].split(":"))
+    return hours * 60 + minutes
+
+
+def test_jobs_ask_slurm_for_the_profile_resources(runs):
+    ours = [r for r in runs.records if r.get("Comment", "").startswith("rule_")]
+    assert Counter(rule_of(r) for r in ours) == {
+        "prepare_data": 1, "dense_train": 2, "prune": 1, "retrain": 2, "metrics": 1,
+        "collect": 1, "classify": 1, "plot": 1,
+    }  # fmt: skip
+    default = PROFILE["default-resources"]
+    for record in ours:
+        rule = rule_of(record)
+        wanted = default | PROFILE["set-resources"].get(rule, {})
+        asks_gpu = "gpu" in record.get("TresPerJob", "")
+        assert asks_gpu == (rule in GPU_RULES), (rule, record.get("TresPerJob"))
+        if asks_gpu:
+            assert record["TresPerJob"] == "gres:gpu:1"
+        assert _minutes(record["TimeLimit"]) == wanted["runtime"], (rule, record["TimeLimit"])
+        assert record["MinMemoryNode"] == f"{wanted['mem_mb']}M", (rule, record["MinMemoryNode"])
+        assert record["NumCPUs"] == "1"  # runtime.threads
+        assert record["Partition"] == "debug"  # no partition in the profile: the cluster default
+
+
+def test_gpu_jobs_run_side_by_side_on_slurm(runs):
+    """The one-machine cap (profiles/default: gpu=1) does not throttle Slurm submissions."""
+    spans = sorted(
+        (r["StartTime"], r["EndTime"]) for r in runs.records if r["Comment"].startswith("rule_retrain")
+    )
+    assert any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:])), spans
+
+
+def test_down_never_signals_a_process_it_did_not_start(tmp_path):
+    """down.sh checks that a recorded pid still belongs to its state dir before it signals it."""
+    stranger = subprocess.Popen(["sleep", "60"])
+    try:
+        (tmp_path / "pids").write_text(f"SLURMD_PID={stranger.pid}\nMUNGED_PID={stranger.pid}\n")
+        down = subprocess.run(
+            ["bash", str(HARNESS / "down.sh"), str(tmp_path)], capture_output=True, text=True
+        )
+        assert down.returncode == 0, down.stderr
+        assert stranger.poll() is None, "down.sh killed a process it did not start"
+        assert f"not running: slurmd {stranger.pid}" in down.stdout
+    finally:
+        stranger.kill()
+        stranger.wait()
