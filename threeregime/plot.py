@@ -1,11 +1,17 @@
-"""Phase diagrams like the paper's Figure 2: metric heatmaps over temperature x density, with the
-regime boundaries drawn from the classification, and a categorical regime map.
+"""Phase diagrams like the paper's Figure 2, the regime map, and HTML renderings of the tables.
 
-Rows run from the coldest temperature (bottom) to the hottest (top), so temperature rises upward
-whatever the knob: for epochs the top row is the fewest epochs, for batch size the smallest batch.
+Every heatmap has one row per temperature and one column per density. Rows run from the coldest
+temperature (bottom) to the hottest (top), so temperature rises upward whatever the knob: for
+epochs the top row is the fewest epochs, for batch size the smallest batch, for SAM the largest
+rho. Regime boundaries are drawn from the classification (``regimes.csv``), never by hand: a solid
+line along every cell edge between Regime I and Regime II (the LMC boundary, mc = -eps) and a
+dashed line between II-A and II-B (the CKA boundary).
 """
 
 from __future__ import annotations
+
+import html
+import math
 
 import matplotlib
 
@@ -13,24 +19,36 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib import patheffects  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 from threeregime.config import KNOBS, PlotConfig, fmt_value  # noqa: E402
-from threeregime.io import save_figure  # noqa: E402
+from threeregime.io import save_figure, write_text  # noqa: E402
 from threeregime.regimes import REGIMES, temperature_order  # noqa: E402
 
+# (column, panel title, colour-bar label)
 PANELS = (
-    ("test_error_mean", "Test error"),
-    ("normalized_test_error", "Normalized test error"),
-    ("mc_mean", "LMC: mc = m - e(u)"),
-    ("cka_softmax_mean", "CKA (softmax outputs)"),
-    ("hessian_top_eigenvalue_mean", "Hessian top eigenvalue"),
-    ("hessian_trace_mean", "Hessian trace"),
+    ("test_error_mean", "Test error", "test error (fraction misclassified)"),
+    ("normalized_test_error", "Normalized test error", "test error - column minimum"),
+    ("mc_mean", "LMC: mc = m - e(u)", "mc (train-error units; < 0: barrier)"),
+    ("cka_softmax_mean", "CKA (softmax outputs)", "linear CKA of the two retrainings"),
+    ("hessian_top_eigenvalue_mean", "Hessian top eigenvalue", "top eigenvalue of the train loss"),
+    ("hessian_trace_mean", "Hessian trace", "trace of the train loss Hessian"),
 )
 REGIME_COLORS = {"I": "#d62728", "II-A": "#ff9f1c", "II-B": "#2ca02c"}
+BOUNDARY_STYLE = {
+    "I": {"color": "black", "lw": 2.4, "ls": "-"},
+    "II": {"color": "black", "lw": 2.0, "ls": (0, (4, 2))},
+}
+BOUNDARY_LABEL = {
+    "I": "boundary Regime I | II (LMC: mc = -eps)",
+    "II": "boundary II-A | II-B (CKA = cut)",
+}
 
 
+# ----------------------------------------------------------------------------- grids
 def cell_grid(cells: pd.DataFrame, column: str) -> tuple[np.ndarray, list, list]:
     """Matrix [temperature (coldest first), density (ascending)] of one column."""
     temps = temperature_order(cells)
@@ -39,71 +57,254 @@ def cell_grid(cells: pd.DataFrame, column: str) -> tuple[np.ndarray, list, list]
     return table.reindex(index=temps, columns=densities).to_numpy(), temps, densities
 
 
-def draw_boundaries(ax, regimes: np.ndarray) -> None:
-    """Black lines along every cell edge that separates two different regimes."""
+def boundary_segments(regimes: np.ndarray) -> list[tuple[str, tuple[float, float], tuple[float, float]]]:
+    """Edges between cells of different regimes, in image coordinates (cell (r, c) is centred at
+    x = c, y = r): ``(kind, (x0, x1), (y0, y1))`` with kind "I" when one side is Regime I (the
+    LMC boundary) and "II" between II-A and II-B (the CKA boundary)."""
     rows, cols = regimes.shape
+    segments = []
     for r in range(rows):
         for c in range(cols):
-            if c + 1 < cols and regimes[r, c] != regimes[r, c + 1]:
-                ax.plot([c + 0.5, c + 0.5], [r - 0.5, r + 0.5], color="black", lw=2.2)
-            if r + 1 < rows and regimes[r, c] != regimes[r + 1, c]:
-                ax.plot([c - 0.5, c + 0.5], [r + 0.5, r + 0.5], color="black", lw=2.2)
+            here = regimes[r, c]
+            if c + 1 < cols and here != regimes[r, c + 1]:
+                kind = "I" if "I" in (here, regimes[r, c + 1]) else "II"
+                segments.append((kind, (c + 0.5, c + 0.5), (r - 0.5, r + 0.5)))
+            if r + 1 < rows and here != regimes[r + 1, c]:
+                kind = "I" if "I" in (here, regimes[r + 1, c]) else "II"
+                segments.append((kind, (c - 0.5, c + 0.5), (r + 0.5, r + 0.5)))
+    return segments
+
+
+def draw_boundaries(ax, regimes: np.ndarray) -> None:
+    """Draw :func:`boundary_segments` (gid ``boundary-I`` / ``boundary-II``, white halo)."""
+    halo = [patheffects.withStroke(linewidth=4.2, foreground="white")]
+    for kind, xs, ys in boundary_segments(regimes):
+        ax.plot(
+            xs, ys, gid=f"boundary-{kind}", path_effects=halo, solid_capstyle="butt", **BOUNDARY_STYLE[kind]
+        )
+
+
+def temperature_label(knob: str) -> str:
+    """y-axis label: the knob's name, its unit, and which way is hotter."""
+    info = KNOBS[knob]
+    hotter = {"epochs": "fewer epochs", "batch_size": "smaller batch", "sam_rho": "larger rho"}[knob]
+    return f"{info.label} [{info.unit}]\ntemperature rises upward ({hotter})"
+
+
+DENSITY_LABEL = "density [fraction of conv weights kept]"
 
 
 def _axes_labels(ax, knob: str, temps: list, densities: list) -> None:
-    info = KNOBS[knob]
     ax.set_xticks(range(len(densities)), [fmt_value(d) for d in densities], rotation=45)
     ax.set_yticks(range(len(temps)), [fmt_value(t) for t in temps])
-    ax.set_xlabel("density (fraction of conv weights kept)")
-    ax.set_ylabel(f"{info.label} [{info.unit}]\n(temperature rises upward)")
+    ax.set_xlabel(DENSITY_LABEL)
+    ax.set_ylabel(temperature_label(knob))
 
 
-def _heatmap(ax, fig, values, regimes, knob, temps, densities, title, cfg: PlotConfig) -> None:
-    image = ax.imshow(values, origin="lower", cmap=cfg.cmap, aspect="auto")
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-    if cfg.annotate and values.size <= 200:
-        finite = values[np.isfinite(values)]
-        middle = (finite.min() + finite.max()) / 2 if finite.size else 0
-        for (r, c), v in np.ndenumerate(values):
-            if np.isfinite(v):
-                color = "white" if v < middle else "black"
-                ax.text(c, r, f"{v:.3g}", ha="center", va="center", fontsize=7, color=color)
-    draw_boundaries(ax, regimes)
-    _axes_labels(ax, knob, temps, densities)
-    ax.set_title(title)
+def _annotate(ax, values: np.ndarray) -> None:
+    finite = values[np.isfinite(values)]
+    middle = (finite.min() + finite.max()) / 2 if finite.size else 0
+    size = 7 if values.shape[1] <= 6 else 5
+    for (r, c), v in np.ndenumerate(values):
+        if np.isfinite(v):
+            color = "white" if v < middle else "black"
+            ax.text(c, r, f"{v:.3g}", ha="center", va="center", fontsize=size, color=color)
+
+
+def _mark_best(ax, values: np.ndarray) -> None:
+    """A star on the lowest value of every density column."""
+    for c in range(values.shape[1]):
+        column = values[:, c]
+        if np.isfinite(column).any():
+            r = int(np.nanargmin(column))
+            ax.plot(c - 0.34, r + 0.27, marker="*", ms=8, color="white", mec="black", gid="best-test-error")
+
+
+# ----------------------------------------------------------------------------- figures
+def phase_figure(regimes: pd.DataFrame, cfg: PlotConfig):
+    """Figure 2: one heatmap per metric in a grid of ``cfg.ncols`` columns, boundaries drawn."""
+    knob = regimes["knob"].iloc[0]
+    regime_grid, temps, densities = cell_grid(regimes, "regime")
+    panels = [p for p in PANELS if p[0] in regimes and regimes[p[0]].notna().any()]
+    ncols = min(cfg.ncols, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    width = 2.2 + 0.75 * len(densities)
+    height = 1.9 + 0.42 * len(temps)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * width, nrows * height + 0.8), squeeze=False)
+    for ax, (column, title, unit) in zip(axes.flat, panels):
+        values = cell_grid(regimes, column)[0].astype(float)
+        image = ax.imshow(values, origin="lower", cmap=cfg.cmap, aspect="auto")
+        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04).set_label(unit, fontsize=8)
+        if cfg.annotate and values.size <= 200:
+            _annotate(ax, values)
+        if column == "test_error_mean":
+            _mark_best(ax, values)
+        draw_boundaries(ax, regime_grid)
+        _axes_labels(ax, knob, temps, densities)
+        ax.set_title(title)
+        ax.set_gid(column)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.remove()
+    eps, cut = regimes["eps"].iloc[0], regimes["cka_cut"].iloc[0]
+    handles = [
+        Line2D([], [], label=f"{BOUNDARY_LABEL['I']}, eps = {eps:.3g}", **BOUNDARY_STYLE["I"]),
+        Line2D([], [], label=f"{BOUNDARY_LABEL['II']}, cut = {cut:.3g}", **BOUNDARY_STYLE["II"]),
+        Line2D(
+            [], [], ls="", marker="*", ms=9, color="white", mec="black", label="lowest test error per density"
+        ),
+    ]
+    fig.legend(handles=handles, loc="lower center", ncol=3, frameon=False, fontsize=9)
+    fig.suptitle(
+        f"Phase diagrams over {KNOBS[knob].label} x density; regime boundaries from the classification"
+    )
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    return fig
 
 
 def phase_diagram(regimes: pd.DataFrame, cfg: PlotConfig, outputs: list[str]) -> None:
-    knob = regimes["knob"].iloc[0]
-    regime_grid, temps, densities = cell_grid(regimes, "regime")
-    panels = [(c, t) for c, t in PANELS if c in regimes]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.2), squeeze=False)
-    for ax, (column, title) in zip(axes[0], panels):
-        values = cell_grid(regimes, column)[0].astype(float)
-        _heatmap(ax, fig, values, regime_grid, knob, temps, densities, title, cfg)
-    fig.suptitle(f"Phase diagrams over {KNOBS[knob].label} x density (lines: regime boundaries)")
-    fig.tight_layout()
+    fig = phase_figure(regimes, cfg)
     for path in outputs:
         save_figure(fig, path, cfg.dpi)
     plt.close(fig)
 
 
-def regime_map(regimes: pd.DataFrame, cfg: PlotConfig, outputs: list[str]) -> None:
+def regime_figure(regimes: pd.DataFrame, cfg: PlotConfig, selection: pd.DataFrame | None = None):
+    """Categorical regime map with a legend; each cell shows its regime and, when below 1, its
+    stability over the robustness sweep. Stars: lowest test error per density; circles: the
+    training-metrics-only pick of the model selection (``selection``)."""
     knob = regimes["knob"].iloc[0]
     regime_grid, temps, densities = cell_grid(regimes, "regime")
     codes = np.vectorize(REGIMES.index)(regime_grid)
     cmap = ListedColormap([REGIME_COLORS[r] for r in REGIMES])
-    fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(densities), 1.6 + 0.55 * len(temps)))
+    fig, ax = plt.subplots(figsize=(3.6 + 0.9 * len(densities), 1.9 + 0.55 * len(temps)))
     ax.imshow(codes, origin="lower", cmap=cmap, vmin=-0.5, vmax=len(REGIMES) - 0.5, aspect="auto")
+    stability = cell_grid(regimes, "stability")[0] if "stability" in regimes else None
     for (r, c), name in np.ndenumerate(regime_grid):
-        ax.text(c, r, name, ha="center", va="center", fontsize=9, color="black")
+        text = name
+        if stability is not None and stability[r, c] < 1:
+            text += f"\n({stability[r, c]:.0%})"
+        ax.text(c, r, text, ha="center", va="center", fontsize=8, color="black")
     draw_boundaries(ax, regime_grid)
     _axes_labels(ax, knob, temps, densities)
-    eps, cut = regimes["eps"].iloc[0], regimes["cka_cut"].iloc[0]
-    ax.set_title(f"Regimes (mc < -{eps:.3g}: I; CKA < {cut:.3g}: II-A; else II-B)", fontsize=9)
     handles = [Patch(color=REGIME_COLORS[r], label=f"Regime {r}") for r in REGIMES]
-    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
+    handles += [Line2D([], [], label=BOUNDARY_LABEL[k], **BOUNDARY_STYLE[k]) for k in ("I", "II")]
+    if selection is not None:
+        row_of = {t: i for i, t in enumerate(temps)}
+        for c, density in enumerate(densities):
+            pick = selection[selection["density"] == density]
+            if pick.empty:
+                continue
+            best, rule = pick["best_temperature"].iloc[0], pick["rule_temperature"].iloc[0]
+            ax.plot(c - 0.32, row_of[best] + 0.3, marker="*", ms=11, color="white", mec="black", gid="best")
+            ax.plot(
+                c + 0.32, row_of[rule] + 0.3, marker="o", ms=8, mfc="none", mec="black", mew=1.6, gid="pick"
+            )
+        handles += [
+            Line2D([], [], ls="", marker="*", ms=11, color="white", mec="black", label="lowest test error"),
+            Line2D(
+                [],
+                [],
+                ls="",
+                marker="o",
+                ms=8,
+                mfc="none",
+                mec="black",
+                mew=1.6,
+                label="pick from training metrics",
+            ),
+        ]
+    if stability is not None and (stability < 1).any():
+        handles.append(
+            Line2D([], [], ls="", label="(n%): share of the eps / CKA-cut sweep\nthat keeps the regime")
+        )
+    eps, cut = regimes["eps"].iloc[0], regimes["cka_cut"].iloc[0]
+    ax.set_title(f"Regimes: mc < -{eps:.3g} -> I; else CKA < {cut:.3g} -> II-A; else II-B", fontsize=9)
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False, fontsize=8)
     fig.tight_layout()
+    return fig
+
+
+def regime_map(
+    regimes: pd.DataFrame, cfg: PlotConfig, outputs: list[str], selection: pd.DataFrame | None = None
+) -> None:
+    fig = regime_figure(regimes, cfg, selection)
     for path in outputs:
         save_figure(fig, path, cfg.dpi)
     plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- HTML tables
+TABLE_CSS = """
+body { font-family: sans-serif; font-size: 14px; margin: 1em; }
+table { border-collapse: collapse; }
+th, td { border: 1px solid #bbb; padding: 3px 8px; text-align: right; }
+th { background: #eee; }
+td.regime-I { background: #f4b6b6; } td.regime-II-A { background: #ffd9a0; }
+td.regime-II-B { background: #b9e3b9; }
+"""
+
+
+def _cell_html(value) -> str:
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else "no"
+    if isinstance(value, (float, np.floating)):
+        return "" if math.isnan(value) else f"{value:.4g}"
+    return html.escape(str(value))
+
+
+def html_table(frame: pd.DataFrame, title: str, note: str = "") -> str:
+    """A self-contained HTML page with one table; regime cells are coloured."""
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
+    body = []
+    for _, row in frame.iterrows():
+        cells = []
+        for column, value in row.items():
+            klass = f' class="regime-{value}"' if column.endswith("regime") and value in REGIMES else ""
+            cells.append(f"<td{klass}>{_cell_html(value)}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    note_html = f"<p>{html.escape(note)}</p>" if note else ""
+    return (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{TABLE_CSS}</style></head><body><h2>{html.escape(title)}</h2>{note_html}"
+        f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></body></html>\n"
+    )
+
+
+def _flatten(prefix: str, value) -> list[tuple[str, object]]:
+    if isinstance(value, dict):
+        return [item for k, v in value.items() for item in _flatten(f"{prefix}.{k}" if prefix else k, v)]
+    return [(prefix, value)]
+
+
+TABLE_PAGES = {
+    "regimes": ("Regime of every cell", "Per-cell means over seeds, the regime and its stability."),
+    "advice": (
+        "Advice per density",
+        "From the reference dense model: raise / lower / keep the temperature, from the regime "
+        "only, checked against the best test error of the column.",
+    ),
+    "advice_cells": ("Advice with every cell as the reference", "The same rule and check per cell."),
+    "selection": (
+        "Model selection from training metrics",
+        "Per density: the dense model picked without test error, and its test-error rank.",
+    ),
+    "robustness": (
+        "Robustness of the classification",
+        "Cells that change regime when eps and the CKA cut move.",
+    ),
+    "summary": ("Summary", "Thresholds used and where they came from; agreement and ranks."),
+}
+
+
+def write_html_tables(tables: dict[str, pd.DataFrame], summary: dict, folder) -> list[str]:
+    """Write ``<folder>/<name>.html`` for every page of :data:`TABLE_PAGES`; return the paths."""
+    from pathlib import Path
+
+    frames = dict(tables)
+    frames["summary"] = pd.DataFrame(_flatten("", summary), columns=["quantity", "value"])
+    paths = []
+    for name, (title, note) in TABLE_PAGES.items():
+        path = Path(folder) / f"{name}.html"
+        write_text(path, html_table(frames[name], title, note))
+        paths.append(str(path))
+    return paths

@@ -1,10 +1,49 @@
+# Analysis: collect the per-pair metrics, classify the cells, draw the figures. Outputs marked
+# with report() make up `snakemake --report results/report.html` (captions: workflow/report/).
+TABLES = {
+    name: f"{RES}/tables/{name}.html"
+    for name in (
+        "regimes",
+        "advice",
+        "advice_cells",
+        "selection",
+        "robustness",
+        "summary",
+    )
+}
+ADVICE_CELLS = f"{RES}/advice_cells.csv"
+# The PNG of each figure goes into the report; the other formats (PDF) are plain outputs.
+PHASE_PNG, *PHASE_OTHER = FIGURES["phase"]
+MAP_PNG, *MAP_OTHER = FIGURES["map"]
+CAPTIONS = "../report"
+FIGURES_CAT = "1. Figures"
+REGIMES_CAT = "2. Regimes"
+ADVICE_CAT = "3. Advice and model selection"
+DATA_CAT = "4. Data (CSV downloads)"
+
+
 rule collect:
     input:
         all_metrics(),
     output:
-        metrics=ANALYSIS["metrics"],
-        models=ANALYSIS["models"],
-        cells=ANALYSIS["cells"],
+        metrics=report(
+            ANALYSIS["metrics"],
+            caption=f"{CAPTIONS}/metrics_csv.rst",
+            category=DATA_CAT,
+            labels={"name": "metrics.csv"},
+        ),
+        models=report(
+            ANALYSIS["models"],
+            caption=f"{CAPTIONS}/models_csv.rst",
+            category=DATA_CAT,
+            labels={"name": "models.csv"},
+        ),
+        cells=report(
+            ANALYSIS["cells"],
+            caption=f"{CAPTIONS}/cells_csv.rst",
+            category=DATA_CAT,
+            labels={"name": "cells.csv"},
+        ),
     log:
         f"{LOGS}/collect.log",
     conda:
@@ -19,30 +58,87 @@ rule classify:
     input:
         cells=ANALYSIS["cells"],
     output:
-        regimes=ANALYSIS["regimes"],
+        regimes=report(
+            ANALYSIS["regimes"],
+            caption=f"{CAPTIONS}/regimes_csv.rst",
+            category=DATA_CAT,
+            labels={"name": "regimes.csv"},
+        ),
         robustness=ANALYSIS["robustness"],
         advice=ANALYSIS["advice"],
+        advice_cells=ADVICE_CELLS,
         selection=ANALYSIS["selection"],
         summary=f"{RES}/summary.json",
+        summary_html=report(
+            TABLES["summary"],
+            caption=f"{CAPTIONS}/summary.rst",
+            category=REGIMES_CAT,
+            labels={"name": "summary"},
+        ),
+        regimes_html=report(
+            TABLES["regimes"],
+            caption=f"{CAPTIONS}/regimes.rst",
+            category=REGIMES_CAT,
+            labels={"name": "regime of every cell"},
+        ),
+        robustness_html=report(
+            TABLES["robustness"],
+            caption=f"{CAPTIONS}/robustness.rst",
+            category=REGIMES_CAT,
+            labels={"name": "robustness"},
+        ),
+        advice_html=report(
+            TABLES["advice"],
+            caption=f"{CAPTIONS}/advice.rst",
+            category=ADVICE_CAT,
+            labels={"name": "advice per density"},
+        ),
+        advice_cells_html=report(
+            TABLES["advice_cells"],
+            caption=f"{CAPTIONS}/advice_cells.rst",
+            category=ADVICE_CAT,
+            labels={"name": "advice per cell"},
+        ),
+        selection_html=report(
+            TABLES["selection"],
+            caption=f"{CAPTIONS}/selection.rst",
+            category=ADVICE_CAT,
+            labels={"name": "model selection"},
+        ),
     log:
         f"{LOGS}/classify.log",
     conda:
         ENV
     params:
         spec=to_json(CFG.analysis_spec()),
+        html_dir=lambda wildcards, output: str(Path(output.regimes_html).parent),
     shell:
         "python -m threeregime classify --spec {params.spec:q} --cells {input.cells}"
         " --regimes {output.regimes} --robustness {output.robustness}"
-        " --advice {output.advice} --selection {output.selection}"
-        " --summary {output.summary} > {log} 2>&1"
+        " --advice {output.advice} --advice-cells {output.advice_cells}"
+        " --selection {output.selection} --summary {output.summary}"
+        " --html-dir {params.html_dir} > {log} 2>&1"
 
 
 rule plot:
     input:
         regimes=ANALYSIS["regimes"],
+        selection=ANALYSIS["selection"],
     output:
-        phase=FIGURES["phase"],
-        map=FIGURES["map"],
+        phase_png=report(
+            PHASE_PNG,
+            caption=f"{CAPTIONS}/phase_diagram.rst",
+            category=FIGURES_CAT,
+            labels={"name": "phase diagram"},
+        ),
+        phase_other=PHASE_OTHER,
+        map_png=report(
+            MAP_PNG,
+            caption=f"{CAPTIONS}/regime_map.rst",
+            category=FIGURES_CAT,
+            labels={"name": "regime map"},
+        ),
+        map_other=MAP_OTHER,
     log:
         f"{LOGS}/plot.log",
     conda:
@@ -51,4 +147,6 @@ rule plot:
         spec=to_json(CFG.plot_spec()),
     shell:
         "python -m threeregime plot --spec {params.spec:q} --regimes {input.regimes}"
-        " --phase {output.phase} --map {output.map} > {log} 2>&1"
+        " --selection {input.selection}"
+        " --phase {output.phase_png} {output.phase_other}"
+        " --map {output.map_png} {output.map_other} > {log} 2>&1"

@@ -1,0 +1,191 @@
+"""Figures: layout, axes, temperature direction, and regime boundaries where the classification
+puts them (checked on the drawn line segments); HTML table pages."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+
+from threeregime.config import PlotConfig
+from threeregime.plot import (
+    boundary_segments,
+    html_table,
+    phase_diagram,
+    phase_figure,
+    regime_figure,
+    regime_map,
+    write_html_tables,
+)
+
+# 3 temperatures x 2 densities; rows coldest first. For epochs the coldest is 40 epochs.
+#            density 0.1   density 0.5
+# 40 (cold)  I             II-B
+# 20         II-A          II-B
+# 10 (hot)   II-A          II-A
+LAYOUT = {(40, 0.1): "I", (40, 0.5): "II-B", (20, 0.1): "II-A", (20, 0.5): "II-B"}
+LAYOUT |= {(10, 0.1): "II-A", (10, 0.5): "II-A"}
+
+
+def _regimes(knob="epochs", temps=(40, 20, 10)):
+    rename = dict(zip((40, 20, 10), temps))
+    rows = []
+    for (t, d), regime in LAYOUT.items():
+        rows.append(
+            {
+                "knob": knob,
+                "temperature": rename[t],
+                "density": d,
+                "regime": regime,
+                "test_error_mean": 0.1 + 0.01 * t / 10 + (0.05 if d == 0.1 else 0),
+                "normalized_test_error": 0.0,
+                "mc_mean": -0.3 if regime == "I" else 0.0,
+                "cka_softmax_mean": 0.97 if regime == "II-B" else 0.9,
+                "hessian_top_eigenvalue_mean": 10.0 * t,
+                "hessian_trace_mean": 50.0 * t,
+                "eps": 0.02,
+                "cka_cut": 0.95,
+                "stability": 1.0 if regime != "II-A" else 0.5,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+# Expected edges in image coordinates (x = density index, y = row index, coldest row 0):
+# row 0: I | II-B (vertical, x = 0.5)                       -> LMC boundary
+# row 1: II-A | II-B (vertical, x = 0.5)                    -> CKA boundary
+# col 0: I (row 0) above II-A (row 1): horizontal y = 0.5   -> LMC boundary
+# col 1: II-B (row 1) below II-A (row 2): horizontal y = 1.5 -> CKA boundary
+EXPECTED = {
+    ("I", (0.5, 0.5), (-0.5, 0.5)),
+    ("II", (0.5, 0.5), (0.5, 1.5)),
+    ("I", (-0.5, 0.5), (0.5, 0.5)),
+    ("II", (0.5, 1.5), (1.5, 1.5)),
+}
+
+
+def _drawn(ax) -> set:
+    out = set()
+    for line in ax.lines:
+        gid = line.get_gid() or ""
+        if gid.startswith("boundary-"):
+            xs, ys = line.get_data()
+            out.add((gid.removeprefix("boundary-"), tuple(map(float, xs)), tuple(map(float, ys))))
+    return out
+
+
+def test_boundary_segments_on_known_grid():
+    grid = np.array([["I", "II-B"], ["II-A", "II-B"], ["II-A", "II-A"]])
+    assert set(boundary_segments(grid)) == EXPECTED
+    assert boundary_segments(np.array([["II-B", "II-B"], ["II-B", "II-B"]])) == []
+
+
+def test_phase_diagram_panels_axes_and_boundaries():
+    fig = phase_figure(_regimes(), PlotConfig(ncols=3))
+    panels = [ax for ax in fig.axes if ax.get_gid()]
+    assert [ax.get_gid() for ax in panels] == [
+        "test_error_mean",
+        "normalized_test_error",
+        "mc_mean",
+        "cka_softmax_mean",
+        "hessian_top_eigenvalue_mean",
+        "hessian_trace_mean",
+    ]
+    # a 2 x 3 grid: two distinct rows of panels, three distinct columns
+    rows = {round(ax.get_position().y0, 3) for ax in panels}
+    cols = {round(ax.get_position().x0, 3) for ax in panels}
+    assert len(rows) == 2 and len(cols) == 3
+    for ax in panels:
+        assert _drawn(ax) == EXPECTED, ax.get_gid()
+        # temperature rises upward: the bottom row is the coldest (most epochs)
+        assert [t.get_text() for t in ax.get_yticklabels()] == ["40", "20", "10"]
+        assert ax.get_ylim()[0] < ax.get_ylim()[1]
+        assert "dense training epochs [epochs]" in ax.get_ylabel()
+        assert "temperature rises upward" in ax.get_ylabel()
+        assert ax.get_xlabel().startswith("density")
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["0.1", "0.5"]
+    # boundary styles: solid for the LMC boundary, dashed for the CKA boundary
+    styles = {line.get_gid(): line.get_linestyle() for line in panels[0].lines if line.get_gid()}
+    assert styles["boundary-I"] == "-" and styles["boundary-II"] == "--"
+    # stars on the lowest test error of each density: the hottest row (10 epochs) in both
+    stars = [line.get_data() for line in panels[0].lines if line.get_gid() == "best-test-error"]
+    assert sorted(round(float(y[0])) for _, y in stars) == [2, 2]
+    legend = fig.legends[0]
+    assert any("eps = 0.02" in t.get_text() for t in legend.get_texts())
+    assert any("cut = 0.95" in t.get_text() for t in legend.get_texts())
+    plt.close(fig)
+
+
+def test_batch_size_knob_puts_the_smallest_batch_on_top():
+    regimes = _regimes(knob="batch_size", temps=(512, 128, 32))
+    fig = phase_figure(regimes, PlotConfig())
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["512", "128", "32"]
+    assert "dense batch size [samples per step]" in ax.get_ylabel()
+    assert "smaller batch" in ax.get_ylabel()
+    assert _drawn(ax) == EXPECTED
+    plt.close(fig)
+
+
+def test_missing_metrics_drop_their_panel():
+    regimes = _regimes().drop(columns=["hessian_trace_mean"])
+    regimes["hessian_top_eigenvalue_mean"] = np.nan
+    fig = phase_figure(regimes, PlotConfig(ncols=3))
+    assert [ax.get_gid() for ax in fig.axes if ax.get_gid()] == [
+        "test_error_mean",
+        "normalized_test_error",
+        "mc_mean",
+        "cka_softmax_mean",
+    ]
+    plt.close(fig)
+
+
+def test_regime_map_legend_markers_and_boundaries():
+    selection = pd.DataFrame(
+        {"density": [0.1, 0.5], "best_temperature": [10, 10], "rule_temperature": [20, 40]}
+    )
+    fig = regime_figure(_regimes(), PlotConfig(), selection)
+    ax = fig.axes[0]
+    assert _drawn(ax) == EXPECTED
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels[:3] == ["Regime I", "Regime II-A", "Regime II-B"]
+    assert "pick from training metrics" in labels and "lowest test error" in labels
+    picks = {tuple(np.round(np.ravel(line.get_data()), 2)) for line in ax.lines if line.get_gid() == "pick"}
+    assert picks == {(0.32, 1.3), (1.32, 0.3)}  # density 0.1 at 20 epochs (row 1), 0.5 at 40
+    texts = [t.get_text() for t in ax.texts]
+    assert "I" in texts and "II-A\n(50%)" in texts and "II-B" in texts
+    assert "mc < -0.02" in ax.get_title() and "CKA < 0.95" in ax.get_title()
+    plt.close(fig)
+
+
+def test_figures_are_written_as_png_and_pdf(tmp_path):
+    regimes = _regimes()
+    paths = [tmp_path / "phase.png", tmp_path / "phase.pdf"]
+    phase_diagram(regimes, PlotConfig(dpi=60), [str(p) for p in paths])
+    regime_map(regimes, PlotConfig(dpi=60), [str(tmp_path / "map.png"), str(tmp_path / "map.pdf")])
+    for path in [*paths, tmp_path / "map.png"]:
+        assert path.stat().st_size > 1000
+    assert paths[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert paths[1].read_bytes()[:5] == b"%PDF-"
+    assert (tmp_path / "map.pdf").read_bytes()[:5] == b"%PDF-"
+
+
+def test_html_tables(tmp_path):
+    frame = pd.DataFrame({"density": [0.1], "regime": ["II-A"], "agree": [True], "x": [np.nan]})
+    page = html_table(frame, "Title <1>", "note & more")
+    assert '<td class="regime-II-A">II-A</td>' in page and "<td>yes</td>" in page
+    assert "Title &lt;1&gt;" in page and "note &amp; more" in page and "<td></td>" in page
+    tables = {name: frame for name in ("regimes", "advice", "advice_cells", "selection", "robustness")}
+    paths = write_html_tables(tables, {"thresholds": {"eps": 0.02}}, tmp_path)
+    assert len(paths) == 6
+    assert "thresholds.eps" in (tmp_path / "summary.html").read_text()
+
+
+@pytest.mark.parametrize("ncols", [2, 6])
+def test_layout_follows_ncols(ncols):
+    fig = phase_figure(_regimes(), PlotConfig(ncols=ncols))
+    panels = [ax for ax in fig.axes if ax.get_gid()]
+    rows = {round(ax.get_position().y0, 3) for ax in panels}
+    assert len(rows) == 6 // ncols
+    plt.close(fig)
