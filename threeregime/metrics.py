@@ -31,11 +31,12 @@ def summarize_test_error(history: list[dict], last: int) -> dict:
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(model: nn.Module, batches) -> None:
+def recalibrate_batchnorm(model: nn.Module, batches, perf: Performance = Performance()) -> None:
     """Replace BN running statistics by sample-weighted averages over ``batches``.
 
     Each batch enters with momentum n_batch / n_seen, so running_mean is the exact mean over all
     samples even when the last batch is smaller (torch's cumulative mode weights batches equally).
+    ``perf`` (bf16 autocast) applies to the forward passes; the statistics stay float32.
     """
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms:
@@ -49,7 +50,8 @@ def recalibrate_batchnorm(model: nn.Module, batches) -> None:
         seen += len(x)
         for m in norms:
             m.momentum = len(x) / seen
-        model(x)
+        with perf.autocast(x.device):
+            model(x)
     for m, momentum in zip(norms, saved):
         m.momentum = momentum
     model.eval()
@@ -87,7 +89,7 @@ def linear_mode_connectivity(
     errors, losses = [], []
     for t in ts:
         model.load_state_dict(interpolate_states(state_a, state_b, float(t)))
-        recalibrate_batchnorm(model, data.eval_batches("train", batch_size, bn_samples))
+        recalibrate_batchnorm(model, data.eval_batches("train", batch_size, bn_samples), perf)
         loss, error = evaluate(model, data.eval_batches("train", batch_size), perf)
         errors.append(error)
         losses.append(loss)

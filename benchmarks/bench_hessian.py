@@ -1,0 +1,198 @@
+"""(2) Hessian top eigenvalue and trace: PyHessian 0.1 vs the project's path, time and accuracy.
+
+PreResNet-20 in eval mode on one batch of ``--samples`` CIFAR-10-shaped images, after
+``--train-steps`` SGD steps on learnable synthetic data (class template + noise), or a real
+checkpoint (``--checkpoint``, a retrain model.pt of the workflow). Every contender computes
+the top eigenvalue with the same relative tolerance ``--tol`` (at most ``--max-iter``
+products) and the trace with exactly ``--probes`` Rademacher probes (PyHessian's
+``trace(maxIter=probes, tol=-inf)``; with tol=0 its loop still stops early whenever the
+running mean is negative), so the trace estimators are the same and differ only in speed.
+Accuracy: the eigenvalue against a long Lanczos run (``--ref-iter`` products, tol 0); the trace
+as mean +- standard error, against a long Hutchinson run when ``--ref-probes`` > 0.
+
+    python benchmarks/bench_hessian.py                       # CPU, a few minutes
+    python benchmarks/bench_hessian.py --device cuda --samples 200 --probes 100 --repeats 3
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import sys
+
+from common import parser, report, setup, synthetic_cifar, table, timed, trained_preresnet20
+
+PYHESSIAN = "PyHessian 0.1 (power, probes one by one)"
+
+
+def build_problem(args):
+    import torch
+
+    from threeregime.data import DeviceData
+
+    device = torch.device(args.device)
+    data = DeviceData(synthetic_cifar(max(64 * args.train_steps, args.samples), 64, 2, True), device)
+    masks = None
+    if args.checkpoint:
+        from threeregime.config import ModelConfig
+        from threeregime.io import load_checkpoint
+        from threeregime.models import build_model
+
+        payload = load_checkpoint(args.checkpoint, "retrain")
+        shape = payload["in_channels"], payload["num_classes"]
+        model = build_model(ModelConfig(**payload["model_cfg"]), *shape)
+        model.load_state_dict(payload["model"])
+        model = model.to(device)
+        masks = {k: m.to(device) for k, m in payload["masks"].items()}
+    else:
+        model = trained_preresnet20(device, data, args.train_steps, seed=2)
+    x, y = next(data.eval_batches("train", args.samples, args.samples))
+    return model.eval(), x, y, masks
+
+
+def pyhessian_run(model, x, y, args):
+    """PyHessian 0.1 as the paper's code calls it; returns a result dict."""
+    import sys
+
+    import torch
+    from pyhessian import hessian as PyHessian
+    from torch import nn
+
+    module = sys.modules[PyHessian.__module__]  # count its Hessian-vector products
+    plain, products = module.hessian_vector_product, [0]
+
+    def counting(*a, **k):
+        products[0] += 1
+        return plain(*a, **k)
+
+    torch.manual_seed(0)
+    module.hessian_vector_product = counting
+    try:
+        build_s, engine = timed(
+            lambda: PyHessian(model, nn.CrossEntropyLoss(), data=(x, y), cuda=x.is_cuda), args.device
+        )
+        eig_s, (eigenvalues, _) = timed(
+            lambda: engine.eigenvalues(maxIter=args.max_iter, tol=args.tol, top_n=1), args.device
+        )
+        eig_products = products[0]
+        trace_s, samples = timed(lambda: engine.trace(maxIter=args.probes, tol=-math.inf), args.device)
+    finally:
+        module.hessian_vector_product = plain
+    for p in model.parameters():  # PyHessian leaves graph-carrying .grad behind
+        p.grad = None
+    n = len(samples)
+    mean = sum(samples) / n
+    stderr = math.sqrt(sum((t - mean) ** 2 for t in samples) / (n - 1) / n) if n > 1 else float("nan")
+    return {
+        "eig": float(eigenvalues[0]), "eig_hvps": eig_products, "probes": n, "trace": mean,
+        "stderr": stderr, "build_s": build_s, "eig_s": eig_s, "trace_s": trace_s,
+    }  # fmt: skip
+
+
+def project_run(model, x, y, masks, args, eig_method, **op_kwargs):
+    from threeregime.hessian import HessianOperator, lanczos_top_eigenvalue, top_eigenvalue, trace
+
+    build_s, op = timed(lambda: HessianOperator(model, x, y, masks, **op_kwargs), args.device)
+    top = lanczos_top_eigenvalue if eig_method == "lanczos" else top_eigenvalue
+    eig_s, (eig, hvps) = timed(lambda: top(op, args.max_iter, args.tol, 0), args.device)
+    trace_s, (value, stderr) = timed(lambda: trace(op, args.probes, args.probe_batch, 1), args.device)
+    return {
+        "eig": eig, "eig_hvps": hvps, "probes": args.probes, "trace": value, "stderr": stderr,
+        "build_s": build_s, "eig_s": eig_s, "trace_s": trace_s,
+    }  # fmt: skip
+
+
+def _sd(result: dict) -> float:
+    """Standard deviation of one probe's estimate."""
+    return result["stderr"] * math.sqrt(result["probes"])
+
+
+def main() -> None:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--samples", type=int, default=64, help="batch size of the Hessian (paper: 200)")
+    p.add_argument("--train-steps", type=int, default=100, help="SGD steps before measuring")
+    p.add_argument("--tol", type=float, default=1e-3, help="eigenvalue relative tolerance (paper: 1e-3)")
+    p.add_argument("--max-iter", type=int, default=100)
+    p.add_argument("--probes", type=int, default=40, help="Hutchinson probes (project default: 100)")
+    p.add_argument("--probe-batch", type=int, default=10)
+    p.add_argument("--ref-iter", type=int, default=40, help="Lanczos products of the reference")
+    p.add_argument("--ref-probes", type=int, default=0, help="probes of a reference trace (0: none)")
+    p.add_argument("--checkpoint", help="a retrain model.pt of the workflow instead of a trained net")
+    p.add_argument("--no-variants", action="store_true", help="skip the vmap and torch.func rows")
+    p.set_defaults(threads=1, repeats=1)
+    args = p.parse_args()
+    setup(args)
+    import torch
+
+    model, x, y, masks = build_problem(args)
+    if masks is not None:
+        print("note: PyHessian ignores masks; every row uses the dense Hessian of the checkpoint")
+        masks = None
+    model_cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    contenders = {
+        PYHESSIAN: lambda: pyhessian_run(model, x, y, args),
+        "project, same algorithm (power, no BN folding)": lambda: project_run(
+            model, x, y, masks, args, "power", batched=False, fold_bn=False
+        ),
+        "project default (Lanczos, BN folded)": lambda: project_run(model, x, y, masks, args, "lanczos"),
+        "project default + channels_last": lambda: project_run(model_cl, x_cl, y, masks, args, "lanczos"),
+    }
+    dynamo_s = None
+    if not args.no_variants:
+        contenders["project, Lanczos, probes batched (is_grads_batched)"] = lambda: project_run(
+            model, x, y, masks, args, "lanczos", batched=True
+        )
+        contenders["project, torch.func fwd-over-rev, probes batched"] = lambda: project_run(
+            model, x, y, masks, args, "lanczos", mode="forward", batched=True
+        )
+        if "torch._dynamo" not in sys.modules:
+            dynamo_s, _ = timed(lambda: __import__("torch._dynamo"))
+
+    from threeregime.hessian import HessianOperator, lanczos_top_eigenvalue, trace
+
+    reference_op = HessianOperator(model, x, y, masks)
+    ref_s, (ref_eig, _) = timed(lambda: lanczos_top_eigenvalue(reference_op, args.ref_iter, 0.0, 0))
+    ref_trace = None
+    if args.ref_probes:
+        ref_trace = trace(reference_op, args.ref_probes, args.probe_batch, seed=12345)
+
+    runs = {name: [] for name in contenders}
+    for _ in range(args.repeats):  # interleaved
+        for name, run in contenders.items():
+            seconds, out = timed(run, args.device)
+            runs[name].append(out | {"total_s": seconds})
+    rows = []
+    best = {name: min(results, key=lambda r: r["total_s"]) for name, results in runs.items()}
+    pyh = best[PYHESSIAN]
+    for name, r in best.items():
+        per_hvp = (r["eig_s"] + r["trace_s"]) / (r["eig_hvps"] + r["probes"])
+        row = [name, r["eig"], abs(r["eig"] - ref_eig) / abs(ref_eig), r["eig_hvps"], r["probes"]]
+        row += [f"{r['trace']:.5g} +- {r['stderr']:.2g}", _sd(r)]
+        if ref_trace is not None:
+            row.append((r["trace"] - ref_trace[0]) / math.hypot(r["stderr"], ref_trace[1]))
+        row += [per_hvp, r["total_s"], pyh["total_s"] / r["total_s"]]
+        rows.append(row)
+    headers = ["method", "top eig", "rel. err", "HVPs (eig)", "probes", "trace +- stderr", "sd / probe"]
+    headers += (["z vs ref"] if ref_trace is not None else []) + ["s / HVP", "total s", "speed-up"]
+    body = table(headers, rows)
+    body += (
+        f"\n\nPreResNet-20 after {args.train_steps} SGD steps on learnable synthetic CIFAR-shaped data"
+        f"{' (checkpoint ' + args.checkpoint + ')' if args.checkpoint else ''}, Hessian of one batch "
+        f"of {args.samples} samples, eval mode; eigenvalue tol {args.tol}; probe batch "
+        f"{args.probe_batch}; best of {args.repeats}; total includes building the gradient graph. "
+        "Every row uses the same number of Hutchinson probes (the same estimator), so equal "
+        "probes means equal expected accuracy of the trace. "
+        f"Reference top eigenvalue {ref_eig:.6g} (Lanczos, {args.ref_iter} products, tol 0, "
+        f"{ref_s:.1f} s)"
+    )
+    if ref_trace is not None:
+        body += f"; reference trace {ref_trace[0]:.6g} +- {ref_trace[1]:.2g} ({args.ref_probes} probes)"
+    body += "."
+    if dynamo_s is not None:
+        body += f" The first torch.func use imports torch._dynamo: {dynamo_s:.2f} s, not in the table."
+    report("Hessian top eigenvalue and trace", args, body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,157 @@
+"""(1) Training throughput: the project's trainer vs a paper-style loop, dense and masked retraining.
+
+PreResNet-20 on CIFAR-10-shaped data (uint8 noise images, 10 classes), batch 64, SGD momentum
+0.9, lr 0.1, weight decay 1e-4, RandomCrop(32, padding=4) + horizontal flip.
+
+* paper-style loop: torchvision transforms applied per image through PIL in a DataLoader
+  (shuffle, ``--workers`` worker processes, pinned memory on a GPU), fp32, torch.optim.SGD,
+  loss and accuracy read back with ``.item()`` every step (AverageMeter style), masks
+  re-applied after each step by a Python loop over the conv modules.
+* project trainer: ``threeregime.train.train`` with the data on the device (batched crop and
+  flip there), its foreach SGD and foreach mask multiply, under each Performance setting.
+
+Images/s are steady state: every contender runs one warm-up pass first, then ``--steps`` steps per
+timed pass, passes interleaved ``--repeats`` times; the best and worst pass are reported. The
+paper-style pass starts its clock after the first batch (worker start-up is a per-epoch cost);
+the project's pass includes its per-epoch test evaluation (64 images here).
+
+    python benchmarks/bench_train.py                  # CPU, a few minutes on 2 cores
+    python benchmarks/bench_train.py --device cuda --steps 200 --compile
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from common import parser, preresnet20, report, setup, synthetic_cifar, table, timed
+
+BATCH = 64
+
+
+def paper_style_pass(args, masked: bool):
+    """A closure running ``steps`` paper-style steps (one DataLoader epoch) per call."""
+    import torch
+    import torch.nn.functional as F
+    from common import TorchvisionCIFAR, paper_transforms
+
+    from threeregime.prune import compute_masks
+
+    device = torch.device(args.device)
+    payload = synthetic_cifar((args.steps + 1) * BATCH, 0, seed=1)
+    dataset = TorchvisionCIFAR(payload["train_x"], payload["train_y"], paper_transforms(augment=True))
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=BATCH,
+        shuffle=True,
+        num_workers=args.workers,
+        pin_memory=device.type == "cuda",
+    )
+    model = preresnet20(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    conv_masks = []
+    if masked:
+        masks = compute_masks(model, args.density, "uniform")
+        modules = dict(model.named_modules())
+        conv_masks = [(modules[name.rsplit(".", 1)[0]], m.float()) for name, m in masks.items()]
+        for module, mask in conv_masks:
+            module.weight.data.mul_(mask)
+
+    def run():
+        model.train()
+        batches = iter(loader)
+        x, y = next(batches)  # worker start-up is a per-epoch cost, not a per-step one
+        losses, correct, seen = 0.0, 0, 0
+        start = None
+        for x, y in batches:
+            if start is None:
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                start = time.perf_counter()
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            out = model(x)
+            loss = F.cross_entropy(out, y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            for module, mask in conv_masks:
+                module.weight.data.mul_(mask)
+            losses += loss.item() * len(y)
+            correct += out.argmax(1).eq(y).sum().item()
+            seen += len(y)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return seen / (time.perf_counter() - start)
+
+    return run
+
+
+def project_pass(args, masked: bool, perf):
+    import torch
+
+    from threeregime.config import Recipe
+    from threeregime.data import DeviceData
+    from threeregime.prune import compute_masks
+    from threeregime.train import train
+
+    device = torch.device(args.device)
+    data = DeviceData(synthetic_cifar(args.steps * BATCH, BATCH, seed=1), device, perf.channels_last)
+    model = preresnet20(device)
+    if perf.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    masks = compute_masks(model, args.density, "uniform") if masked else None
+    recipe = Recipe(epochs=1, batch_size=BATCH, lr=0.1, momentum=0.9, weight_decay=1e-4)
+    calls = [0]
+
+    def run():
+        calls[0] += 1
+        seconds, _ = timed(
+            lambda: train(model, data, recipe, stream=(1, calls[0]), masks=masks, perf=perf), device
+        )
+        return args.steps * BATCH / seconds
+
+    return run
+
+
+def main() -> None:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=30, help="steps per timed pass (default 30)")
+    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
+    p.add_argument("--density", type=float, default=0.1, help="mask density for retraining")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile (slow to start)")
+    args = p.parse_args()
+    setup(args)
+    from threeregime.runtime import Performance
+
+    settings = {
+        "project, reference (fp32)": Performance(),
+        "project, channels_last": Performance(channels_last=True),
+        "project, bf16 autocast": Performance(amp="bf16"),
+        "project, bf16 + channels_last": Performance(amp="bf16", channels_last=True),
+    }
+    if args.compile:
+        settings["project, bf16 + channels_last + compile"] = Performance("bf16", True, True)
+    rows = []
+    for masked in (False, True):
+        contenders = {"paper-style loop (fp32)": paper_style_pass(args, masked)}
+        contenders |= {name: project_pass(args, masked, perf) for name, perf in settings.items()}
+        for run in contenders.values():  # warm-up: allocator, oneDNN/cuDNN plans, compile
+            run()
+        rates = {name: [] for name in contenders}
+        for _ in range(args.repeats):  # interleaved, so load from elsewhere hits all alike
+            for name, run in contenders.items():
+                rates[name].append(run())
+        base = max(rates["paper-style loop (fp32)"])
+        for name, values in rates.items():
+            kind = "masked retrain" if masked else "dense"
+            rows.append([kind, name, max(values), min(values), max(values) / base])
+    body = table(["run", "loop", "images/s (best)", "images/s (worst)", "best vs paper-style"], rows)
+    body += (
+        f"\n\n{args.steps} steps of batch {BATCH} per pass, best of {args.repeats} interleaved passes; "
+        f"paper-style DataLoader workers: {args.workers}; masked = uniform density {args.density}."
+    )
+    report("Training throughput, PreResNet-20, CIFAR-10-shaped data", args, body)
+
+
+if __name__ == "__main__":
+    main()
