@@ -40,6 +40,8 @@ def test_canonical_grid_strings():
         (lambda c: c["prune"].update(densities=[-0.1]), "prune.densities[0]"),
         (lambda c: c["prune"].update(densities=[]), "prune.densities: [] should be non-empty"),
         (lambda c: c["knob"].update(values=[]), "knob.values: [] should be non-empty"),
+        (lambda c: c["knob"].update(name="sam_rho", values=[]), "knob.values: [] should be non-empty"),
+        (lambda c: c["knob"].update(values=[10, 10.0]), "knob.values: [10, 10.0] has non-unique elements"),
         (lambda c: c["prune"].update(densities=[0.2, 0.2]), "prune.densities: [0.2, 0.2] has non-unique"),
         (lambda c: c["model"].update(name="resnet50"), "model.name: 'resnet50' is not one of"),
         (lambda c: c["data"].update(name="imagenet"), "data.name: 'imagenet' is not one of"),

@@ -87,3 +87,30 @@ def test_bad_config_fails_before_any_job(tmp_path):
     output = result.stdout + result.stderr
     assert "prune.densities[1]: 1.5 is greater than the maximum of 1" in output
     assert not (tmp_path / "results").exists()
+
+
+def test_regime_analysis_and_html_report(tiny_run):
+    """Real output: advice per density, selection, HTML tables, and `snakemake --report`."""
+    folder, results, _ = tiny_run
+    cells = pd.read_csv(results / "cells.csv")
+    advice = pd.read_csv(results / "advice.csv")
+    assert sorted(advice["density"]) == [0.2, 0.6]
+    assert set(advice["advice"]) <= {"raise", "lower", "keep"}
+    assert (advice["reference_temperature"] == 3).all()  # train.epochs = 3 is on the grid
+    for _, row in advice.iterrows():
+        column = cells[cells["density"] == row["density"]]
+        assert row["best_temperature"] == column.loc[column["test_error_mean"].idxmin(), "temperature"]
+    assert len(pd.read_csv(results / "advice_cells.csv")) == 4
+    selection = pd.read_csv(results / "selection.csv")
+    assert selection["rule_rank"].between(1, 2).all() and len(selection) == 2
+    summary = json.loads((results / "summary.json").read_text())
+    assert summary["thresholds"]["eps_measured"] is None  # one retrain pair: no replicates
+    assert summary["advice"]["per_density"]["total"] == 2
+    for name in ("regimes", "advice", "advice_cells", "selection", "robustness", "summary"):
+        assert "<table>" in (results / "tables" / f"{name}.html").read_text(), name
+    report = folder / "results" / "report.html"
+    snakemake(folder, "--report", str(report))
+    text = report.read_text()
+    for needle in ("1. Figures", "3. Advice and model selection", "phase_diagram.png", "regime_map.png",
+                   "advice.html", "selection.html", "robustness.html", "Three-regime model"):  # fmt: skip
+        assert needle in text, needle

@@ -21,6 +21,7 @@ from threeregime.io import (
     file_digest,
     load_checkpoint,
     read_json,
+    remove_stale_temporaries,
     save_checkpoint,
     write_csv,
     write_json,
@@ -90,6 +91,8 @@ def _train_resumable(out: Path, fingerprint: str, runtime: RuntimeConfig, **trai
     from threeregime.train import train
 
     resume = Path(f"{out}.resume")
+    for stale in remove_stale_temporaries(out) + remove_stale_temporaries(resume):
+        log.warning("removed %s, left by an interrupted write", stale)
     if resume.exists():
         try:
             saved = load_checkpoint(resume, "resume")
@@ -346,34 +349,27 @@ def cmd_collect(args) -> None:
 
 
 def cmd_classify(args) -> None:
+    """Regimes, robustness, advice and model selection of the cells table (+ HTML views)."""
     import pandas as pd
 
     from threeregime.config import RegimeConfig
-    from threeregime.regimes import classify_cells, model_selection, robustness, temperature_advice
+    from threeregime.plot import write_html_tables
+    from threeregime.regimes import analyse
 
     spec = json.loads(args.spec)
     raw = spec["regimes"]
     cfg = RegimeConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
-    cells = pd.read_csv(args.cells)
-    regimes, thresholds = classify_cells(cells, cfg)
-    robust = robustness(cells, cfg, thresholds)
-    advice = temperature_advice(regimes)
-    selection = model_selection(regimes, thresholds.eps, cfg.cka_metric)
-    write_csv(args.regimes, regimes)
-    write_csv(args.robustness, robust)
-    write_csv(args.advice, advice)
-    write_csv(args.selection, selection)
-    summary = {
-        "thresholds": thresholds.__dict__,
-        "cka_metric": cfg.cka_metric,
-        "regime_counts": regimes["regime"].value_counts().to_dict(),
-        "advice_agreement": float(advice["agree"].mean()),
-        "selection_mean_rank": float(selection["rule_rank"].mean()),
-        "selection_top1": float((selection["rule_rank"] == 1).mean()),
-        "robustness_max_fraction_changed": float(robust["fraction_changed"].max()),
-    }
-    write_json(args.summary, summary)
-    log.info("regimes: %s", summary)
+    result = analyse(pd.read_csv(args.cells), cfg)
+    for name in ("regimes", "robustness", "advice", "advice_cells", "selection"):
+        write_csv(getattr(args, name), result[name])
+    write_json(args.summary, result["summary"])
+    if args.html_dir:
+        write_html_tables(result, result["summary"], args.html_dir)
+    summary = result["summary"]
+    log.info("thresholds: %s", summary["thresholds"])
+    log.info("regimes: %s", summary["regime_counts"])
+    log.info("advice: %s", summary["advice"])
+    log.info("selection: %s", summary["selection"])
 
 
 def cmd_plot(args) -> None:
@@ -384,9 +380,10 @@ def cmd_plot(args) -> None:
 
     spec = json.loads(args.spec)
     regimes = pd.read_csv(args.regimes)
+    selection = pd.read_csv(args.selection) if args.selection else None
     cfg = PlotConfig(**spec["plot"])
     phase_diagram(regimes, cfg, args.phase)
-    regime_map(regimes, cfg, args.map)
+    regime_map(regimes, cfg, args.map, selection)
     log.info("figures: %s", ", ".join(args.phase + args.map))
 
 
@@ -438,10 +435,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cells", required=True)
     p = command("classify", cmd_classify)
     p.add_argument("--cells", required=True)
-    for name in ("regimes", "robustness", "advice", "selection", "summary"):
+    for name in ("regimes", "robustness", "advice", "advice-cells", "selection", "summary"):
         p.add_argument(f"--{name}", required=True)
+    p.add_argument("--html-dir", default="", help="also write <dir>/<table>.html views")
     p = command("plot", cmd_plot)
     p.add_argument("--regimes", required=True)
+    p.add_argument("--selection", default="", help="selection.csv: mark best and picked cells")
     p.add_argument("--phase", nargs="+", required=True)
     p.add_argument("--map", nargs="+", required=True)
     return parser

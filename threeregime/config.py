@@ -54,6 +54,7 @@ class Recipe:
     lr_gamma: float = 0.1
     optimizer: str = "sgd"
     sam_rho: float = 0.05
+    drop_last: bool = True
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,14 @@ class MetricsConfig:
 
 @dataclass(frozen=True)
 class RegimeConfig:
+    """How cells are classified and how the advice is checked (see threeregime.regimes).
+
+    ``reference_temperature``: the dense model you would train anyway, from which the per-density
+    advice says "raise" or "lower"; None = the base recipe's own knob value when it is on the
+    grid, else the coldest grid value. ``advice_tol``: test-error differences up to this size
+    count as ties when the advice is checked against test error.
+    """
+
     eps_mode: str = "noise"
     eps: float = 0.02
     eps_z: float = 2.0
@@ -104,6 +113,8 @@ class RegimeConfig:
     cka_cut: float = 0.9
     eps_range: tuple[float, ...] = ()
     cka_cut_range: tuple[float, ...] = ()
+    reference_temperature: float | None = None
+    advice_tol: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -111,6 +122,7 @@ class PlotConfig:
     dpi: int = 150
     cmap: str = "viridis"
     annotate: bool = True
+    ncols: int = 3
 
 
 @dataclass(frozen=True)
@@ -223,7 +235,10 @@ class ExperimentConfig:
         return {"amp": self.runtime.amp, "channels_last": self.runtime.channels_last}
 
     def data_spec(self) -> dict:
-        return asdict(self.data)
+        spec = asdict(self.data)
+        if self.data.name != "mnist1d":  # generator settings do not change CIFAR
+            del spec["num_samples"], spec["generation_seed"]
+        return spec
 
     def dense_spec(self, temperature: str, seed: int) -> dict:
         stop = int(float(temperature)) if self.knob.name == "epochs" else None
@@ -249,7 +264,21 @@ class ExperimentConfig:
         return asdict(self.metrics) | {"performance": self.performance_spec()}
 
     def analysis_spec(self) -> dict:
-        return {"knob": self.knob.name, "regimes": asdict(self.regimes)}
+        """Regime settings with the advice's reference temperature resolved to a grid value."""
+        regimes = asdict(self.regimes)
+        grid = [float(t) for t in self.temperatures]  # coldest first
+        reference = regimes["reference_temperature"]
+        if reference is None:
+            base = {"epochs": self.train.epochs, "batch_size": self.train.batch_size}
+            own = float(base.get(self.knob.name, self.train.sam_rho))
+            reference = own if own in grid else grid[0]
+        elif float(reference) not in grid:
+            raise ConfigError(
+                f"regimes.reference_temperature: {fmt_value(reference)} is not one of the "
+                f"knob values {self.temperatures}"
+            )
+        regimes["reference_temperature"] = float(reference)
+        return {"knob": self.knob.name, "regimes": regimes}
 
     def plot_spec(self) -> dict:
         return {"knob": self.knob.name, "plot": asdict(self.plot)}
@@ -352,24 +381,25 @@ def check_semantics(cfg: ExperimentConfig, source: str, check_paths: bool = True
     if cfg.train.optimizer == "sam" and cfg.knob.name != "sam_rho" and cfg.train.sam_rho <= 0:
         fail("train.sam_rho", "SAM needs a positive rho")
     if check_paths and cfg.data.name.startswith("cifar") and not cfg.data.download:
-        from threeregime.data import cifar_folder
+        from threeregime.catalog import cifar_folder, cifar_howto, cifar_missing
 
         folder = Path(cfg.data.root) / cifar_folder(cfg.data.name)
+        howto = cifar_howto(cfg.data.name, cfg.data.root)
         if not folder.is_dir():
-            fail(
-                "data.root",
-                f"{folder} not found: put torchvision's {cfg.data.name} files there "
-                "(python -m threeregime fetch-data, or set data.download: true)",
-            )
+            fail("data.root", f"{folder} not found; {howto}")
+        missing = cifar_missing(cfg.data.name, cfg.data.root)
+        if missing:
+            names = ", ".join(m.name for m in missing)
+            fail("data.root", f"{folder} lacks {names} (torchvision's {cfg.data.name} layout); {howto}")
     if cfg.prune.method == "uniform":
         check_uniform_density(cfg, fail)
 
 
 def check_uniform_density(cfg: ExperimentConfig, fail) -> None:
     """Uniform pruning keeps round(d * n) weights per conv layer; zero would empty a layer."""
-    from threeregime.models import prunable_layer_sizes
+    from threeregime.catalog import conv_layer_sizes  # no torch import at DAG time
 
-    sizes = prunable_layer_sizes(cfg.model, cfg.data.name)
+    sizes = conv_layer_sizes(cfg.model.name, cfg.model.width, cfg.data.name)
     smallest_name, smallest = min(sizes.items(), key=lambda kv: kv[1])
     for density in cfg.prune.densities:
         if round(density * smallest) < 1:

@@ -37,6 +37,15 @@ def atomic_path(path: str | Path):
             os.unlink(tmp)
 
 
+def remove_stale_temporaries(path: str | Path) -> list[Path]:
+    """Delete temp files that a killed writer of ``path`` left behind (see atomic_path)."""
+    path = Path(path)
+    stale = list(path.parent.glob(f".{path.name}.*.tmp")) if path.parent.is_dir() else []
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return stale
+
+
 def write_atomic(path: str | Path, writer: Callable[[Path], Any]) -> None:
     with atomic_path(path) as tmp:
         writer(tmp)

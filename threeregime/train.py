@@ -52,7 +52,7 @@ class Schedule:
 
 
 def make_schedule(recipe: Recipe, num_train: int) -> Schedule:
-    steps = num_train // recipe.batch_size
+    steps = num_train // recipe.batch_size if recipe.drop_last else -(-num_train // recipe.batch_size)
     if steps < 1:
         raise ValueError(f"batch_size {recipe.batch_size} exceeds the {num_train} training samples")
     return Schedule(recipe, steps)
@@ -186,7 +186,9 @@ def train(
         loss_sum = torch.zeros((), device=device)
         errors = torch.zeros((), device=device, dtype=torch.long)
         seen = 0
-        for x, y in data.train_batches(recipe.batch_size, data_generator(device, *stream, epoch)):
+        generator = data_generator(device, *stream, epoch)
+        batches = data.train_batches(recipe.batch_size, generator, recipe.drop_last)
+        for x, y in batches:
             if iteration >= schedule.total_iterations:
                 break
             optimizer.lr = schedule.lr_at(iteration)

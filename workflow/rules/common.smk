@@ -105,8 +105,11 @@ FIGURES = {
 
 
 def final_outputs():
+    # The per-pair metrics are targets too: Snakemake does not rebuild a missing input of an
+    # up-to-date job, so without them a deleted metrics file would stay deleted.
     return (
-        list(ANALYSIS.values())
+        all_metrics()
+        + list(ANALYSIS.values())
         + FIGURES["phase"]
         + FIGURES["map"]
         + [f"{RES}/summary.json"]

@@ -1,0 +1,222 @@
+"""Reliability: resume after SIGKILL, atomic outputs, corrupted inputs, determinism, bad runtime."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from threeregime.cli import main
+from threeregime.config import ModelConfig, Recipe, to_json
+from threeregime.io import CheckpointError, load_checkpoint, save_checkpoint, write_json
+from threeregime.runtime import DeviceError, resolve_device
+
+from .conftest import TINY_CONFIG
+
+DATA_SPEC = {"name": "mnist1d", "root": "data", "download": False, "num_samples": 2000}
+DATA_SPEC |= {"generation_seed": 5, "augment": False}
+
+
+def _dense_spec(epochs: int, lr: float = 0.05) -> str:
+    recipe = Recipe(epochs=epochs, batch_size=32, lr=lr).__dict__ | {"lr_milestones": [0.5, 0.75]}
+    spec = {"model": ModelConfig(width=0.25).__dict__, "recipe": recipe, "seed": 3, "stop_epoch": None}
+    return to_json(spec | {"performance": {"amp": "none", "channels_last": False}})
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "threeregime", *args]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "dataset.pt"
+    assert main(["prepare-data", "--spec", to_json(DATA_SPEC), "--out", str(path)]) == 0
+    return path
+
+
+def _dense_command(dataset: Path, out: Path, epochs: int) -> list[str]:
+    return _cli("dense", "--spec", _dense_spec(epochs), "--data", str(dataset), "--out", str(out))
+
+
+def test_sigkill_then_rerun_resumes_to_bit_identical_weights(dataset, tmp_path):
+    epochs = 30
+    env = os.environ | {"THREEREGIME_RUNTIME": to_json({"device": "cpu", "checkpoint_every": 2})}
+    reference = tmp_path / "reference.pt"
+    subprocess.run(_dense_command(dataset, reference, epochs), env=env, check=True, capture_output=True)
+
+    out = tmp_path / "killed" / "model.pt"
+    resume = Path(f"{out}.resume")
+    process = subprocess.Popen(
+        _dense_command(dataset, out, epochs), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    deadline = time.time() + 60
+    while not resume.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.01)
+    time.sleep(random.Random(7).uniform(0.1, 0.8))  # somewhere mid-run, maybe mid-write
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not out.exists(), "a killed job must not leave its output"
+    killed_at = load_checkpoint(resume, "resume")["state"]["epoch"]
+    assert 2 <= killed_at < epochs
+
+    rerun = subprocess.run(
+        _dense_command(dataset, out, epochs), env=env, capture_output=True, text=True, check=True
+    )
+    assert f"resuming from {resume} at epoch {killed_at}" in rerun.stdout
+    assert not resume.exists(), "the resume file is removed once the output is complete"
+    expected = load_checkpoint(reference, "dense")
+    resumed = load_checkpoint(out, "dense")
+    assert resumed["state"]["epoch"] == expected["state"]["epoch"] == epochs
+    for key, value in expected["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key
+    assert resumed["state"]["history"] == [
+        h | {"seconds": r["seconds"]}
+        for h, r in zip(expected["state"]["history"], resumed["state"]["history"])
+    ]
+
+
+def test_resume_file_from_other_settings_is_ignored(dataset, tmp_path):
+    out = tmp_path / "model.pt"
+    env = os.environ | {"THREEREGIME_RUNTIME": to_json({"device": "cpu"})}
+    first = _cli("dense", "--spec", _dense_spec(2), "--data", str(dataset), "--out", str(out))
+    subprocess.run(first, env=env, check=True, capture_output=True)
+    # plant a resume file written for another spec; the job must not continue from it
+    save_checkpoint(f"{out}.resume", {"fingerprint": "other", "state": {"epoch": 1}}, "resume")
+    again = subprocess.run(first, env=env, check=True, capture_output=True, text=True)
+    assert "ignoring" in again.stdout and "built from other settings" in again.stdout
+    # and a truncated resume file is reported and skipped, not fatal
+    Path(f"{out}.resume").write_bytes(b"PK\x03\x04 truncated")
+    again = subprocess.run(first, env=env, check=True, capture_output=True, text=True)
+    assert "corrupted or truncated checkpoint" in again.stdout and "starting over" in again.stdout
+
+
+def test_truncated_checkpoint_input_is_a_clear_error(dataset, tmp_path, capsys):
+    out = tmp_path / "dense.pt"
+    assert main(["dense", "--spec", _dense_spec(1), "--data", str(dataset), "--out", str(out)]) == 0
+    blob = out.read_bytes()
+    out.write_bytes(blob[: len(blob) // 2])
+    pruned = tmp_path / "pruned.pt"
+    code = main(
+        [
+            "prune",
+            "--spec",
+            to_json({"method": "uniform", "density": 0.5}),
+            "--dense",
+            str(out),
+            "--out",
+            str(pruned),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 1 and f"{out}: corrupted or truncated checkpoint" in err and "\n" == err[-1]
+    assert err.count("\n") == 1, "one line"
+    assert not pruned.exists()
+    with pytest.raises(CheckpointError, match="expected a 'pruned' checkpoint, found 'dataset'"):
+        load_checkpoint(dataset, "pruned")
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        load_checkpoint(tmp_path / "absent.pt", "dense")
+
+
+def test_a_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    target = tmp_path / "metrics.json"
+    write_json(target, {"ok": 1})
+
+    def explode(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Path, "write_text", lambda self, text: (open(self, "w").write(text[:5]), explode()))
+    with pytest.raises(OSError, match="disk full"):
+        write_json(target, {"ok": 2, "long": "x" * 100})
+    assert json.loads(target.read_text()) == {"ok": 1}, "the previous complete file is untouched"
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"], "no temp file left behind"
+
+
+def test_nonfinite_loss_fails_the_job_without_output(dataset, tmp_path):
+    out = tmp_path / "dense.pt"
+    env = os.environ | {"THREEREGIME_RUNTIME": to_json({"device": "cpu"})}
+    command = _cli("dense", "--spec", _dense_spec(2, lr=1e8), "--data", str(dataset), "--out", str(out))
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert result.returncode == 1
+    assert (
+        "error: dense seed=3: training loss is nan at epoch 1" in result.stderr or "is inf" in result.stderr
+    )
+    assert not out.exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a usable GPU")
+def test_cuda_requested_but_unavailable(dataset, tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="threeregime"):
+        assert resolve_device("cuda").type == "cpu"
+    assert "cuda requested but unavailable; falling back to CPU" in caplog.text
+    with pytest.raises(DeviceError, match="require_gpu is true"):
+        resolve_device("cuda", require_gpu=True)
+    out = tmp_path / "dense.pt"
+    env = os.environ | {"THREEREGIME_RUNTIME": to_json({"device": "auto", "require_gpu": True})}
+    command = _cli("dense", "--spec", _dense_spec(1), "--data", str(dataset), "--out", str(out))
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert result.returncode == 1 and "torch.cuda.is_available() is False" in result.stderr
+    assert not out.exists()
+
+
+def _one_cell(dataset: Path, folder: Path) -> dict:
+    """dense -> prune -> two retrainings -> metrics of one tiny cell, through the CLI commands."""
+    from threeregime.config import load_config
+
+    config = json.loads(json.dumps(TINY_CONFIG))
+    cfg = load_config(config)
+    dense, pruned = folder / "dense.pt", folder / "pruned.pt"
+    assert (
+        main(
+            ["dense", "--spec", to_json(cfg.dense_spec("3", 1)), "--data", str(dataset), "--out", str(dense)]
+        )
+        == 0
+    )
+    assert (
+        main(["prune", "--spec", to_json(cfg.prune_spec("0.2")), "--dense", str(dense), "--out", str(pruned)])
+        == 0
+    )
+    for seed in (1, 2):
+        spec = to_json(cfg.retrain_spec(seed))
+        out = folder / f"retrain{seed}.pt"
+        assert (
+            main(
+                [
+                    "retrain",
+                    "--spec",
+                    spec,
+                    "--data",
+                    str(dataset),
+                    "--pruned",
+                    str(pruned),
+                    "--out",
+                    str(out),
+                ]
+            )
+            == 0
+        )
+    labels = ["--label", "knob=epochs", "--label", "seed_a=1", "--label", "seed_b=2"]
+    metrics = folder / "metrics.json"
+    args = ["--data", str(dataset), "--a", str(folder / "retrain1.pt"), "--b", str(folder / "retrain2.pt")]
+    assert (
+        main(["metrics", "--spec", to_json(cfg.metrics_spec()), *args, *labels, "--out", str(metrics)]) == 0
+    )
+    result = json.loads(metrics.read_text())
+    result.pop("seconds")
+    return result
+
+
+def test_same_config_and_seeds_give_identical_metrics(dataset, tmp_path, monkeypatch):
+    monkeypatch.setenv("THREEREGIME_RUNTIME", to_json({"device": "cpu"}))
+    first = _one_cell(dataset, tmp_path / "first")
+    second = _one_cell(dataset, tmp_path / "second")
+    assert first == second  # every number, bit for bit: mc, the LMC curve, CKA, errors, Hessian
+    assert first["lmc_train_error"] and first["models"][0]["hessian_trace"] != 0
