@@ -272,11 +272,6 @@ class ExperimentConfig:
             base = {"epochs": self.train.epochs, "batch_size": self.train.batch_size}
             own = float(base.get(self.knob.name, self.train.sam_rho))
             reference = own if own in grid else grid[0]
-        elif float(reference) not in grid:
-            raise ConfigError(
-                f"regimes.reference_temperature: {fmt_value(reference)} is not one of the "
-                f"knob values {self.temperatures}"
-            )
         regimes["reference_temperature"] = float(reference)
         return {"knob": self.knob.name, "regimes": regimes}
 
@@ -378,6 +373,9 @@ def check_semantics(cfg: ExperimentConfig, source: str, check_paths: bool = True
             fail("knob.values", f"epochs {too_long} exceed train.epochs={cfg.train.epochs}")
     if cfg.knob.name == "batch_size" and cfg.train.iterations is None:
         fail("train.iterations", "the batch_size knob needs a fixed iteration budget (paper: 62400)")
+    reference = cfg.regimes.reference_temperature
+    if reference is not None and fmt_value(reference) not in cfg.temperatures:
+        fail("regimes.reference_temperature", f"{fmt_value(reference)} is not one of the knob values")
     if cfg.train.optimizer == "sam" and cfg.knob.name != "sam_rho" and cfg.train.sam_rho <= 0:
         fail("train.sam_rho", "SAM needs a positive rho")
     if check_paths and cfg.data.name.startswith("cifar") and not cfg.data.download:
