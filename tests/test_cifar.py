@@ -167,8 +167,10 @@ def test_prepare_data_cli_reports_bad_data_in_one_line(tmp_path, capsys):
 
     root = write_fake_cifar(tmp_path)
     (root / "cifar-10-batches-py" / "test_batch").write_bytes(b"\x80garbage")
-    spec = json.dumps({"name": "cifar10", "root": str(root)})
-    assert main(["prepare-data", "--spec", spec, "--out", str(tmp_path / "d.pt")]) == 1
+    spec, location = json.dumps({"name": "cifar10"}), json.dumps({"root": str(root)})
+    assert (
+        main(["prepare-data", "--spec", spec, "--location", location, "--out", str(tmp_path / "d.pt")]) == 1
+    )
     err = capsys.readouterr().err.strip()
     assert err.startswith("threeregime prepare-data: error: ") and "test_batch: malformed CIFAR batch" in err
     assert "\n" not in err and not (tmp_path / "d.pt").exists()
@@ -370,7 +372,8 @@ def test_smoke_each_knob_and_each_pruning_score_through_the_cli(tmp_path, fake_c
     cfg = cfgs["uniform"]
     compute = ["--runtime", json.dumps({"device": "cpu"}), "--threads", "1"]
     data = str(tmp_path / "data.pt")
-    assert main(["prepare-data", "--spec", json.dumps(cfg.data_spec()), "--out", data]) == 0
+    location = ["--location", json.dumps(cfg.data_location())]
+    assert main(["prepare-data", "--spec", json.dumps(cfg.data_spec()), *location, "--out", data]) == 0
 
     dense, previous = {}, ""
     for temperature in sorted(cfg.temperatures, key=float):

@@ -24,10 +24,10 @@ from .conftest import REPO, TINY_CONFIG, write_config
 pytestmark = pytest.mark.slow
 
 # Two temperatures (the epochs-3 dense run continues epochs-1), one density, one retrain pair:
-# 14 jobs. runtime.device auto makes dense_train/retrain/metrics ask `gpu: 1` (CPU fallback).
+# 14 jobs. runtime.device cuda makes dense_train/retrain/metrics ask `gpu: 1` (CPU fallback).
 BASE = copy.deepcopy(TINY_CONFIG)
 BASE["prune"]["densities"] = [0.5]
-BASE["runtime"] = {"device": "auto", "threads": 1}
+BASE["runtime"] = {"device": "cuda", "threads": 1}
 TEMPS, DENSITY, SEED, PAIR = ["1", "3"], "0.5", "1", ("1", "2")
 GPU_RULES = {"dense_train", "retrain", "metrics"}
 ANALYSIS = {("collect", frozenset()), ("classify", frozenset()), ("plot", frozenset())}
@@ -165,6 +165,19 @@ def test_plot_setting_reruns_only_plot(done):
 def test_runtime_settings_rerun_nothing(done):
     folder, _ = done
     overlay = {"runtime": {"device": "cpu", "threads": 2, "checkpoint_every": 2}}
+    assert plan(folder, overlay) == set()
+
+
+@pytest.mark.parametrize(
+    "overlay",
+    [
+        {"data": {"root": "/elsewhere", "download": True, "augment": False}},  # not read by MNIST-1D
+        {"train": {"sam_rho": 0.3}},  # plain SGD: rho is not used
+        {"retrain": {"recipe": {"sam_rho": 0.3}}},
+    ],
+)
+def test_settings_that_change_no_number_rerun_nothing(done, overlay):
+    folder, _ = done
     assert plan(folder, overlay) == set()
 
 

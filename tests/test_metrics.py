@@ -10,6 +10,7 @@ from threeregime.config import ModelConfig
 from threeregime.data import DeviceData
 from threeregime.hessian import HessianOperator, hessian_summary, pyhessian_reference, top_eigenvalue, trace
 from threeregime.metrics import (
+    barrier_height,
     linear_cka,
     linear_mode_connectivity,
     mode_connectivity,
@@ -28,6 +29,20 @@ def test_mode_connectivity_sign_convention():
     assert mc == pytest.approx(-0.5) and u == 2  # a barrier is negative
     mc, _ = mode_connectivity([0.2, 0.1, 0.2])
     assert mc == pytest.approx(0.1)  # a better midpoint is positive
+
+
+def test_mode_connectivity_endpoint_ties_follow_the_paper_and_barrier_has_no_artefact():
+    ts = [0.0, 0.5, 1.0]
+    # no bump: the endpoints tie; like the paper's np.argmax the first wins, mc = (e1 - e0) / 2
+    assert mode_connectivity([0.5, 0.25, 0.0]) == (pytest.approx(-0.25), 0)
+    assert mode_connectivity([0.0, 0.25, 0.5]) == (pytest.approx(0.25), 0)
+    # rounding must not flip the tie: 0.3 and 0.1 are not exact in binary
+    for e0, e1 in [(0.3, 0.1), (0.7, 0.1), (0.1, 0.3)]:
+        mc, u = mode_connectivity([e0, (e0 + e1) / 2, e1])
+        assert u == 0 and mc == pytest.approx((e1 - e0) / 2)
+    assert barrier_height([0.5, 0.25, 0.0], ts) == pytest.approx(0.0)
+    assert barrier_height([0.1, 0.6, 0.0], ts) == pytest.approx(0.55)
+    assert barrier_height([0.2, 0.1, 0.2], ts) == pytest.approx(0.0)  # better midpoint: no barrier
 
 
 def test_lmc_is_zero_for_identical_endpoints(mnist1d_payload):
@@ -53,6 +68,7 @@ def test_lmc_detects_a_planted_barrier():
     assert result["lmc_train_error"][0] == 0.0 and result["lmc_train_error"][-1] == 0.0
     assert result["mc_t"] == pytest.approx(0.5)
     assert result["mc"] == pytest.approx(-0.5)
+    assert result["barrier"] == pytest.approx(0.5)
 
 
 def test_batchnorm_recalibration_gives_exact_training_statistics():
@@ -130,6 +146,8 @@ def test_hessian_matches_exact_hessian_on_tiny_model(masked):
     value, stderr = trace(op, probes=4000, probe_batch=500, seed=1)
     assert abs(value - float(exact.trace())) < 4 * stderr
     assert stderr < 0.05 * abs(float(exact.trace()))
+    # the probe batch is a speed setting only: the same probes, the same estimate
+    assert trace(op, probes=12, probe_batch=5, seed=3) == pytest.approx(trace(op, 12, 1, seed=3), rel=1e-12)
 
 
 def test_hessian_agrees_with_pyhessian():

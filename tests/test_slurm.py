@@ -49,7 +49,7 @@ CONFIG["train"].update(epochs=30, batch_size=16)
 CONFIG["knob"]["values"] = [30]
 CONFIG["prune"]["densities"] = [0.5]
 CONFIG["retrain"] = {"recipe": {"epochs": 2}}
-CONFIG["runtime"] = {"device": "auto", "threads": 1, "checkpoint_every": 1}
+CONFIG["runtime"] = {"device": "cuda", "threads": 1, "checkpoint_every": 1}
 RESULTS = Path("results/slurm")
 DENSE = RESULTS / "dense/epochs-30/seed1/model.pt"
 DENSE_LOG = RESULTS / "logs/dense/epochs-30/seed1.log"

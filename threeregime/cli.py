@@ -43,15 +43,13 @@ def _labels(pairs: list[str]) -> dict:
 
 def _runtime(args):
     """Device, threads and fast paths for this job (torch imported here, not at CLI start)."""
-    import torch
-
     from threeregime import runtime as rt
 
     cfg = RuntimeConfig(**json.loads(args.runtime))
     device = rt.resolve_device(cfg.device, cfg.require_gpu)
     rt.setup(args.threads, device)
     log.info("runtime: device %s, %d threads, %s", device, args.threads, cfg)
-    return cfg, device, torch
+    return cfg, device
 
 
 def _load_data(path: str, device, channels_last: bool):
@@ -67,19 +65,23 @@ def _performance(spec: dict, runtime: RuntimeConfig):
     return Performance(perf.get("amp", "none"), perf.get("channels_last", False), runtime.compile)
 
 
-def _model_from(payload: dict, device, perf):
-    """Rebuild the architecture recorded in a checkpoint and load its weights."""
+def _place(model, device, perf, image: bool):
+    """Move a model to the device, in channels_last memory order for image models if asked."""
     import torch
 
+    model = model.to(device)
+    return model.to(memory_format=torch.channels_last) if perf.channels_last and image else model
+
+
+def _model_from(payload: dict, device="cpu", perf=None, image: bool = False):
+    """Rebuild the architecture recorded in a checkpoint and load its weights."""
     from threeregime.config import ModelConfig
     from threeregime.models import build_model
+    from threeregime.runtime import Performance
 
     model = build_model(ModelConfig(**payload["model_cfg"]), payload["in_channels"], payload["num_classes"])
     model.load_state_dict(payload["model"])
-    model = model.to(device)
-    if perf.channels_last and payload["in_channels"] == 3:
-        model = model.to(memory_format=torch.channels_last)
-    return model
+    return _place(model, device, perf or Performance(), image)
 
 
 def _train_resumable(out: Path, fingerprint: str, runtime: RuntimeConfig, **train_kwargs) -> dict:
@@ -142,7 +144,7 @@ def cmd_prepare_data(args) -> None:
     from threeregime.config import DataConfig
     from threeregime.data import prepare_dataset
 
-    payload = prepare_dataset(DataConfig(**json.loads(args.spec)))
+    payload = prepare_dataset(DataConfig(**json.loads(args.spec), **json.loads(args.location)))
     save_checkpoint(args.out, payload, "dataset")
     log.info(
         "dataset: %d train, %d test samples -> %s",
@@ -153,22 +155,20 @@ def cmd_prepare_data(args) -> None:
 
 
 def cmd_dense(args) -> None:
-    from threeregime.config import ModelConfig, Recipe
+    from threeregime.config import ModelConfig, recipe_from_spec
     from threeregime.models import init_model
 
-    runtime, device, torch = _runtime(args)
+    runtime, device = _runtime(args)
     spec = json.loads(args.spec)
     perf = _performance(spec, runtime)
     data = _load_data(args.data, device, perf.channels_last)
     model = init_model(ModelConfig(**spec["model"]), data.in_channels, data.num_classes, spec["seed"])
-    model = model.to(device)
-    if perf.channels_last and data.image:
-        model = model.to(memory_format=torch.channels_last)
+    model = _place(model, device, perf, data.image)
     state, inputs = None, [args.data]
     if args.init:
         state = load_checkpoint(args.init, "dense")["state"]
         inputs.append(args.init)
-    recipe = Recipe(**{**spec["recipe"], "lr_milestones": tuple(spec["recipe"]["lr_milestones"])})
+    recipe = recipe_from_spec(spec["recipe"])
     final = _train_resumable(
         Path(args.out),
         _fingerprint(args.spec, *inputs),
@@ -199,14 +199,11 @@ def _save_model(out: str, kind: str, state: dict, model_cfg: dict, data, **extra
 
 
 def cmd_prune(args) -> None:
-    from threeregime.config import ModelConfig
-    from threeregime.models import build_model
     from threeregime.prune import apply_masks, compute_masks, layer_densities, mask_density
 
     spec = json.loads(args.spec)
     dense = load_checkpoint(args.dense, "dense")
-    model = build_model(ModelConfig(**dense["model_cfg"]), dense["in_channels"], dense["num_classes"])
-    model.load_state_dict(dense["model"])
+    model = _model_from(dense)
     masks = compute_masks(model, spec["density"], spec["method"])
     apply_masks(model, masks)
     achieved = mask_density(masks)
@@ -224,16 +221,16 @@ def cmd_prune(args) -> None:
 
 
 def cmd_retrain(args) -> None:
-    from threeregime.config import Recipe
+    from threeregime.config import recipe_from_spec
 
-    runtime, device, _ = _runtime(args)
+    runtime, device = _runtime(args)
     spec = json.loads(args.spec)
     perf = _performance(spec, runtime)
     data = _load_data(args.data, device, perf.channels_last)
     pruned = load_checkpoint(args.pruned, "pruned")
-    model = _model_from(pruned, device, perf)
+    model = _model_from(pruned, device, perf, data.image)
     masks = {name: m.to(device) for name, m in pruned["masks"].items()}
-    recipe = Recipe(**{**spec["recipe"], "lr_milestones": tuple(spec["recipe"]["lr_milestones"])})
+    recipe = recipe_from_spec(spec["recipe"])
     final = _train_resumable(
         Path(args.out),
         _fingerprint(args.spec, args.data, args.pruned),
@@ -282,7 +279,7 @@ def cmd_metrics(args) -> None:
 
     from threeregime.metrics import linear_mode_connectivity, model_outputs, output_similarity
 
-    runtime, device, _ = _runtime(args)
+    runtime, device = _runtime(args)
     spec = json.loads(args.spec)
     perf = _performance(spec, runtime)
     data = _load_data(args.data, device, perf.channels_last)
@@ -292,7 +289,7 @@ def cmd_metrics(args) -> None:
     ):
         raise CheckpointError(f"{args.a} and {args.b}: not retrainings of the same pruned model")
     started = time.perf_counter()
-    model_a, model_b = _model_from(a, device, perf), _model_from(b, device, perf)
+    model_a, model_b = (_model_from(p, device, perf, data.image) for p in (a, b))
     result = _labels(args.label)
     result["models"] = [
         {"retrain_seed": result[f"seed_{side}"]} | _model_metrics(payload, model, data, spec, perf)
@@ -327,11 +324,13 @@ def cmd_metrics(args) -> None:
 def cmd_collect(args) -> None:
     import pandas as pd
 
+    from threeregime.config import grid_cells
     from threeregime.regimes import aggregate_cells
 
     keys = ["knob", "temperature", "density", "dense_seed"]
     rows, models = [], {}
-    for path in args.inputs:
+    paths = [args.pattern.format(**cell) for cell in grid_cells(json.loads(args.grid))]
+    for path in paths:
         record = read_json(path)
         pair_models = record.pop("models")
         cell = {k: record[k] for k in keys}
@@ -413,6 +412,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", choices=["cifar10", "cifar100"], default="cifar10")
     p.add_argument("--root", default="data")
     p = command("prepare-data", cmd_prepare_data)
+    p.add_argument(
+        "--location",
+        default=os.environ.get("THREEREGIME_DATA_LOCATION", "{}"),
+        help="JSON root/download of CIFAR (default: $THREEREGIME_DATA_LOCATION, set by the workflow)",
+    )
     p.add_argument("--out", required=True)
     p = command("dense", cmd_dense, compute=True)
     p.add_argument("--init", default="", help="dense checkpoint to continue from (epochs knob)")
@@ -429,7 +433,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", action="append", default=[], help="key=value naming the cell")
     p.add_argument("--out", required=True)
     p = command("collect", cmd_collect, spec=False)
-    p.add_argument("inputs", nargs="+", help="metrics JSON files")
+    p.add_argument("--pattern", required=True, help="metrics file path with {temperature} ... {b}")
+    p.add_argument("--grid", required=True, help="JSON axes: temperature, density, seed, pair")
     p.add_argument("--models-csv", required=True)
     p.add_argument("--metrics", required=True)
     p.add_argument("--cells", required=True)

@@ -9,6 +9,7 @@ config edit reruns exactly the jobs it affects.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
 from dataclasses import asdict, dataclass, field, replace
 from functools import cache
@@ -191,10 +192,23 @@ class ExperimentConfig:
     def densities(self) -> list[str]:
         return [fmt_value(d) for d in sorted(self.prune.densities)]
 
+    def metrics_axes(self) -> dict:
+        """The axes of the per-pair metrics files (expanded by :func:`grid_cells`)."""
+        seeds = [str(s) for s in self.seeds.dense]
+        pairs = [list(p) for p in self.retrain_pairs]
+        return {"temperature": self.temperatures, "density": self.densities, "seed": seeds, "pair": pairs}
+
     @property
     def retrain_pairs(self) -> list[tuple[int, int]]:
         seeds = sorted(self.seeds.retrain)
         return [(a, b) for i, a in enumerate(seeds) for b in seeds[i + 1 :]]
+
+    def gpus_per_job(self) -> int:
+        """GPUs a training or metrics job reserves: cuda 1, cpu 0, auto 1 only if this machine
+        shows an NVIDIA device (so on a CPU-only machine auto jobs do not queue for a GPU)."""
+        if self.runtime.device == "auto":
+            return 1 if glob.glob("/dev/nvidia[0-9]*") else 0
+        return int(self.runtime.device == "cuda")
 
     # ----- recipes -----
     def dense_recipe(self, temperature: str) -> Recipe:
@@ -235,16 +249,22 @@ class ExperimentConfig:
         return {"amp": self.runtime.amp, "channels_last": self.runtime.channels_last}
 
     def data_spec(self) -> dict:
-        spec = asdict(self.data)
-        if self.data.name != "mnist1d":  # generator settings do not change CIFAR
-            del spec["num_samples"], spec["generation_seed"]
-        return spec
+        """What defines the dataset's content. Where CIFAR lives (root, download) does not: it
+        travels separately (:meth:`data_location`), so moving the data reruns nothing."""
+        if self.data.name == "mnist1d":
+            keys = ("name", "num_samples", "generation_seed")
+        else:
+            keys = ("name", "augment")
+        return {key: getattr(self.data, key) for key in keys}
+
+    def data_location(self) -> dict:
+        return {"root": self.data.root, "download": self.data.download}
 
     def dense_spec(self, temperature: str, seed: int) -> dict:
         stop = int(float(temperature)) if self.knob.name == "epochs" else None
         return {
             "model": asdict(self.model),
-            "recipe": asdict(self.dense_recipe(temperature)),
+            "recipe": recipe_spec(self.dense_recipe(temperature)),
             "seed": int(seed),
             "stop_epoch": stop,
             "performance": self.performance_spec(),
@@ -255,7 +275,7 @@ class ExperimentConfig:
 
     def retrain_spec(self, seed: int) -> dict:
         return {
-            "recipe": asdict(self.retrain_recipe()),
+            "recipe": recipe_spec(self.retrain_recipe()),
             "seed": int(seed),
             "performance": self.performance_spec(),
         }
@@ -277,6 +297,33 @@ class ExperimentConfig:
 
     def plot_spec(self) -> dict:
         return {"knob": self.knob.name, "plot": asdict(self.plot)}
+
+
+def recipe_spec(recipe: Recipe) -> dict:
+    """The recipe's fields that act: no sam_rho under plain SGD, no epochs under an iteration
+    budget, so editing an unused field reruns nothing."""
+    spec = asdict(recipe)
+    if recipe.optimizer != "sam":
+        del spec["sam_rho"]
+    if recipe.iterations is not None:
+        del spec["epochs"]
+    return spec
+
+
+def recipe_from_spec(spec: dict) -> Recipe:
+    """Inverse of :func:`recipe_spec` (JSON lists back to tuples; dropped fields at defaults)."""
+    return Recipe(**{**spec, "lr_milestones": tuple(spec["lr_milestones"])})
+
+
+def grid_cells(axes: dict) -> list[dict]:
+    """Every (temperature, density, seed, a, b) of ``metrics_axes``: one metrics file each."""
+    return [
+        {"temperature": t, "density": d, "seed": s, "a": a, "b": b}
+        for t in axes["temperature"]
+        for d in axes["density"]
+        for s in axes["seed"]
+        for a, b in axes["pair"]
+    ]
 
 
 def to_json(spec: dict) -> str:
@@ -376,8 +423,6 @@ def check_semantics(cfg: ExperimentConfig, source: str, check_paths: bool = True
     reference = cfg.regimes.reference_temperature
     if reference is not None and fmt_value(reference) not in cfg.temperatures:
         fail("regimes.reference_temperature", f"{fmt_value(reference)} is not one of the knob values")
-    if cfg.train.optimizer == "sam" and cfg.knob.name != "sam_rho" and cfg.train.sam_rho <= 0:
-        fail("train.sam_rho", "SAM needs a positive rho")
     if check_paths and cfg.data.name.startswith("cifar") and not cfg.data.download:
         from threeregime.catalog import cifar_folder, cifar_howto, cifar_missing
 

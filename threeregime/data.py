@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from threeregime.catalog import CIFAR_LAYOUT, cifar_folder, cifar_howto  # noqa: F401
+from threeregime.catalog import CIFAR_LAYOUT, cifar_howto
 from threeregime.config import DataConfig
 
 # Per-channel mean and std of the training images. CIFAR-10's are the paper's; CIFAR-100 uses

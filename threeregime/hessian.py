@@ -127,14 +127,18 @@ class HessianOperator:
         return self.project(list(hv))
 
     def random(self, generator: torch.Generator, batch: int | None = None, rademacher=False) -> Vector:
+        """One random vector, or ``batch`` of them stacked on dim 0. Vectors are drawn one after
+        another, so the k-th probe is the same whatever the batch size (batching is speed only)."""
+        if batch is not None:
+            draws = [self.random(generator, rademacher=rademacher) for _ in range(batch)]
+            return [torch.stack(parts) for parts in zip(*draws)]
         out = []
         for p in self.params:
-            shape = p.shape if batch is None else (batch, *p.shape)
             if rademacher:
-                draw = torch.randint(0, 2, shape, generator=generator, device=p.device)
+                draw = torch.randint(0, 2, p.shape, generator=generator, device=p.device)
                 out.append(draw.to(p.dtype) * 2 - 1)
             else:
-                out.append(torch.randn(shape, generator=generator, device=p.device, dtype=p.dtype))
+                out.append(torch.randn(p.shape, generator=generator, device=p.device, dtype=p.dtype))
         return self.project(out)
 
 

@@ -67,11 +67,24 @@ def interpolate_states(state_a: dict, state_b: dict, t: float) -> dict:
 
 
 def mode_connectivity(errors: list[float]) -> tuple[float, int]:
-    """mc = m - e(u), u = argmax_t |m - e(t)|, m = (e(0) + e(1)) / 2. Returns (mc, u index)."""
+    """The paper's mc = m - e(u), u = argmax_t |m - e(t)|, m = (e(0) + e(1)) / 2: (mc, u index).
+
+    As in the paper's code (``np.argmax``), a tie goes to the first point; ties are decided with
+    a relative tolerance so that floating-point rounding cannot flip the sign. Known artefact of
+    the definition: on a path with no bump the endpoints tie, and mc = (e(1) - e(0)) / 2, which
+    is negative when the first endpoint is worse; ``barrier_height`` has no such term.
+    """
     midpoint = (errors[0] + errors[-1]) / 2
-    deviations = [midpoint - e for e in errors]
-    u = int(np.argmax(np.abs(deviations)))
+    deviations = np.array([midpoint - e for e in errors])
+    size = np.abs(deviations)
+    u = int(np.flatnonzero(size >= size.max() * (1 - 1e-9))[0])
     return float(deviations[u]), u
+
+
+def barrier_height(errors: list[float], ts: list[float]) -> float:
+    """max_t e(t) - ((1 - t) e(0) + t e(1)): the rise above the straight line between the
+    endpoints (Frankle et al. 2020). 0 for a monotone or convex path, > 0 for a barrier."""
+    return float(max(e - ((1 - t) * errors[0] + t * errors[-1]) for e, t in zip(errors, ts)))
 
 
 def linear_mode_connectivity(
@@ -100,6 +113,7 @@ def linear_mode_connectivity(
         "lmc_train_loss": losses,
         "mc": mc,
         "mc_t": float(ts[u]),
+        "barrier": barrier_height(errors, list(ts)),
     }
 
 

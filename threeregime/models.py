@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from threeregime.catalog import CNN1D_PLANES, DATA_SHAPES, PRERESNET_PLANES, VGG16_LAYOUT, conv_layer_sizes
+from threeregime.catalog import CNN1D_PLANES, PRERESNET_PLANES, VGG16_LAYOUT
 from threeregime.catalog import scaled as _scaled
 from threeregime.config import ModelConfig
 
@@ -151,10 +151,3 @@ def prunable_layers(model: nn.Module) -> dict[str, nn.Parameter]:
         for name, module in model.named_modules()
         if isinstance(module, (nn.Conv1d, nn.Conv2d))
     }
-
-
-def prunable_layer_sizes(cfg: ModelConfig, data_name: str) -> dict[str, int]:
-    """Weights per prunable layer, from the channel plan alone (no torch module is built)."""
-    if cfg.name not in MODEL_NAMES or data_name not in DATA_SHAPES:
-        raise ValueError(f"unknown model {cfg.name!r} or dataset {data_name!r}")
-    return conv_layer_sizes(cfg.name, cfg.width, data_name)

@@ -61,6 +61,7 @@ METRIC_COLUMNS = [
     "train_loss",
     "train_error",
     "mc",
+    "barrier",
     "cka_softmax",
     "cka_logits",
     "hessian_top_eigenvalue",
@@ -139,12 +140,6 @@ def otsu_split(values) -> tuple[float, float] | None:
             best, best_cut = score, float((values[i - 1] + values[i]) / 2)
     total = len(values) ** 2 * values.var()
     return best_cut, float(best / total)
-
-
-def otsu_cut(values) -> float | None:
-    """The cut of :func:`otsu_split` alone."""
-    split = otsu_split(values)
-    return None if split is None else split[0]
 
 
 def choose_thresholds(cells: pd.DataFrame, cfg: RegimeConfig) -> Thresholds:

@@ -48,8 +48,13 @@ rule collect:
         f"{LOGS}/collect.log",
     conda:
         ENV
+    params:
+        # the file list is rebuilt from pattern x grid: thousands of paths exceed bash's
+        # argument limit
+        pattern=lambda wildcards: METRICS,
+        grid=to_json(CFG.metrics_axes()),
     shell:
-        "python -m threeregime collect {input}"
+        "python -m threeregime collect --pattern {params.pattern:q} --grid {params.grid:q}"
         " --models-csv {output.models} --metrics {output.metrics} --cells {output.cells}"
         " > {log} 2>&1"
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-from threeregime.config import ConfigError, load_config, to_json
+from threeregime.config import ConfigError, grid_cells, load_config, to_json
 
 try:
     CFG = load_config(
@@ -24,15 +24,16 @@ PRUNED = f"{RES}/pruned/{CELL}/model.pt"
 RETRAINED = f"{RES}/retrain/{CELL}/retrain{{rseed}}/model.pt"
 METRICS = f"{RES}/metrics/{CELL}/pair{{a}}-{{b}}.json"
 ENV = "../../envs/threeregime.yaml"
-# Runtime settings (device, threads, checkpoint interval, compile) do not change results, so they
-# are not params (no rerun when they change); jobs read them from the environment. The package
-# is imported from this checkout, also inside conda environments.
+# Runtime settings (device, threads, checkpoint interval, compile) and where CIFAR lives do not
+# change results, so they are not params (no rerun when they change); jobs read them from the
+# environment. The package is imported from this checkout, also inside conda environments.
 _EXPORTS = (
     f"export THREEREGIME_RUNTIME={shlex.quote(to_json(asdict(CFG.runtime)))}"
+    f" THREEREGIME_DATA_LOCATION={shlex.quote(to_json(CFG.data_location()))}"
     f" PYTHONPATH={shlex.quote(str(Path(workflow.basedir).parent))}${{PYTHONPATH:+:$PYTHONPATH}}; "
 )
 shell.prefix(_EXPORTS.replace("{", "{{").replace("}", "}}"))
-GPUS_PER_JOB = 0 if CFG.runtime.device == "cpu" else 1
+GPUS_PER_JOB = CFG.gpus_per_job()
 
 
 def _one_of(values):
@@ -69,21 +70,9 @@ def labels(wildcards):
     return " ".join(f"--label {p}" for p in pairs)
 
 
-def cell_keys():
-    return dict(
-        temperature=CFG.temperatures,
-        density=CFG.densities,
-        seed=[str(s) for s in CFG.seeds.dense],
-    )
-
-
 def all_metrics():
     """One metrics file per (temperature, density, dense seed, retrain pair)."""
-    return [
-        path
-        for a, b in CFG.retrain_pairs
-        for path in expand(METRICS, a=a, b=b, **cell_keys())
-    ]
+    return [METRICS.format(**cell) for cell in grid_cells(CFG.metrics_axes())]
 
 
 ANALYSIS = {
