@@ -6,11 +6,18 @@ checkpoint (``--checkpoint``, a retrain model.pt of the workflow). Every contend
 the top eigenvalue with the same relative tolerance ``--tol`` (at most ``--max-iter``
 products) and the trace with exactly ``--probes`` Rademacher probes (PyHessian's
 ``trace(maxIter=probes, tol=-inf)``; with tol=0 its loop still stops early whenever the
-running mean is negative), so the trace estimators are the same and differ only in speed.
-Accuracy: the eigenvalue against a long Lanczos run (``--ref-iter`` products, tol 0); the trace
-as mean +- standard error, against a long Hutchinson run when ``--ref-probes`` > 0.
+running mean is negative). Rows with a plain trace use PyHessian's estimator; the project's
+default deflates it by ``--deflation`` Lanczos vectors (same expectation, lower variance).
 
-    python benchmarks/bench_hessian.py                       # CPU, a few minutes
+Accuracy: the eigenvalue against a long Lanczos run (``--ref-iter`` products, tol 0); the trace
+as mean +- standard error and as a z-score against a reference (a deflated run with
+``--ref-iter`` vectors and ``--ref-probes`` probes). "At equal accuracy" gives each row the
+probes that reach PyHessian's expected standard error: the same count for a plain trace (the
+same estimator), and probes x (its sd per probe / plain sd per probe)^2, at least 2, for a
+deflated one, where the plain sd pools PyHessian's probes and the project's independent ones;
+the time is the row's time with its trace rescaled to that count.
+
+    python benchmarks/bench_hessian.py                       # CPU, about 7 minutes
     python benchmarks/bench_hessian.py --device cuda --samples 200 --probes 100 --repeats 3
 """
 
@@ -23,6 +30,7 @@ import sys
 from common import parser, report, setup, synthetic_cifar, table, timed, trained_preresnet20
 
 PYHESSIAN = "PyHessian 0.1 (power, probes one by one)"
+PLAIN = "project, Lanczos, BN folded, plain trace"
 
 
 def build_problem(args):
@@ -85,20 +93,25 @@ def pyhessian_run(model, x, y, args):
     stderr = math.sqrt(sum((t - mean) ** 2 for t in samples) / (n - 1) / n) if n > 1 else float("nan")
     return {
         "eig": float(eigenvalues[0]), "eig_hvps": eig_products, "probes": n, "trace": mean,
-        "stderr": stderr, "build_s": build_s, "eig_s": eig_s, "trace_s": trace_s,
+        "stderr": stderr, "build_s": build_s, "eig_s": eig_s, "trace_s": trace_s, "deflation": 0,
     }  # fmt: skip
 
 
-def project_run(model, x, y, masks, args, eig_method, **op_kwargs):
-    from threeregime.hessian import HessianOperator, lanczos_top_eigenvalue, top_eigenvalue, trace
+def project_run(model, x, y, masks, args, eig_method, deflation=0, **op_kwargs):
+    from threeregime.hessian import HessianOperator, lanczos, top_eigenvalue, trace
 
     build_s, op = timed(lambda: HessianOperator(model, x, y, masks, **op_kwargs), args.device)
-    top = lanczos_top_eigenvalue if eig_method == "lanczos" else top_eigenvalue
-    eig_s, (eig, hvps) = timed(lambda: top(op, args.max_iter, args.tol, 0), args.device)
-    trace_s, (value, stderr) = timed(lambda: trace(op, args.probes, args.probe_batch, 1), args.device)
+    if eig_method == "lanczos":
+        eig_s, (eig, hvps, basis) = timed(
+            lambda: lanczos(op, args.max_iter, args.tol, 0, min_products=deflation), args.device
+        )
+    else:
+        eig_s, (eig, hvps) = timed(lambda: top_eigenvalue(op, args.max_iter, args.tol, 0), args.device)
+    basis = basis if deflation else None
+    trace_s, (value, stderr) = timed(lambda: trace(op, args.probes, args.probe_batch, 1, basis), args.device)
     return {
         "eig": eig, "eig_hvps": hvps, "probes": args.probes, "trace": value, "stderr": stderr,
-        "build_s": build_s, "eig_s": eig_s, "trace_s": trace_s,
+        "build_s": build_s, "eig_s": eig_s, "trace_s": trace_s, "deflation": deflation,
     }  # fmt: skip
 
 
@@ -113,10 +126,11 @@ def main() -> None:
     p.add_argument("--train-steps", type=int, default=100, help="SGD steps before measuring")
     p.add_argument("--tol", type=float, default=1e-3, help="eigenvalue relative tolerance (paper: 1e-3)")
     p.add_argument("--max-iter", type=int, default=100)
-    p.add_argument("--probes", type=int, default=40, help="Hutchinson probes (project default: 100)")
+    p.add_argument("--probes", type=int, default=100, help="Hutchinson probes (PyHessian default: 100)")
     p.add_argument("--probe-batch", type=int, default=10)
-    p.add_argument("--ref-iter", type=int, default=40, help="Lanczos products of the reference")
-    p.add_argument("--ref-probes", type=int, default=0, help="probes of a reference trace (0: none)")
+    p.add_argument("--deflation", type=int, default=10, help="Lanczos vectors deflating the trace")
+    p.add_argument("--ref-iter", type=int, default=40, help="Lanczos products of the references")
+    p.add_argument("--ref-probes", type=int, default=100, help="probes of the reference trace")
     p.add_argument("--checkpoint", help="a retrain model.pt of the workflow instead of a trained net")
     p.add_argument("--no-variants", action="store_true", help="skip the vmap and torch.func rows")
     p.set_defaults(threads=1, repeats=1)
@@ -130,32 +144,36 @@ def main() -> None:
         masks = None
     model_cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
     x_cl = x.contiguous(memory_format=torch.channels_last)
+    k = args.deflation
     contenders = {
         PYHESSIAN: lambda: pyhessian_run(model, x, y, args),
-        "project, same algorithm (power, no BN folding)": lambda: project_run(
+        "project, same algorithm (power, no BN folding, plain trace)": lambda: project_run(
             model, x, y, masks, args, "power", batched=False, fold_bn=False
         ),
-        "project default (Lanczos, BN folded)": lambda: project_run(model, x, y, masks, args, "lanczos"),
-        "project default + channels_last": lambda: project_run(model_cl, x_cl, y, masks, args, "lanczos"),
+        PLAIN: lambda: project_run(model, x, y, masks, args, "lanczos"),
+        f"project default (Lanczos, BN folded, trace deflated by {k})": lambda: project_run(
+            model, x, y, masks, args, "lanczos", k
+        ),
+        "project default + channels_last": lambda: project_run(model_cl, x_cl, y, masks, args, "lanczos", k),
     }
     dynamo_s = None
     if not args.no_variants:
-        contenders["project, Lanczos, probes batched (is_grads_batched)"] = lambda: project_run(
-            model, x, y, masks, args, "lanczos", batched=True
+        contenders["project default, probes batched (is_grads_batched)"] = lambda: project_run(
+            model, x, y, masks, args, "lanczos", k, batched=True
         )
-        contenders["project, torch.func fwd-over-rev, probes batched"] = lambda: project_run(
-            model, x, y, masks, args, "lanczos", mode="forward", batched=True
+        contenders["project default, torch.func fwd-over-rev, probes batched"] = lambda: project_run(
+            model, x, y, masks, args, "lanczos", k, mode="forward", batched=True
         )
         if "torch._dynamo" not in sys.modules:
             dynamo_s, _ = timed(lambda: __import__("torch._dynamo"))
 
-    from threeregime.hessian import HessianOperator, lanczos_top_eigenvalue, trace
+    from threeregime.hessian import HessianOperator, lanczos, trace
 
     reference_op = HessianOperator(model, x, y, masks)
-    ref_s, (ref_eig, _) = timed(lambda: lanczos_top_eigenvalue(reference_op, args.ref_iter, 0.0, 0))
-    ref_trace = None
-    if args.ref_probes:
-        ref_trace = trace(reference_op, args.ref_probes, args.probe_batch, seed=12345)
+    ref_s, (ref_eig, _, ref_basis) = timed(
+        lambda: lanczos(reference_op, args.ref_iter, 0.0, 7, min_products=args.ref_iter)
+    )
+    ref_trace = trace(reference_op, args.ref_probes, args.probe_batch, 12345, ref_basis)
 
     runs = {name: [] for name in contenders}
     for _ in range(args.repeats):  # interleaved
@@ -165,30 +183,33 @@ def main() -> None:
     rows = []
     best = {name: min(results, key=lambda r: r["total_s"]) for name, results in runs.items()}
     pyh = best[PYHESSIAN]
+    plain_sd = math.sqrt((_sd(pyh) ** 2 + _sd(best[PLAIN]) ** 2) / 2)  # independent probe sets
     for name, r in best.items():
         per_hvp = (r["eig_s"] + r["trace_s"]) / (r["eig_hvps"] + r["probes"])
+        equal_probes = r["probes"]  # a plain trace: PyHessian's estimator
+        if r["deflation"]:
+            equal_probes = max(2, math.ceil(pyh["probes"] * (_sd(r) / plain_sd) ** 2))
+        equal_s = r["total_s"] - r["trace_s"] + r["trace_s"] * equal_probes / r["probes"]
         row = [name, r["eig"], abs(r["eig"] - ref_eig) / abs(ref_eig), r["eig_hvps"], r["probes"]]
         row += [f"{r['trace']:.5g} +- {r['stderr']:.2g}", _sd(r)]
-        if ref_trace is not None:
-            row.append((r["trace"] - ref_trace[0]) / math.hypot(r["stderr"], ref_trace[1]))
+        row.append((r["trace"] - ref_trace[0]) / math.hypot(r["stderr"], ref_trace[1]))
         row += [per_hvp, r["total_s"], pyh["total_s"] / r["total_s"]]
+        row += [equal_probes, equal_s, pyh["total_s"] / equal_s]
         rows.append(row)
     headers = ["method", "top eig", "rel. err", "HVPs (eig)", "probes", "trace +- stderr", "sd / probe"]
-    headers += (["z vs ref"] if ref_trace is not None else []) + ["s / HVP", "total s", "speed-up"]
+    headers += ["z vs ref", "s / HVP", "total s", "speed-up"]
+    headers += ["probes for PyHessian's stderr", "s at equal accuracy", "speed-up at equal accuracy"]
     body = table(headers, rows)
     body += (
         f"\n\nPreResNet-20 after {args.train_steps} SGD steps on learnable synthetic CIFAR-shaped data"
         f"{' (checkpoint ' + args.checkpoint + ')' if args.checkpoint else ''}, Hessian of one batch "
         f"of {args.samples} samples, eval mode; eigenvalue tol {args.tol}; probe batch "
         f"{args.probe_batch}; best of {args.repeats}; total includes building the gradient graph. "
-        "Every row uses the same number of Hutchinson probes (the same estimator), so equal "
-        "probes means equal expected accuracy of the trace. "
-        f"Reference top eigenvalue {ref_eig:.6g} (Lanczos, {args.ref_iter} products, tol 0, "
-        f"{ref_s:.1f} s)"
+        f"Reference top eigenvalue {ref_eig:.6g} (Lanczos, {args.ref_iter} products, tol 0); "
+        f"reference trace {ref_trace[0]:.6g} +- {ref_trace[1]:.2g} ({args.ref_iter} Lanczos vectors "
+        f"+ {args.ref_probes} probes; {ref_s:.1f} s for its basis). Plain-trace sd per probe, "
+        f"pooled: {plain_sd:.4g}."
     )
-    if ref_trace is not None:
-        body += f"; reference trace {ref_trace[0]:.6g} +- {ref_trace[1]:.2g} ({args.ref_probes} probes)"
-    body += "."
     if dynamo_s is not None:
         body += f" The first torch.func use imports torch._dynamo: {dynamo_s:.2f} s, not in the table."
     report("Hessian top eigenvalue and trace", args, body)

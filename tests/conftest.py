@@ -29,6 +29,7 @@ TINY_CONFIG = {
         "hessian_max_iter": 10,
         "hessian_probes": 4,
         "hessian_probe_batch": 2,
+        "hessian_trace_deflation": 4,
     },
     "regimes": {"eps": 0.01, "cka_cut": 0.9},
     "runtime": {"device": "cpu", "threads": 1},

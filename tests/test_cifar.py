@@ -363,7 +363,13 @@ def test_smoke_each_knob_and_each_pruning_score_through_the_cli(tmp_path, fake_c
         knob=knob_section,
         train={"batch_size": 16, "lr": 0.05, **train_edits},
         retrain={"mode": "rewind", "recipe": retrain_recipe},
-        metrics={"hessian_samples": 16, "hessian_max_iter": 3, "hessian_probes": 2, "hessian_probe_batch": 2},
+        metrics={
+            "hessian_samples": 16,
+            "hessian_max_iter": 3,
+            "hessian_probes": 2,
+            "hessian_probe_batch": 2,
+            "hessian_trace_deflation": 2,
+        },
     )
     cfgs = {
         m: load_config(config | {"prune": {"method": m, "densities": [0.3]}})

@@ -54,6 +54,11 @@ def test_canonical_grid_strings():
         (lambda c: c["model"].update(name="preresnet20"), "model.name: preresnet20 needs data.name in"),
         (lambda c: c["prune"].update(densities=[0.001]), "prune.densities: density 0.001 keeps no weight"),
         (lambda c: c["runtime"].update(device="tpu"), "runtime.device: 'tpu' is not one of"),
+        (
+            lambda c: c["metrics"].update(hessian_trace_deflation=11),
+            "metrics.hessian_trace_deflation: 11 Lanczos vectors exceed hessian_max_iter=10",
+        ),
+        (lambda c: c["metrics"].update(hessian_trace_deflation=-1), "hessian_trace_deflation: -1 is less"),
     ],
 )
 def test_bad_config_gives_one_line_naming_the_key(tiny_config, edit, expected):

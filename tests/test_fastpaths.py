@@ -7,6 +7,7 @@ the CPU; the same code runs on a GPU, where the benchmarks in benchmarks/ measur
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 
@@ -19,8 +20,10 @@ from threeregime.data import DeviceData
 from threeregime.hessian import (
     HessianOperator,
     hessian_summary,
+    lanczos,
     lanczos_top_eigenvalue,
     top_eigenvalue,
+    trace,
 )
 from threeregime.metrics import linear_cka, linear_mode_connectivity, model_outputs, output_similarity
 from threeregime.models import init_model
@@ -28,7 +31,7 @@ from threeregime.prune import compute_masks
 from threeregime.runtime import Performance
 from threeregime.train import train
 
-from .test_metrics import _exact_hessian
+from .test_metrics import _exact_hessian, _tiny_problem
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 
@@ -146,6 +149,56 @@ def test_lanczos_on_the_exact_hessian_of_a_masked_tiny_model():
     estimate, steps = lanczos_top_eigenvalue(HessianOperator(model, x, y, masks), 100, 1e-10, seed=0)
     assert estimate == pytest.approx(top, rel=1e-8)
     assert steps < 30
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_deflated_trace_is_unbiased_and_exact_on_a_closed_krylov_space(masked):
+    model, x, y, masks = _tiny_problem(masked)
+    exact = float(_exact_hessian(model, x, y, masks).trace())
+    op = HessianOperator(model, x, y, masks)
+    # a basis spanning the whole (unpruned) space leaves nothing to estimate
+    _, products, full = lanczos(op, 200, 0.0, seed=0, min_products=200)
+    named = model.named_parameters()
+    keep = torch.cat([(masks or {}).get(n, torch.ones_like(p)).flatten() for n, p in named])
+    assert products <= int(keep.sum()) and full.trace == pytest.approx(exact, rel=1e-8)
+    value, stderr = trace(op, 6, 3, seed=1, basis=full)
+    assert value == pytest.approx(exact, rel=1e-8) and stderr < 1e-8 * abs(exact)
+    assert float(full.vectors[:, keep == 0].abs().sum()) == 0.0  # the basis lives on kept weights
+    # a 3-vector basis: over many independent bases and probes the mean is the exact trace
+    estimates = []
+    for seed in range(300):
+        _, _, basis = lanczos(op, 3, 0.0, seed=seed, min_products=3)
+        assert len(basis.vectors) == 3
+        estimates.append(trace(op, 2, 2, seed=1000 + seed, basis=basis)[0])
+    estimates = torch.tensor(estimates)
+    assert abs(float(estimates.mean()) - exact) < 4 * float(estimates.std()) / len(estimates) ** 0.5
+
+
+def test_deflation_cuts_the_trace_variance_of_a_trained_net(mnist1d_payload):
+    """A trained net's Hessian has a few outlying eigenvalues that carry most of Hutchinson's
+    variance; 10 Lanczos vectors remove most of it, with the same probes."""
+    data = DeviceData(mnist1d_payload, "cpu")
+    model = init_model(ModelConfig(width=0.5), 1, 10, seed=0)
+    train(model, data, Recipe(epochs=10, batch_size=64, lr=0.05), (1, 1))
+    x, y = next(data.eval_batches("train", 200, 200))
+    op = HessianOperator(model.eval(), x, y)
+    long_basis = lanczos(op, 40, 0.0, seed=9, min_products=40)[2]
+    reference, reference_se = trace(op, 40, 10, seed=2, basis=long_basis)
+    plain, plain_se = trace(op, 20, 10, seed=1)
+    eigenvalue, products, basis = lanczos(op, 100, 1e-3, seed=0, min_products=10)
+    deflated, deflated_se = trace(op, 20, 10, seed=1, basis=basis)
+    assert products == 10 and len(basis.vectors) == 10
+    assert (plain_se / deflated_se) ** 2 > 4  # 16 here: a quarter of the probes for the same error
+    assert abs(deflated - reference) < 4 * math.hypot(deflated_se, reference_se)
+    assert abs(plain - reference) < 4 * math.hypot(plain_se, reference_se)
+    batched = trace(HessianOperator(model, x, y, batched=True), 20, 10, seed=1, basis=basis)
+    assert batched == pytest.approx((deflated, deflated_se), rel=1e-4)  # the GPU's vmapped probes
+    summary = hessian_summary(model, x, y, None, 100, 1e-3, probes=20, probe_batch=10, deflation=10)
+    assert summary["hessian_trace"] == pytest.approx(deflated, rel=1e-6)
+    assert summary["hessian_top_eigenvalue"] == pytest.approx(eigenvalue, rel=1e-6)
+    assert (summary["hessian_trace_deflation"], summary["hessian_products"]) == (10, 30)
+    with pytest.raises(ValueError, match="needs eig_method='lanczos'"):
+        hessian_summary(model, x, y, None, 100, 1e-3, 20, 10, eig_method="power", deflation=10)
 
 
 def test_bn_folding_batching_and_forward_mode_give_the_same_products(trained):

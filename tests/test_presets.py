@@ -78,7 +78,8 @@ def test_preset_is_the_papers_setup(name, fake_root):
     assert cfg.retrain_pairs == [(1, 2), (1, 3), (2, 3)]
     m = cfg.metrics
     assert (m.lmc_points, m.lmc_bn_samples, m.cka_samples, m.test_error_last) == (11, 0, 6464, 5)
-    assert (m.hessian_samples, m.hessian_max_iter, m.hessian_probes) == (200, 100, 100)
+    assert (m.hessian_samples, m.hessian_max_iter, m.hessian_tol) == (200, 100, 1e-3)
+    assert (m.hessian_probes, m.hessian_trace_deflation) == (20, 10)  # deflated Hutchinson
     assert cfg.regimes.cka_metric == "cka_softmax"
     assert cfg.runtime.device == "cuda" and cfg.runtime.require_gpu and cfg.runtime.amp == "none"
     assert [float(v) for v in cfg.knob.values] == PAPER_GRIDS[cfg.knob.name]
@@ -221,7 +222,13 @@ def test_a_preset_runs_end_to_end_on_fake_cifar(tmp_path):
         "knob": {"values": [1, 2]},
         "prune": {"densities": [0.3]},
         "seeds": {"dense": [1, 2], "retrain": [1, 2]},
-        "metrics": {"lmc_points": 5, "hessian_samples": 16, "hessian_max_iter": 3, "hessian_probes": 2},
+        "metrics": {
+            "lmc_points": 5,
+            "hessian_samples": 16,
+            "hessian_max_iter": 3,
+            "hessian_probes": 2,
+            "hessian_trace_deflation": 2,
+        },
         "runtime": {"device": "cpu", "require_gpu": False, "threads": 1},
     }
     overlay = write_config(tmp_path, tiny, "tiny.yaml")

@@ -269,6 +269,7 @@ def _model_metrics(payload: dict, model, data, spec: dict, perf) -> dict:
     result |= hessian_summary(
         model, x, y, masks, spec["hessian_max_iter"], spec["hessian_tol"],
         spec["hessian_probes"], spec["hessian_probe_batch"],
+        deflation=spec["hessian_trace_deflation"],
     )  # fmt: skip
     return result
 

@@ -91,8 +91,9 @@ class MetricsConfig:
     hessian_samples: int = 200
     hessian_max_iter: int = 100
     hessian_tol: float = 1e-3
-    hessian_probes: int = 100
+    hessian_probes: int = 20
     hessian_probe_batch: int = 10
+    hessian_trace_deflation: int = 10
     eval_batch_size: int = 1000
 
 
@@ -434,6 +435,12 @@ def check_semantics(cfg: ExperimentConfig, source: str, check_paths: bool = True
         if missing:
             names = ", ".join(m.name for m in missing)
             fail("data.root", f"{folder} lacks {names} (torchvision's {cfg.data.name} layout); {howto}")
+    if cfg.metrics.hessian_trace_deflation > cfg.metrics.hessian_max_iter:
+        fail(
+            "metrics.hessian_trace_deflation",
+            f"{cfg.metrics.hessian_trace_deflation} Lanczos vectors exceed hessian_max_iter="
+            f"{cfg.metrics.hessian_max_iter}, the most Lanczos products allowed",
+        )
     if cfg.prune.method == "uniform":
         check_uniform_density(cfg, fail)
 
