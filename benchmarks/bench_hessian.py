@@ -14,16 +14,17 @@ as mean +- standard error and as a z-score against a reference (a deflated run w
 ``--ref-iter`` vectors and ``--ref-probes`` probes). "At equal accuracy" gives each row the
 probes that reach PyHessian's expected standard error: the same count for a plain trace (the
 same estimator), and probes x (its sd per probe / plain sd per probe)^2, at least 2, for a
-deflated one, where the plain sd pools PyHessian's probes and the project's independent ones;
-the time is the row's time with its trace rescaled to that count.
+deflated one, where the plain sd pools PyHessian's probes, the project's and ``--plain-probes``
+more; a deflated row's time at equal accuracy is a timed rerun with that many probes.
 
-    python benchmarks/bench_hessian.py                       # CPU, about 7 minutes
+    python benchmarks/bench_hessian.py                       # CPU, about 9 minutes
     python benchmarks/bench_hessian.py --device cuda --samples 200 --probes 100 --repeats 3
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import sys
 
@@ -97,9 +98,10 @@ def pyhessian_run(model, x, y, args):
     }  # fmt: skip
 
 
-def project_run(model, x, y, masks, args, eig_method, deflation=0, **op_kwargs):
+def project_run(model, x, y, masks, args, eig_method, deflation=0, probes=None, **op_kwargs):
     from threeregime.hessian import HessianOperator, lanczos, top_eigenvalue, trace
 
+    probes = probes or args.probes
     build_s, op = timed(lambda: HessianOperator(model, x, y, masks, **op_kwargs), args.device)
     if eig_method == "lanczos":
         eig_s, (eig, hvps, basis) = timed(
@@ -108,9 +110,9 @@ def project_run(model, x, y, masks, args, eig_method, deflation=0, **op_kwargs):
     else:
         eig_s, (eig, hvps) = timed(lambda: top_eigenvalue(op, args.max_iter, args.tol, 0), args.device)
     basis = basis if deflation else None
-    trace_s, (value, stderr) = timed(lambda: trace(op, args.probes, args.probe_batch, 1, basis), args.device)
+    trace_s, (value, stderr) = timed(lambda: trace(op, probes, args.probe_batch, 1, basis), args.device)
     return {
-        "eig": eig, "eig_hvps": hvps, "probes": args.probes, "trace": value, "stderr": stderr,
+        "eig": eig, "eig_hvps": hvps, "probes": probes, "trace": value, "stderr": stderr,
         "build_s": build_s, "eig_s": eig_s, "trace_s": trace_s, "deflation": deflation,
     }  # fmt: skip
 
@@ -131,6 +133,7 @@ def main() -> None:
     p.add_argument("--deflation", type=int, default=10, help="Lanczos vectors deflating the trace")
     p.add_argument("--ref-iter", type=int, default=40, help="Lanczos products of the references")
     p.add_argument("--ref-probes", type=int, default=100, help="probes of the reference trace")
+    p.add_argument("--plain-probes", type=int, default=200, help="extra plain probes for the pooled sd")
     p.add_argument("--checkpoint", help="a retrain model.pt of the workflow instead of a trained net")
     p.add_argument("--no-variants", action="store_true", help="skip the vmap and torch.func rows")
     p.set_defaults(threads=1, repeats=1)
@@ -145,24 +148,26 @@ def main() -> None:
     model_cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
     x_cl = x.contiguous(memory_format=torch.channels_last)
     k = args.deflation
-    contenders = {
-        PYHESSIAN: lambda: pyhessian_run(model, x, y, args),
-        "project, same algorithm (power, no BN folding, plain trace)": lambda: project_run(
-            model, x, y, masks, args, "power", batched=False, fold_bn=False
+    contenders = {  # name -> run(probes); None = --probes
+        PYHESSIAN: lambda n=None: pyhessian_run(model, x, y, args),
+        "project, same algorithm (power, no BN folding, plain trace)": lambda n=None: project_run(
+            model, x, y, masks, args, "power", probes=n, batched=False, fold_bn=False
         ),
-        PLAIN: lambda: project_run(model, x, y, masks, args, "lanczos"),
-        f"project default (Lanczos, BN folded, trace deflated by {k})": lambda: project_run(
-            model, x, y, masks, args, "lanczos", k
+        PLAIN: lambda n=None: project_run(model, x, y, masks, args, "lanczos", probes=n),
+        f"project default (Lanczos, BN folded, trace deflated by {k})": lambda n=None: project_run(
+            model, x, y, masks, args, "lanczos", k, probes=n
         ),
-        "project default + channels_last": lambda: project_run(model_cl, x_cl, y, masks, args, "lanczos", k),
+        "project default + channels_last": lambda n=None: project_run(
+            model_cl, x_cl, y, masks, args, "lanczos", k, probes=n
+        ),
     }
     dynamo_s = None
     if not args.no_variants:
-        contenders["project default, probes batched (is_grads_batched)"] = lambda: project_run(
-            model, x, y, masks, args, "lanczos", k, batched=True
+        contenders["project default, probes batched (is_grads_batched)"] = lambda n=None: project_run(
+            model, x, y, masks, args, "lanczos", k, probes=n, batched=True
         )
-        contenders["project default, torch.func fwd-over-rev, probes batched"] = lambda: project_run(
-            model, x, y, masks, args, "lanczos", k, mode="forward", batched=True
+        contenders["project default, torch.func fwd-over-rev, probes batched"] = lambda n=None: project_run(
+            model, x, y, masks, args, "lanczos", k, probes=n, mode="forward", batched=True
         )
         if "torch._dynamo" not in sys.modules:
             dynamo_s, _ = timed(lambda: __import__("torch._dynamo"))
@@ -174,6 +179,7 @@ def main() -> None:
         lambda: lanczos(reference_op, args.ref_iter, 0.0, 7, min_products=args.ref_iter)
     )
     ref_trace = trace(reference_op, args.ref_probes, args.probe_batch, 12345, ref_basis)
+    extra = trace(reference_op, args.plain_probes, args.probe_batch, 54321) if args.plain_probes else None
 
     runs = {name: [] for name in contenders}
     for _ in range(args.repeats):  # interleaved
@@ -183,13 +189,19 @@ def main() -> None:
     rows = []
     best = {name: min(results, key=lambda r: r["total_s"]) for name, results in runs.items()}
     pyh = best[PYHESSIAN]
-    plain_sd = math.sqrt((_sd(pyh) ** 2 + _sd(best[PLAIN]) ** 2) / 2)  # independent probe sets
+    # plain Hutchinson's sd per probe, pooled over independent probe sets (one sd from 100
+    # probes is too noisy to rescale probe counts by: two such sets here differed 1.5x)
+    pooled = [(pyh["probes"], _sd(pyh)), (best[PLAIN]["probes"], _sd(best[PLAIN]))]
+    if extra is not None:
+        pooled.append((args.plain_probes, extra[1] * math.sqrt(args.plain_probes)))
+    plain_sd = math.sqrt(sum((n - 1) * sd**2 for n, sd in pooled) / sum(n - 1 for n, _ in pooled))
+    plain_n = sum(n for n, _ in pooled)
     for name, r in best.items():
         per_hvp = (r["eig_s"] + r["trace_s"]) / (r["eig_hvps"] + r["probes"])
-        equal_probes = r["probes"]  # a plain trace: PyHessian's estimator
-        if r["deflation"]:
+        equal_probes, equal_s = r["probes"], r["total_s"]  # a plain trace: PyHessian's estimator
+        if r["deflation"]:  # rerun with the probes that give PyHessian's expected stderr, timed
             equal_probes = max(2, math.ceil(pyh["probes"] * (_sd(r) / plain_sd) ** 2))
-        equal_s = r["total_s"] - r["trace_s"] + r["trace_s"] * equal_probes / r["probes"]
+            equal_s, _ = timed(functools.partial(contenders[name], equal_probes), args.device)
         row = [name, r["eig"], abs(r["eig"] - ref_eig) / abs(ref_eig), r["eig_hvps"], r["probes"]]
         row += [f"{r['trace']:.5g} +- {r['stderr']:.2g}", _sd(r)]
         row.append((r["trace"] - ref_trace[0]) / math.hypot(r["stderr"], ref_trace[1]))
@@ -208,7 +220,8 @@ def main() -> None:
         f"Reference top eigenvalue {ref_eig:.6g} (Lanczos, {args.ref_iter} products, tol 0); "
         f"reference trace {ref_trace[0]:.6g} +- {ref_trace[1]:.2g} ({args.ref_iter} Lanczos vectors "
         f"+ {args.ref_probes} probes; {ref_s:.1f} s for its basis). Plain-trace sd per probe, "
-        f"pooled: {plain_sd:.4g}."
+        f"pooled over {plain_n} probes: {plain_sd:.4g}; the deflated rows' equal-accuracy time is "
+        "a timed rerun with that probe count."
     )
     if dynamo_s is not None:
         body += f" The first torch.func use imports torch._dynamo: {dynamo_s:.2f} s, not in the table."

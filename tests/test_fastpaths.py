@@ -164,6 +164,21 @@ def test_deflated_trace_is_unbiased_and_exact_on_a_closed_krylov_space(masked):
     value, stderr = trace(op, 6, 3, seed=1, basis=full)
     assert value == pytest.approx(exact, rel=1e-8) and stderr < 1e-8 * abs(exact)
     assert float(full.vectors[:, keep == 0].abs().sum()) == 0.0  # the basis lives on kept weights
+    # a partial basis: orthonormal, its exact part is tr(Q H Q^T), and each estimate is exactly
+    # that plus the probes' z^T R H R z with R = P - Q^T Q (so the expectation is tr(P H P))
+    hessian = _exact_hessian(model, x, y, masks)
+    _, _, basis = lanczos(op, 5, 0.0, seed=4, min_products=5)
+    q = basis.vectors
+    assert torch.allclose(q @ q.T, torch.eye(5, dtype=q.dtype), atol=1e-12)
+    assert basis.trace == pytest.approx(float(torch.trace(q @ hessian @ q.T)), rel=1e-10)
+    rest = torch.diag(keep) - q.T @ q
+    assert basis.trace + float(torch.trace(rest @ hessian @ rest)) == pytest.approx(exact, rel=1e-10)
+    probes = op.random(torch.Generator().manual_seed(7), batch=4, rademacher=True)
+    z = torch.cat([t.flatten(1) for t in probes], dim=1) @ rest
+    by_hand = basis.trace + float(torch.einsum("pi,ij,pj->p", z, hessian, z).mean())
+    assert trace(op, 4, 3, seed=7, basis=basis)[0] == pytest.approx(by_hand, rel=1e-10)
+    vmapped = HessianOperator(model, x, y, masks, batched=True)  # the GPU path, same numbers
+    assert trace(vmapped, 4, 3, seed=7, basis=basis)[0] == pytest.approx(by_hand, rel=1e-10)
     # a 3-vector basis: over many independent bases and probes the mean is the exact trace
     estimates = []
     for seed in range(300):

@@ -18,11 +18,14 @@ every power-iteration vector.
 The trace is Hutchinson's estimator, optionally deflated by the Lanczos vectors Q (orthonormal,
 drawn independently of the probes): tr(H) = tr(Q^T H Q) + tr((I - QQ^T) H (I - QQ^T)). The first
 term is exact (the sum of the Lanczos diagonal), the second is estimated from probes projected
-off Q. The estimate stays unbiased for any Q, and a network Hessian's variance sits mostly in its
-few outlying eigenvalues, which Lanczos finds first, so far fewer probes reach a given standard
-error. ``HessianOperator(..., mode="forward")`` computes products
-forward-over-reverse with ``torch.func`` (jvp of grad, vmapped over probes); it imports
-``torch._dynamo`` (about a second of start-up), so it is opt-in, for GPU runs where it pays.
+off Q. The estimate stays unbiased for any Q. A trained network's Hessian typically has a few
+outlying eigenvalues that carry most of Hutchinson's variance, and Lanczos finds them first, so
+far fewer probes reach a given standard error (not guaranteed: for a nearly diagonal H, plain
+Rademacher probes are already exact and deflation can add variance).
+
+``HessianOperator(..., mode="forward")`` computes products forward-over-reverse with
+``torch.func`` (jvp of grad, vmapped over probes); it imports ``torch._dynamo`` (about a second
+of start-up), so it is opt-in, for GPU runs where it pays.
 """
 
 from __future__ import annotations
@@ -235,6 +238,8 @@ def lanczos(
     every vector power iteration would have reached, so the estimate is never worse at equal
     cost. Memory: one flat copy of the parameters per product.
     """
+    if max_iter < 1:
+        raise ValueError(f"Lanczos needs max_iter >= 1, got {max_iter}")
     generator = torch.Generator(device=op.params[0].device).manual_seed(seed)
     start = op.random(generator)
     shapes = [p.shape for p in op.params]
