@@ -13,15 +13,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from common import REPO, machine, table
+from common import REPO, machine, run_snakemake, table
 
 GOAL_S = 300.0
 
@@ -34,21 +31,14 @@ def main() -> None:
     args = p.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="threeregime-demo-"))
     shutil.copy(args.config, folder / "config.yaml")
-    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "workflow" / "Snakefile")]
-    command += ["--directory", str(folder), "--cores", str(args.cores)]
     load_before = os.getloadavg()[0]
-    start = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, cwd=folder)
-    wall = time.perf_counter() - start
+    wall, done, jobs = run_snakemake(folder, "--cores", str(args.cores))
     load_after = os.getloadavg()[0]
     if done.returncode != 0:
         sys.exit(f"snakemake failed after {wall:.0f} s:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-    again_start = time.perf_counter()
-    again = subprocess.run(command, capture_output=True, text=True, cwd=folder)
-    again_s = time.perf_counter() - again_start
+    again_s, again, _ = run_snakemake(folder, "--cores", str(args.cores))
     nothing = "Nothing to be done" in again.stdout + again.stderr
-    jobs = re.search(r"^total\s+(\d+)", done.stdout + done.stderr, re.MULTILINE)
-    count = jobs.group(1) if jobs else "?"
+    count = str(jobs) if jobs >= 0 else "?"
     rows = [
         ["snakemake (empty results/)", f"{wall:.1f}", count, "yes" if wall < GOAL_S else "NO"],
         ["snakemake again", f"{again_s:.1f}", "nothing to be done" if nothing else "REBUILT", ""],

@@ -12,14 +12,11 @@ CIFAR-10 files (config validation only checks that they exist), twice: a cold ru
 from __future__ import annotations
 
 import argparse
-import re
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from common import REPO, machine, table
+from common import REPO, machine, run_snakemake, table
 
 CIFAR_FILES = {
     "cifar-10-batches-py": [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta"],
@@ -37,16 +34,13 @@ def scratch() -> Path:
     return folder
 
 
-def dry_run(preset: Path, folder: Path, *extra: str) -> tuple[float, int, str]:
-    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "workflow" / "Snakefile")]
-    command += ["--directory", str(folder), "--configfile", str(preset.resolve()), "-n", "--cores", "2"]
-    start = time.perf_counter()
-    done = subprocess.run([*command, *extra], capture_output=True, text=True, cwd=folder)
-    seconds = time.perf_counter() - start
+def dry_run(preset: Path, folder: Path, *extra: str) -> tuple[float, int]:
+    seconds, done, jobs = run_snakemake(
+        folder, "--configfile", str(preset.resolve()), "-n", "--cores", "2", *extra
+    )
     if done.returncode != 0:
         sys.exit(f"{preset}: snakemake -n failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
-    match = re.search(r"^total\s+(\d+)", done.stdout + done.stderr, re.MULTILINE)
-    return seconds, int(match.group(1)) if match else -1, done.stdout + done.stderr
+    return seconds, jobs
 
 
 def main() -> None:
@@ -59,9 +53,9 @@ def main() -> None:
     rows = []
     for preset in presets:
         folder = scratch()
-        cold, jobs, _ = dry_run(preset, folder)
-        warm, _, _ = dry_run(preset, folder)
-        quiet, _, _ = dry_run(preset, folder, "--quiet")
+        cold, jobs = dry_run(preset, folder)
+        warm, _ = dry_run(preset, folder)
+        quiet, _ = dry_run(preset, folder, "--quiet")
         worst = max(cold, warm, quiet)
         rows.append([preset.name, jobs, cold, warm, quiet, "yes" if worst < GOAL_S else "NO"])
     print("\n## snakemake -n on the paper presets\n")

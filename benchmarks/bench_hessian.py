@@ -35,34 +35,27 @@ PLAIN = "project, Lanczos, BN folded, plain trace"
 
 
 def build_problem(args):
+    """(model in eval mode, x, y). A checkpoint's masks are not used: PyHessian cannot apply
+    them, so every row measures the dense Hessian of the checkpoint's weights."""
     import torch
 
     from threeregime.data import DeviceData
 
     device = torch.device(args.device)
     data = DeviceData(synthetic_cifar(max(64 * args.train_steps, args.samples), 64, 2, True), device)
-    masks = None
     if args.checkpoint:
-        from threeregime.config import ModelConfig
+        from threeregime.cli import _model_from
         from threeregime.io import load_checkpoint
-        from threeregime.models import build_model
 
-        payload = load_checkpoint(args.checkpoint, "retrain")
-        shape = payload["in_channels"], payload["num_classes"]
-        model = build_model(ModelConfig(**payload["model_cfg"]), *shape)
-        model.load_state_dict(payload["model"])
-        model = model.to(device)
-        masks = {k: m.to(device) for k, m in payload["masks"].items()}
+        model = _model_from(load_checkpoint(args.checkpoint, "retrain"), device)
     else:
         model = trained_preresnet20(device, data, args.train_steps, seed=2)
     x, y = next(data.eval_batches("train", args.samples, args.samples))
-    return model.eval(), x, y, masks
+    return model.eval(), x, y
 
 
 def pyhessian_run(model, x, y, args):
     """PyHessian 0.1 as the paper's code calls it; returns a result dict."""
-    import sys
-
     import torch
     from pyhessian import hessian as PyHessian
     from torch import nn
@@ -98,11 +91,11 @@ def pyhessian_run(model, x, y, args):
     }  # fmt: skip
 
 
-def project_run(model, x, y, masks, args, eig_method, deflation=0, probes=None, **op_kwargs):
+def project_run(model, x, y, args, eig_method, deflation=0, probes=None, **op_kwargs):
     from threeregime.hessian import HessianOperator, lanczos, top_eigenvalue, trace
 
     probes = probes or args.probes
-    build_s, op = timed(lambda: HessianOperator(model, x, y, masks, **op_kwargs), args.device)
+    build_s, op = timed(lambda: HessianOperator(model, x, y, **op_kwargs), args.device)
     if eig_method == "lanczos":
         eig_s, (eig, hvps, basis) = timed(
             lambda: lanczos(op, args.max_iter, args.tol, 0, min_products=deflation), args.device
@@ -141,40 +134,39 @@ def main() -> None:
     setup(args)
     import torch
 
-    model, x, y, masks = build_problem(args)
-    if masks is not None:
+    model, x, y = build_problem(args)
+    if args.checkpoint:
         print("note: PyHessian ignores masks; every row uses the dense Hessian of the checkpoint")
-        masks = None
     model_cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
     x_cl = x.contiguous(memory_format=torch.channels_last)
     k = args.deflation
     contenders = {  # name -> run(probes); None = --probes
         PYHESSIAN: lambda n=None: pyhessian_run(model, x, y, args),
         "project, same algorithm (power, no BN folding, plain trace)": lambda n=None: project_run(
-            model, x, y, masks, args, "power", probes=n, batched=False, fold_bn=False
+            model, x, y, args, "power", probes=n, batched=False, fold_bn=False
         ),
-        PLAIN: lambda n=None: project_run(model, x, y, masks, args, "lanczos", probes=n),
+        PLAIN: lambda n=None: project_run(model, x, y, args, "lanczos", probes=n),
         f"project default (Lanczos, BN folded, trace deflated by {k})": lambda n=None: project_run(
-            model, x, y, masks, args, "lanczos", k, probes=n
+            model, x, y, args, "lanczos", k, probes=n
         ),
         "project default + channels_last": lambda n=None: project_run(
-            model_cl, x_cl, y, masks, args, "lanczos", k, probes=n
+            model_cl, x_cl, y, args, "lanczos", k, probes=n
         ),
     }
     dynamo_s = None
     if not args.no_variants:
         contenders["project default, probes batched (is_grads_batched)"] = lambda n=None: project_run(
-            model, x, y, masks, args, "lanczos", k, probes=n, batched=True
+            model, x, y, args, "lanczos", k, probes=n, batched=True
         )
         contenders["project default, torch.func fwd-over-rev, probes batched"] = lambda n=None: project_run(
-            model, x, y, masks, args, "lanczos", k, probes=n, mode="forward", batched=True
+            model, x, y, args, "lanczos", k, probes=n, mode="forward", batched=True
         )
         if "torch._dynamo" not in sys.modules:
             dynamo_s, _ = timed(lambda: __import__("torch._dynamo"))
 
     from threeregime.hessian import HessianOperator, lanczos, trace
 
-    reference_op = HessianOperator(model, x, y, masks)
+    reference_op = HessianOperator(model, x, y)
     ref_s, (ref_eig, _, ref_basis) = timed(
         lambda: lanczos(reference_op, args.ref_iter, 0.0, 7, min_products=args.ref_iter)
     )

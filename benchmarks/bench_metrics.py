@@ -151,16 +151,17 @@ def main() -> None:
         lmc_data = DeviceData(lmc_payload, device, perf.channels_last)
         cka_data = DeviceData(payload, device, perf.channels_last)
         fmt = torch.channels_last if perf.channels_last else torch.contiguous_format
-        models = [m.to(memory_format=fmt) for m in (work, model_a, model_b)]
+        for m in (work, model_a, model_b):  # Module.to works in place
+            m.to(memory_format=fmt)
 
         def lmc():
             return linear_mode_connectivity(
-                models[0], state_a, state_b, lmc_data, args.points, 0, args.batch, perf
+                work, state_a, state_b, lmc_data, args.points, 0, args.batch, perf
             )["mc"]
 
         def cka():
             batches = lambda: cka_data.eval_batches("train", args.batch, args.cka_samples)  # noqa: E731
-            a, b = model_outputs(models[1], batches(), perf), model_outputs(models[2], batches(), perf)
+            a, b = model_outputs(model_a, batches(), perf), model_outputs(model_b, batches(), perf)
             return output_similarity(a, b)["cka_softmax"]
 
         lmc_s, mc = timed(lmc, device)

@@ -19,18 +19,6 @@ import statistics
 from common import REPO, parser, report, setup, table
 
 
-def load_model(path: str, device):
-    from threeregime.config import ModelConfig
-    from threeregime.io import load_checkpoint
-    from threeregime.models import build_model
-
-    payload = load_checkpoint(path, "retrain")
-    model = build_model(ModelConfig(**payload["model_cfg"]), payload["in_channels"], payload["num_classes"])
-    model.load_state_dict(payload["model"])
-    masks = {name: m.to(device) for name, m in payload["masks"].items()}
-    return model.to(device).eval(), masks
-
-
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--checkpoints", default=str(REPO / "results/demo/retrain/*/*/seed1/retrain1/model.pt"))
@@ -43,6 +31,7 @@ def main() -> None:
     setup(args)
     import torch
 
+    from threeregime.cli import _model_from
     from threeregime.data import DeviceData
     from threeregime.hessian import HessianOperator, lanczos, trace
     from threeregime.io import load_checkpoint
@@ -55,8 +44,9 @@ def main() -> None:
     x, y = next(data.eval_batches("train", args.samples, args.samples))
     rows, cuts = [], {k: [] for k in args.deflation}
     for path in paths:
-        model, masks = load_model(path, device)
-        op = HessianOperator(model, x, y, masks)
+        payload = load_checkpoint(path, "retrain")
+        masks = {name: m.to(device) for name, m in payload["masks"].items()}
+        op = HessianOperator(_model_from(payload, device), x, y, masks)
         plain, plain_se = trace(op, args.probes, 10, seed=1)
         plain_sd = plain_se * args.probes**0.5
         row = [path.split("retrain/")[-1].rsplit("/", 1)[0], f"{plain:.4g} +- {plain_se:.2g}", plain_sd]

@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import time
 
-from common import parser, preresnet20, report, setup, synthetic_cifar, table, timed
+from common import parser, preresnet20, report, setup, synchronize, synthetic_cifar, table, timed
 
 BATCH = 64
 
@@ -65,8 +65,7 @@ def paper_style_pass(args, masked: bool):
         start = None
         for x, y in batches:
             if start is None:
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
+                synchronize(device)
                 start = time.perf_counter()
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             out = model(x)
@@ -79,8 +78,7 @@ def paper_style_pass(args, masked: bool):
             losses += loss.item() * len(y)
             correct += out.argmax(1).eq(y).sum().item()
             seen += len(y)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        synchronize(device)
         return seen / (time.perf_counter() - start)
 
     return run

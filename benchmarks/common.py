@@ -11,7 +11,8 @@ import argparse
 import datetime
 import os
 import platform
-import statistics
+import re
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -85,22 +86,14 @@ def timed(func: Callable[[], object], device="cpu") -> tuple[float, object]:
     return time.perf_counter() - start, result
 
 
-def interleave(contenders: dict[str, Callable[[], object]], repeats: int, device="cpu") -> dict:
-    """Run every contender ``repeats`` times round-robin; return name -> (times, last result)."""
-    out = {name: ([], None) for name in contenders}
-    for _ in range(repeats):
-        for name, func in contenders.items():
-            seconds, result = timed(func, device)
-            out[name] = (out[name][0] + [seconds], result)
-    return out
-
-
-def best(times: list[float]) -> float:
-    return min(times)
-
-
-def median(times: list[float]) -> float:
-    return statistics.median(times)
+def run_snakemake(folder: Path, *extra: str) -> tuple[float, subprocess.CompletedProcess, int]:
+    """This checkout's workflow in ``folder``, timed as a whole process: (seconds, result, jobs),
+    jobs from Snakemake's "total" line (-1 when it printed none)."""
+    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "workflow" / "Snakefile")]
+    command += ["--directory", str(folder), *extra]
+    seconds, done = timed(lambda: subprocess.run(command, capture_output=True, text=True, cwd=folder))
+    match = re.search(r"^total\s+(\d+)", done.stdout + done.stderr, re.MULTILINE)
+    return seconds, done, int(match.group(1)) if match else -1
 
 
 def table(headers: list[str], rows: list[list[object]]) -> str:
