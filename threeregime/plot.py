@@ -26,7 +26,7 @@ from matplotlib.patches import Patch  # noqa: E402
 
 from threeregime.config import KNOBS, PlotConfig, fmt_value  # noqa: E402
 from threeregime.io import save_figure, write_text  # noqa: E402
-from threeregime.regimes import REGIMES, temperature_order  # noqa: E402
+from threeregime.regimes import REGIMES, knob_action, temperature_order  # noqa: E402
 
 # (column, panel title, colour-bar label)
 PANELS = (
@@ -42,6 +42,9 @@ BOUNDARY_STYLE = {
     "I": {"color": "black", "lw": 2.4, "ls": "-"},
     "II": {"color": "black", "lw": 2.0, "ls": (0, (4, 2))},
 }
+# Markers: white star = lowest test error of a density; open circle = the model-selection pick.
+STAR = {"marker": "*", "color": "white", "mec": "black"}
+PICK = {"marker": "o", "ms": 8, "mfc": "none", "mec": "black", "mew": 1.6}
 BOUNDARY_LABEL = {
     "I": "boundary Regime I | II (LMC: mc = -eps)",
     "II": "boundary II-A | II-B (CKA = cut)",
@@ -87,7 +90,7 @@ def draw_boundaries(ax, regimes: np.ndarray) -> None:
 def temperature_label(knob: str) -> str:
     """y-axis label: the knob's name, its unit, and which way is hotter."""
     info = KNOBS[knob]
-    hotter = {"epochs": "fewer epochs", "batch_size": "smaller batch", "sam_rho": "larger rho"}[knob]
+    hotter = knob_action(knob, "raise")
     return f"{info.label} [{info.unit}]\ntemperature rises upward ({hotter})"
 
 
@@ -117,7 +120,7 @@ def _mark_best(ax, values: np.ndarray) -> None:
         column = values[:, c]
         if np.isfinite(column).any():
             r = int(np.nanargmin(column))
-            ax.plot(c - 0.34, r + 0.27, marker="*", ms=8, color="white", mec="black", gid="best-test-error")
+            ax.plot(c - 0.34, r + 0.27, ms=8, gid="best-test-error", **STAR)
 
 
 # ----------------------------------------------------------------------------- figures
@@ -149,9 +152,7 @@ def phase_figure(regimes: pd.DataFrame, cfg: PlotConfig):
     handles = [
         Line2D([], [], label=f"{BOUNDARY_LABEL['I']}, eps = {eps:.3g}", **BOUNDARY_STYLE["I"]),
         Line2D([], [], label=f"{BOUNDARY_LABEL['II']}, cut = {cut:.3g}", **BOUNDARY_STYLE["II"]),
-        Line2D(
-            [], [], ls="", marker="*", ms=9, color="white", mec="black", label="lowest test error per density"
-        ),
+        Line2D([], [], ls="", ms=9, label="lowest test error per density", **STAR),
     ]
     fig.legend(handles=handles, loc="lower center", ncol=3, frameon=False, fontsize=9)
     fig.suptitle(
@@ -195,23 +196,11 @@ def regime_figure(regimes: pd.DataFrame, cfg: PlotConfig, selection: pd.DataFram
             if pick.empty:
                 continue
             best, rule = pick["best_temperature"].iloc[0], pick["rule_temperature"].iloc[0]
-            ax.plot(c - 0.32, row_of[best] + 0.3, marker="*", ms=11, color="white", mec="black", gid="best")
-            ax.plot(
-                c + 0.32, row_of[rule] + 0.3, marker="o", ms=8, mfc="none", mec="black", mew=1.6, gid="pick"
-            )
+            ax.plot(c - 0.32, row_of[best] + 0.3, ms=11, gid="best", **STAR)
+            ax.plot(c + 0.32, row_of[rule] + 0.3, gid="pick", **PICK)
         handles += [
-            Line2D([], [], ls="", marker="*", ms=11, color="white", mec="black", label="lowest test error"),
-            Line2D(
-                [],
-                [],
-                ls="",
-                marker="o",
-                ms=8,
-                mfc="none",
-                mec="black",
-                mew=1.6,
-                label="pick from training metrics",
-            ),
+            Line2D([], [], ls="", ms=11, label="lowest test error", **STAR),
+            Line2D([], [], ls="", label="pick from training metrics", **PICK),
         ]
     if stability is not None and (stability < 1).any():
         handles.append(

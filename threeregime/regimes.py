@@ -105,9 +105,6 @@ class Thresholds:
     replicates: float = 1.0
     cka_split_separation: float | None = None
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 def noise_eps(cells: pd.DataFrame, z: float) -> float | None:
     """z times the standard error of a cell's mean mc, from the median seed-to-seed std.
@@ -349,14 +346,14 @@ def agreement(advice: pd.DataFrame) -> dict:
 
 # ----------------------------------------------------------------------------- model selection
 def rule_pick(column: pd.DataFrame, eps: float, cka_metric: str) -> float:
-    """Training-set-only choice of temperature in one density column: the connected cell with the
-    most similar retrainings (highest CKA, so a II-B cell whenever there is one); if no cell is
-    connected, the one with the smallest barrier (highest mc). Ties go to the first row."""
-    column = column.reset_index() if "temperature" not in column else column
+    """Training-set-only choice of temperature in one density column (indexed by temperature):
+    the connected cell with the most similar retrainings (highest CKA, so a II-B cell whenever
+    there is one); if no cell is connected, the one with the smallest barrier (highest mc).
+    Ties go to the first row."""
     connected = column[column["mc_mean"] >= -eps]
     if not connected.empty:
-        return float(connected.loc[connected[f"{cka_metric}_mean"].idxmax(), "temperature"])
-    return float(column.loc[column["mc_mean"].idxmax(), "temperature"])
+        return float(connected[f"{cka_metric}_mean"].idxmax())
+    return float(column["mc_mean"].idxmax())
 
 
 def model_selection(
@@ -367,17 +364,15 @@ def model_selection(
     two training-only baselines: the reference model and the lowest sparse training loss."""
     rows = []
     for density in sorted(regimes["density"].unique()):
-        column = _column(regimes, density).reset_index()
+        column = _column(regimes, density)  # rows indexed by temperature
         ranks = column["test_error_mean"].rank(method="min").astype(int)
         best = column["test_error_mean"].idxmin()
-
-        position = {float(t): i for i, t in enumerate(column["temperature"])}
-        picked = position[rule_pick(column, eps, cka_metric)]
+        picked = rule_pick(column, eps, cka_metric)
         row = {
             "density": density,
-            "best_temperature": float(column.loc[best, "temperature"]),
+            "best_temperature": float(best),
             "best_test_error": float(column.loc[best, "test_error_mean"]),
-            "rule_temperature": float(column.loc[picked, "temperature"]),
+            "rule_temperature": picked,
             "rule_regime": column.loc[picked, "regime"],
             "rule_test_error": float(column.loc[picked, "test_error_mean"]),
             "rule_rank": int(ranks[picked]),
@@ -386,11 +381,11 @@ def model_selection(
         }
         if "train_loss_mean" in column:
             low_loss = column["train_loss_mean"].idxmin()
-            row["train_loss_temperature"] = float(column.loc[low_loss, "temperature"])
+            row["train_loss_temperature"] = float(low_loss)
             row["train_loss_rank"] = int(ranks[low_loss])
         if reference is not None:
             row["reference_temperature"] = float(reference)
-            row["reference_rank"] = int(ranks[position[float(reference)]])
+            row["reference_rank"] = int(ranks[float(reference)])
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -421,7 +416,7 @@ def analyse(cells: pd.DataFrame, cfg: RegimeConfig) -> dict:
     off_chosen = robust[~robust["chosen"]]
     summary = {
         "cells": len(regimes),
-        "thresholds": thresholds.to_dict(),
+        "thresholds": asdict(thresholds),
         "cka_metric": cfg.cka_metric,
         "regime_counts": {r: int((regimes["regime"] == r).sum()) for r in REGIMES},
         "robustness": {

@@ -11,7 +11,6 @@ TABLES = {
         "summary",
     )
 }
-ADVICE_CELLS = f"{RES}/advice_cells.csv"
 # The PNG of each figure goes into the report; the other formats (PDF) are plain outputs.
 PHASE_PNG, *PHASE_OTHER = FIGURES["phase"]
 MAP_PNG, *MAP_OTHER = FIGURES["map"]
@@ -71,7 +70,7 @@ rule classify:
         ),
         robustness=ANALYSIS["robustness"],
         advice=ANALYSIS["advice"],
-        advice_cells=ADVICE_CELLS,
+        advice_cells=ANALYSIS["advice_cells"],
         selection=ANALYSIS["selection"],
         summary=f"{RES}/summary.json",
         summary_html=report(

@@ -84,6 +84,7 @@ ANALYSIS = {
         "regimes",
         "robustness",
         "advice",
+        "advice_cells",
         "selection",
     )
 }
