@@ -11,13 +11,12 @@ import pytest
 from threeregime.config import PlotConfig
 from threeregime.plot import (
     boundary_segments,
-    html_table,
     phase_diagram,
     phase_figure,
     regime_figure,
     regime_map,
-    write_html_tables,
 )
+from threeregime.report import html_table, write_html_tables
 
 # 3 temperatures x 2 densities; rows coldest first. For epochs the coldest is 40 epochs.
 #            density 0.1   density 0.5
@@ -177,7 +176,7 @@ def test_html_tables(tmp_path):
     assert '<td class="regime-II-A">II-A</td>' in page and "<td>yes</td>" in page
     assert "Title &lt;1&gt;" in page and "note &amp; more" in page and "<td></td>" in page
     tables = {name: frame for name in ("regimes", "advice", "advice_cells", "selection", "robustness")}
-    paths = write_html_tables(tables, {"thresholds": {"eps": 0.02}}, tmp_path)
+    paths = write_html_tables(tables | {"summary": {"thresholds": {"eps": 0.02}}}, tmp_path)
     assert len(paths) == 6
     assert "thresholds.eps" in (tmp_path / "summary.html").read_text()
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from docutils.core import publish_parts
 
-from threeregime.plot import TABLE_PAGES
+from threeregime.report import TABLE_PAGES
 
 WORKFLOW = Path(__file__).resolve().parents[1] / "workflow"
 ANALYSIS = (WORKFLOW / "rules" / "analysis.smk").read_text()

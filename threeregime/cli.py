@@ -353,8 +353,8 @@ def cmd_classify(args) -> None:
     import pandas as pd
 
     from threeregime.config import RegimeConfig
-    from threeregime.plot import write_html_tables
     from threeregime.regimes import analyse
+    from threeregime.report import write_html_tables
 
     spec = json.loads(args.spec)
     raw = spec["regimes"]
@@ -364,7 +364,7 @@ def cmd_classify(args) -> None:
         write_csv(getattr(args, name), result[name])
     write_json(args.summary, result["summary"])
     if args.html_dir:
-        write_html_tables(result, result["summary"], args.html_dir)
+        write_html_tables(result, args.html_dir)
     summary = result["summary"]
     log.info("thresholds: %s", summary["thresholds"])
     log.info("regimes: %s", summary["regime_counts"])

@@ -1,4 +1,4 @@
-"""Phase diagrams like the paper's Figure 2, the regime map, and HTML renderings of the tables.
+"""Phase diagrams like the paper's Figure 2 and the regime map (HTML tables: threeregime.report).
 
 Every heatmap has one row per temperature and one column per density. Rows run from the coldest
 temperature (bottom) to the hottest (top), so temperature rises upward whatever the knob: for
@@ -10,7 +10,6 @@ dashed line between II-A and II-B (the CKA boundary).
 
 from __future__ import annotations
 
-import html
 import math
 
 import matplotlib
@@ -25,7 +24,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 from threeregime.config import KNOBS, PlotConfig, fmt_value  # noqa: E402
-from threeregime.io import save_figure, write_text  # noqa: E402
+from threeregime.io import save_figure  # noqa: E402
 from threeregime.regimes import REGIMES, knob_action, temperature_order  # noqa: E402
 
 # (column, panel title, colour-bar label)
@@ -220,80 +219,3 @@ def regime_map(
     for path in outputs:
         save_figure(fig, path, cfg.dpi)
     plt.close(fig)
-
-
-# ----------------------------------------------------------------------------- HTML tables
-TABLE_CSS = """
-body { font-family: sans-serif; font-size: 14px; margin: 1em; }
-table { border-collapse: collapse; }
-th, td { border: 1px solid #bbb; padding: 3px 8px; text-align: right; }
-th { background: #eee; }
-td.regime-I { background: #f4b6b6; } td.regime-II-A { background: #ffd9a0; }
-td.regime-II-B { background: #b9e3b9; }
-"""
-
-
-def _cell_html(value) -> str:
-    if isinstance(value, (bool, np.bool_)):
-        return "yes" if value else "no"
-    if isinstance(value, (float, np.floating)):
-        return "" if math.isnan(value) else f"{value:.4g}"
-    return html.escape(str(value))
-
-
-def html_table(frame: pd.DataFrame, title: str, note: str = "") -> str:
-    """A self-contained HTML page with one table; regime cells are coloured."""
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
-    body = []
-    for _, row in frame.iterrows():
-        cells = []
-        for column, value in row.items():
-            klass = f' class="regime-{value}"' if column.endswith("regime") and value in REGIMES else ""
-            cells.append(f"<td{klass}>{_cell_html(value)}</td>")
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    note_html = f"<p>{html.escape(note)}</p>" if note else ""
-    return (
-        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-        f"<style>{TABLE_CSS}</style></head><body><h2>{html.escape(title)}</h2>{note_html}"
-        f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></body></html>\n"
-    )
-
-
-def _flatten(prefix: str, value) -> list[tuple[str, object]]:
-    if isinstance(value, dict):
-        return [item for k, v in value.items() for item in _flatten(f"{prefix}.{k}" if prefix else k, v)]
-    return [(prefix, value)]
-
-
-TABLE_PAGES = {
-    "regimes": ("Regime of every cell", "Per-cell means over seeds, the regime and its stability."),
-    "advice": (
-        "Advice per density",
-        "From the reference dense model: raise / lower / keep the temperature, from the regime "
-        "only, checked against the best test error of the column.",
-    ),
-    "advice_cells": ("Advice with every cell as the reference", "The same rule and check per cell."),
-    "selection": (
-        "Model selection from training metrics",
-        "Per density: the dense model picked without test error, and its test-error rank.",
-    ),
-    "robustness": (
-        "Robustness of the classification",
-        "Cells that change regime when eps and the CKA cut move.",
-    ),
-    "summary": ("Summary", "Thresholds used and where they came from; agreement and ranks."),
-}
-
-
-def write_html_tables(tables: dict[str, pd.DataFrame], summary: dict, folder) -> list[str]:
-    """Write ``<folder>/<name>.html`` for every page of :data:`TABLE_PAGES`; return the paths."""
-    from pathlib import Path
-
-    frames = dict(tables)
-    frames["summary"] = pd.DataFrame(_flatten("", summary), columns=["quantity", "value"])
-    paths = []
-    for name, (title, note) in TABLE_PAGES.items():
-        path = Path(folder) / f"{name}.html"
-        write_text(path, html_table(frames[name], title, note))
-        paths.append(str(path))
-    return paths
