@@ -331,11 +331,11 @@ def hessian_summary(
         raise ValueError("a deflated trace needs eig_method='lanczos' (its basis)")
     op = HessianOperator(model, x, y, masks, mode=mode)
     basis = None
-    if eig_method == "lanczos":
-        eigenvalue, iterations, basis = lanczos(op, max_iter, tol, seed, min_products=deflation)
-    else:
+    if eig_method == "power":
         eigenvalue, iterations = top_eigenvalue(op, max_iter, tol, seed)
-    basis = basis if deflation else None
+    else:
+        eigenvalue, iterations, krylov = lanczos(op, max_iter, tol, seed, min_products=deflation)
+        basis = krylov if deflation else None
     trace_value, trace_stderr = trace(op, probes, probe_batch, seed + 1, basis)
     return {
         "hessian_top_eigenvalue": eigenvalue,
