@@ -111,9 +111,7 @@ def _config(root: Path | str, **edits) -> dict:
         "seeds": {"dense": [1], "retrain": [1, 2]},
         "runtime": {"device": "cpu", "threads": 1},
     }
-    for key, value in edits.items():
-        config[key] = value
-    return config
+    return config | edits
 
 
 def test_missing_dataset_fails_at_validation_naming_path_and_remedy(tmp_path):
@@ -286,12 +284,12 @@ def test_width_multiplier_and_torch_free_shapes_agree_with_the_modules(name, dat
     assert model.fc.out_features == classes
 
 
-def test_model_names_are_validated(tmp_path):
+def test_model_names_are_validated(fake_cifar10):
     with pytest.raises(
         ValueError, match="unknown model 'resnet50'; choose one of cnn1d, preresnet20, vgg16_bn"
     ):
         build_model(ModelConfig("resnet50"), 3, 10)
-    root = write_fake_cifar(tmp_path)
+    root = fake_cifar10
     with pytest.raises(ConfigError, match="model.name: 'resnet20' is not one of"):
         load_config(_config(root, model={"name": "resnet20"}))
     with pytest.raises(

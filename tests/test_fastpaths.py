@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from threeregime.config import ModelConfig, Recipe
-from threeregime.data import DeviceData
+from threeregime.data import CIFAR_STATS, DeviceData
 from threeregime.hessian import (
     HessianOperator,
     hessian_summary,
@@ -33,7 +33,7 @@ from threeregime.train import train
 
 from .test_metrics import _exact_hessian, _tiny_problem
 
-MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
+MEAN, STD = CIFAR_STATS["cifar10"]
 
 
 def cifar_payload(n: int, seed: int = 0) -> dict:
@@ -133,16 +133,7 @@ def test_lanczos_matches_power_iteration_and_needs_fewer_products(trained):
 
 
 def test_lanczos_on_the_exact_hessian_of_a_masked_tiny_model():
-    torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Conv1d(1, 3, 3), nn.BatchNorm1d(3), nn.Tanh(), nn.Flatten(), nn.Linear(3 * 6, 3)
-    ).double()
-    with torch.no_grad():
-        model[1].running_mean.normal_()
-        model[1].running_var.uniform_(0.5, 2.0)
-    model.eval()
-    x, y = torch.randn(40, 1, 8, dtype=torch.double), torch.randint(0, 3, (40,))
-    masks = compute_masks(model, 0.5, "uniform")
+    model, x, y, masks = _tiny_problem(True, random_bn=True)
     exact = _exact_hessian(model, x, y, masks)
     eigenvalues = torch.linalg.eigvalsh(exact)
     top = float(eigenvalues[eigenvalues.abs().argmax()])
@@ -154,7 +145,8 @@ def test_lanczos_on_the_exact_hessian_of_a_masked_tiny_model():
 @pytest.mark.parametrize("masked", [False, True])
 def test_deflated_trace_is_unbiased_and_exact_on_a_closed_krylov_space(masked):
     model, x, y, masks = _tiny_problem(masked)
-    exact = float(_exact_hessian(model, x, y, masks).trace())
+    hessian = _exact_hessian(model, x, y, masks)
+    exact = float(hessian.trace())
     op = HessianOperator(model, x, y, masks)
     # a basis spanning the whole (unpruned) space leaves nothing to estimate
     _, products, full = lanczos(op, 200, 0.0, seed=0, min_products=200)
@@ -166,7 +158,6 @@ def test_deflated_trace_is_unbiased_and_exact_on_a_closed_krylov_space(masked):
     assert float(full.vectors[:, keep == 0].abs().sum()) == 0.0  # the basis lives on kept weights
     # a partial basis: orthonormal, its exact part is tr(Q H Q^T), and each estimate is exactly
     # that plus the probes' z^T R H R z with R = P - Q^T Q (so the expectation is tr(P H P))
-    hessian = _exact_hessian(model, x, y, masks)
     _, _, basis = lanczos(op, 5, 0.0, seed=4, min_products=5)
     q = basis.vectors
     assert torch.allclose(q @ q.T, torch.eye(5, dtype=q.dtype), atol=1e-12)
@@ -244,7 +235,7 @@ def test_bn_folding_batching_and_forward_mode_give_the_same_products(trained):
 def test_channels_last_hessian_matches(trained):
     model, x, y = trained
     plain = hessian_summary(model, x, y, None, 50, 1e-6, probes=6, probe_batch=3)
-    model_cl = init_model(ModelConfig(name="preresnet20", width=0.25), 3, 10, 0)
+    model_cl = small_resnet()
     model_cl.load_state_dict(model.state_dict())
     model_cl = model_cl.to(memory_format=torch.channels_last).eval()
     fast = hessian_summary(model_cl, x.contiguous(memory_format=torch.channels_last), y, None, 50, 1e-6, 6, 3)
@@ -258,7 +249,7 @@ def test_default_cpu_path_does_not_import_dynamo():
 import sys, torch
 from tests.test_fastpaths import cifar_payload, small_resnet
 from threeregime.config import Recipe
-from threeregime.data import DeviceData
+from threeregime.data import CIFAR_STATS, DeviceData
 from threeregime.hessian import hessian_summary
 from threeregime.metrics import linear_mode_connectivity
 from threeregime.prune import compute_masks

@@ -130,12 +130,17 @@ def _exact_hessian(model, x, y, masks=None):
     return hessian
 
 
-def _tiny_problem(masked: bool):
-    """A 75-parameter float64 conv net whose exact Hessian is cheap; optionally half pruned."""
+def _tiny_problem(masked: bool, random_bn: bool = False):
+    """A 75-parameter float64 conv net whose exact Hessian is cheap; optionally half pruned, and
+    with random BatchNorm running statistics (not the identity map of a fresh BN)."""
     torch.manual_seed(0)
     model = nn.Sequential(
         nn.Conv1d(1, 3, 3), nn.BatchNorm1d(3), nn.Tanh(), nn.Flatten(), nn.Linear(3 * 6, 3)
     ).double()
+    if random_bn:
+        with torch.no_grad():
+            model[1].running_mean.normal_()
+            model[1].running_var.uniform_(0.5, 2.0)
     model.eval()
     x, y = torch.randn(40, 1, 8, dtype=torch.double), torch.randint(0, 3, (40,))
     masks = compute_masks(model, 0.5, "uniform") if masked else None

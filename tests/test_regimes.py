@@ -4,7 +4,6 @@ and on the demo's real output when it exists."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -28,7 +27,7 @@ from threeregime.regimes import (
     temperature_advice,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+from .conftest import REPO
 
 
 def _cells(rows, knob="epochs"):

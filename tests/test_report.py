@@ -12,7 +12,9 @@ from docutils.core import publish_parts
 
 from threeregime.report import TABLE_PAGES
 
-WORKFLOW = Path(__file__).resolve().parents[1] / "workflow"
+from .conftest import REPO
+
+WORKFLOW = REPO / "workflow"
 ANALYSIS = (WORKFLOW / "rules" / "analysis.smk").read_text()
 
 
