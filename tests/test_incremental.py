@@ -168,6 +168,15 @@ def test_runtime_settings_rerun_nothing(done):
     assert plan(folder, overlay) == set()
 
 
+def test_tf32_reruns_everything_from_dense_training_on(done):
+    """TF32 changes the numbers on a GPU (it is a no-op on the CPU, but Snakemake cannot know)."""
+    folder, _ = done
+    jobs = plan(folder, {"runtime": {"tf32": True}})
+    dense = {job("dense_train", temperature=t, seed=SEED) for t in TEMPS}
+    cells = set().union(*(cell_jobs(t, DENSITY) for t in TEMPS))
+    assert jobs == dense | cells | ANALYSIS
+
+
 @pytest.mark.parametrize(
     "overlay",
     [

@@ -59,10 +59,13 @@ def _load_data(path: str, device, channels_last: bool):
 
 
 def _performance(spec: dict, runtime: RuntimeConfig):
-    from threeregime.runtime import Performance
+    """The job's numeric fast paths; also sets the process-wide TF32 flags to match."""
+    from threeregime.runtime import Performance, set_tf32
 
     perf = spec.get("performance", {})
-    return Performance(perf.get("amp", "none"), perf.get("channels_last", False), runtime.compile)
+    tf32 = perf.get("tf32", False)
+    set_tf32(tf32)
+    return Performance(perf.get("amp", "none"), perf.get("channels_last", False), runtime.compile, tf32)
 
 
 def _place(model, device, perf, image: bool):

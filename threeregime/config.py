@@ -136,6 +136,7 @@ class RuntimeConfig:
     amp: str = "none"
     channels_last: bool = False
     compile: bool = False
+    tf32: bool = False
 
 
 @dataclass(frozen=True)
@@ -247,7 +248,10 @@ class ExperimentConfig:
 
     # ----- per-rule specs: exactly what changes each rule's output -----
     def performance_spec(self) -> dict:
-        return {"amp": self.runtime.amp, "channels_last": self.runtime.channels_last}
+        """The numeric settings that change results; tf32 appears only when on, so that runs
+        made before the key existed (true fp32) keep their specs."""
+        spec = {"amp": self.runtime.amp, "channels_last": self.runtime.channels_last}
+        return spec | {"tf32": True} if self.runtime.tf32 else spec
 
     def data_spec(self) -> dict:
         """What defines the dataset's content. Where CIFAR lives (root, download) does not: it
