@@ -366,7 +366,9 @@ def pyhessian_reference(
     samples = engine.trace(maxIter=probes, tol=-math.inf)
     for p in model.parameters():  # PyHessian leaves graph-carrying .grad behind
         p.grad = None
+    samples = torch.tensor([float(s) for s in samples], dtype=torch.float64)
     return {
         "hessian_top_eigenvalue": float(eigenvalues[0]),
-        "hessian_trace": float(sum(samples) / len(samples)),
+        "hessian_trace": float(samples.mean()),
+        "hessian_trace_stderr": float(samples.std() / math.sqrt(len(samples))),
     }
