@@ -17,9 +17,9 @@ import torch
 from threeregime.cli import main
 from threeregime.config import ModelConfig, Recipe, to_json
 from threeregime.io import CheckpointError, load_checkpoint, save_checkpoint, write_json
-from threeregime.runtime import DeviceError, resolve_device
+from threeregime.runtime import _CLAIMS, DeviceError, claim_gpu, resolve_device
 
-from .conftest import TINY_CONFIG
+from .conftest import REPO, TINY_CONFIG
 
 DATA_SPEC = {"name": "mnist1d", "root": "data", "download": False, "num_samples": 2000}
 DATA_SPEC |= {"generation_seed": 5, "augment": False}
@@ -165,6 +165,31 @@ def test_cuda_requested_but_unavailable(dataset, tmp_path, caplog):
     result = subprocess.run(command, env=env, capture_output=True, text=True)
     assert result.returncode == 1 and "torch.cuda.is_available() is False" in result.stderr
     assert not out.exists()
+
+
+def test_gpu_claims_spread_local_jobs_over_the_cards_and_end_with_the_process(tmp_path):
+    """Locally Snakemake only caps how many GPU jobs run; each job picks its card by a file lock."""
+    code = "import sys; from pathlib import Path; from threeregime.runtime import claim_gpu; "
+    code += "print(claim_gpu(3, Path(sys.argv[1])))"
+
+    def another_job() -> str:
+        command = [sys.executable, "-c", code, str(tmp_path)]
+        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout.strip()
+
+    held = len(_CLAIMS)
+    try:
+        assert [claim_gpu(3, tmp_path) for _ in range(4)] == [0, 1, 2, 0]  # one each, then a second
+        assert another_job() == "1"  # the next free (slot, card) while this process holds four
+        assert another_job() == "1"  # that job has ended, and its claim with it
+        _CLAIMS[held].close()  # a job on card 0 ends
+        assert claim_gpu(3, tmp_path) == 0
+        assert claim_gpu(1, tmp_path) == 0  # one visible card (e.g. under Slurm): nothing to choose
+    finally:
+        for handle in _CLAIMS[held:]:
+            handle.close()
+        del _CLAIMS[held:]
 
 
 def _one_cell(dataset: Path, folder: Path) -> dict:
