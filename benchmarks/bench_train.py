@@ -17,6 +17,10 @@ the project's pass includes its per-epoch test evaluation (64 images here).
 
     python benchmarks/bench_train.py                  # CPU, a few minutes on 2 cores
     python benchmarks/bench_train.py --device cuda --steps 200 --compile
+
+The project's rows set the TF32 flags as a job does (off unless the row says TF32); the
+paper-style loop keeps PyTorch's defaults (TF32 convolutions on an Ampere or newer GPU). With
+``--compile`` the trainer compiles the step, on a GPU with CUDA graphs ("reduce-overhead").
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ def paper_style_pass(args, masked: bool):
             module.weight.data.mul_(mask)
 
     def run():
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = True, False  # defaults
         model.train()
         batches = iter(loader)
         x, y = next(batches)  # worker start-up is a per-epoch cost, not a per-step one
@@ -85,11 +90,13 @@ def paper_style_pass(args, masked: bool):
 
 
 def project_pass(args, masked: bool, perf):
+    """A closure running one epoch of ``args.steps`` steps of the project's trainer per call."""
     import torch
 
     from threeregime.config import Recipe
     from threeregime.data import DeviceData
     from threeregime.prune import compute_masks
+    from threeregime.runtime import set_tf32
     from threeregime.train import train
 
     device = torch.device(args.device)
@@ -103,6 +110,7 @@ def project_pass(args, masked: bool, perf):
 
     def run():
         calls[0] += 1
+        set_tf32(perf.tf32)  # as a workflow job does
         seconds, _ = timed(
             lambda: train(model, data, recipe, stream=(1, calls[0]), masks=masks, perf=perf), device
         )
@@ -127,21 +135,28 @@ def main() -> None:
         "project, bf16 autocast": Performance(amp="bf16"),
         "project, bf16 + channels_last": Performance(amp="bf16", channels_last=True),
     }
+    if args.device.startswith("cuda"):
+        settings = {"project, fp32 + TF32": Performance(tf32=True)} | settings
     if args.compile:
+        settings["project, compile (CUDA graphs on a GPU)"] = Performance(compile=True)
         settings["project, bf16 + channels_last + compile"] = Performance("bf16", True, True)
     rows = []
     for masked in (False, True):
-        contenders = {"paper-style loop (fp32)": paper_style_pass(args, masked)}
+        kind = "masked retrain" if masked else "dense"
+        contenders = {"paper-style loop": paper_style_pass(args, masked)}
         contenders |= {name: project_pass(args, masked, perf) for name, perf in settings.items()}
-        for run in contenders.values():  # warm-up: allocator, oneDNN/cuDNN plans, compile
-            run()
+        for name, run in list(contenders.items()):  # warm-up: allocator, oneDNN/cuDNN plans, compile
+            try:
+                run()
+            except Exception as error:  # an optional fast path that fails here is reported, not fatal
+                rows.append([kind, name, f"failed: {type(error).__name__}: {str(error)[:150]}", "", ""])
+                del contenders[name]
         rates = {name: [] for name in contenders}
         for _ in range(args.repeats):  # interleaved, so load from elsewhere hits all alike
             for name, run in contenders.items():
                 rates[name].append(run())
-        base = max(rates["paper-style loop (fp32)"])
+        base = max(rates["paper-style loop"])
         for name, values in rates.items():
-            kind = "masked retrain" if masked else "dense"
             rows.append([kind, name, max(values), min(values), max(values) / base])
     body = table(["run", "loop", "images/s (best)", "images/s (worst)", "best vs paper-style"], rows)
     body += (

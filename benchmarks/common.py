@@ -58,13 +58,17 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: stable when shared)")
     p.add_argument("--repeats", type=int, default=2, help="interleaved repetitions; best is reported")
+    p.add_argument("--tf32", action="store_true", help="TF32 on a GPU (default off, as in a job)")
     return p
 
 
 def setup(args) -> None:
     import torch
 
+    from threeregime.runtime import set_tf32
+
     torch.set_num_threads(args.threads)
+    set_tf32(args.tf32)
     if args.device.startswith("cuda"):
         if not torch.cuda.is_available():
             sys.exit("--device cuda: no usable GPU here")

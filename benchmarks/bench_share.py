@@ -1,0 +1,124 @@
+"""(6) Several training processes on one GPU: aggregate images/s of K concurrent trainers.
+
+PreResNet-20 at batch 64 is too small to keep a modern GPU busy: one process spends most of
+its time launching kernels. Snakemake can run several retrain jobs on one GPU (a local
+``--resources gpu=K``, or Slurm GPU sharding/MPS on a cluster); this measures what that buys.
+Each of K worker processes builds its model and device-resident data, runs one warm-up pass
+of the project's trainer, waits at a barrier, then runs ``--steps`` timed steps; the aggregate
+rate is all images over the span from the first start to the last finish.
+
+    python benchmarks/bench_share.py --device cuda --steps 300 --procs 1 2 4 8
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import parser, report, setup, table
+
+BATCH = 64
+
+
+def worker(args) -> None:
+    """One trainer: warm up, signal ready, wait for the go file, time a pass, print JSON."""
+    import torch
+    from common import preresnet20, synthetic_cifar
+
+    from threeregime.config import Recipe
+    from threeregime.data import DeviceData
+    from threeregime.prune import compute_masks
+    from threeregime.runtime import Performance, set_tf32, setup
+    from threeregime.train import train
+
+    device = torch.device(args.device)
+    setup(args.threads, device)
+    perf = Performance(amp=args.amp, channels_last=args.channels_last)
+    set_tf32(args.tf32)
+    data = DeviceData(synthetic_cifar(args.steps * BATCH, BATCH, seed=1), device, perf.channels_last)
+    model = preresnet20(device)
+    if perf.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    masks = compute_masks(model, 0.1, "uniform")
+    recipe = Recipe(epochs=1, batch_size=BATCH, lr=0.1)
+    train(model, data, recipe, (1, 0), masks=masks, perf=perf)  # warm-up
+    Path(args.ready).touch()
+    while not Path(args.go).exists():
+        time.sleep(0.005)
+    start = time.time()
+    train(model, data, recipe, (1, 1), masks=masks, perf=perf)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    print(json.dumps({"start": start, "end": time.time(), "images": args.steps * BATCH}))
+
+
+def measure(args, procs: int, amp: str, channels_last: bool) -> tuple[float, float]:
+    """(aggregate images/s, slowest single process images/s) for ``procs`` concurrent trainers."""
+    with tempfile.TemporaryDirectory() as folder:
+        go = Path(folder) / "go"
+        command = [sys.executable, __file__, "--worker", "--device", args.device, "--steps", str(args.steps)]
+        command += ["--threads", str(args.threads), "--amp", amp, "--go", str(go)]
+        command += ["--channels-last"] if channels_last else []
+        command += ["--tf32"] if args.tf32 else []
+        workers = [
+            subprocess.Popen(
+                command + ["--ready", str(Path(folder) / f"ready{i}")], stdout=subprocess.PIPE, text=True
+            )
+            for i in range(procs)
+        ]
+        while not all((Path(folder) / f"ready{i}").exists() for i in range(procs)):
+            if any(w.poll() not in (None, 0) for w in workers):
+                raise RuntimeError("a worker failed before its timed pass")
+            time.sleep(0.05)
+        go.touch()
+        results = []
+        for w in workers:
+            out, _ = w.communicate()
+            if w.returncode != 0:
+                raise RuntimeError(f"worker exited with {w.returncode}")
+            results.append(json.loads(out.strip().splitlines()[-1]))
+    span = max(r["end"] for r in results) - min(r["start"] for r in results)
+    slowest = min(r["images"] / (r["end"] - r["start"]) for r in results)
+    return sum(r["images"] for r in results) / span, slowest
+
+
+def main() -> None:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=100, help="timed steps per process")
+    p.add_argument("--procs", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--worker", action="store_true", help="internal: one timed trainer")
+    p.add_argument("--amp", default="none")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--ready")
+    p.add_argument("--go")
+    args = p.parse_args()
+    if args.worker:
+        worker(args)
+        return
+    setup(args)
+    rows = []
+    for amp, channels_last, label in (
+        ("none", False, "fp32 (presets)"),
+        ("bf16", True, "bf16 + channels_last"),
+    ):
+        base = None
+        for procs in args.procs:
+            best = max(
+                (measure(args, procs, amp, channels_last) for _ in range(args.repeats)), key=lambda r: r[0]
+            )
+            base = base or best[0]
+            rows.append([label, procs, best[0], best[1], best[0] / base])
+    body = table(["trainer", "processes", "aggregate images/s", "slowest process images/s", "vs 1"], rows)
+    body += (
+        f"\n\nMasked retraining (uniform density 0.1), batch {BATCH}, {args.steps} timed steps per "
+        f"process after a warm-up pass, best of {args.repeats}; {args.threads} torch CPU thread(s) each."
+    )
+    report("Several trainers sharing one device", args, body)
+
+
+if __name__ == "__main__":
+    main()
