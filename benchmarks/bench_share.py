@@ -64,23 +64,27 @@ def measure(args, procs: int, amp: str, channels_last: bool) -> tuple[float, flo
         command += ["--threads", str(args.threads), "--amp", amp, "--go", str(go)]
         command += ["--channels-last"] if channels_last else []
         command += ["--tf32"] if args.tf32 else []
-        workers = [
-            subprocess.Popen(
-                command + ["--ready", str(Path(folder) / f"ready{i}")], stdout=subprocess.PIPE, text=True
-            )
-            for i in range(procs)
-        ]
-        while not all((Path(folder) / f"ready{i}").exists() for i in range(procs)):
-            if any(w.poll() not in (None, 0) for w in workers):
-                raise RuntimeError("a worker failed before its timed pass")
-            time.sleep(0.05)
-        go.touch()
-        results = []
-        for w in workers:
-            out, _ = w.communicate()
-            if w.returncode != 0:
-                raise RuntimeError(f"worker exited with {w.returncode}")
-            results.append(json.loads(out.strip().splitlines()[-1]))
+        workers = []
+        try:
+            for i in range(procs):
+                ready = ["--ready", str(Path(folder) / f"ready{i}")]
+                workers.append(subprocess.Popen(command + ready, stdout=subprocess.PIPE, text=True))
+            while not all((Path(folder) / f"ready{i}").exists() for i in range(procs)):
+                if any(w.poll() not in (None, 0) for w in workers):
+                    raise RuntimeError("a worker failed before its timed pass")
+                time.sleep(0.05)
+            go.touch()
+            results = []
+            for w in workers:
+                out, _ = w.communicate()
+                if w.returncode != 0:
+                    raise RuntimeError(f"worker exited with {w.returncode}")
+                results.append(json.loads(out.strip().splitlines()[-1]))
+        finally:  # never leave a worker waiting for a go file that is about to be deleted
+            for w in workers:
+                if w.poll() is None:
+                    w.kill()
+                    w.wait()
     span = max(r["end"] for r in results) - min(r["start"] for r in results)
     slowest = min(r["images"] / (r["end"] - r["start"]) for r in results)
     return sum(r["images"] for r in results) / span, slowest

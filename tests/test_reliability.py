@@ -186,6 +186,16 @@ def test_gpu_claims_spread_local_jobs_over_the_cards_and_end_with_the_process(tm
         _CLAIMS[held].close()  # a job on card 0 ends
         assert claim_gpu(3, tmp_path) == 0
         assert claim_gpu(1, tmp_path) == 0  # one visible card (e.g. under Slurm): nothing to choose
+        # jobs end out of order: the next one goes to the card with the fewest, not the first slot
+        two = tmp_path / "two"
+        start = len(_CLAIMS)
+        assert [claim_gpu(2, two) for _ in range(5)] == [0, 1, 0, 1, 0]
+        _CLAIMS[start].close()  # card 0 keeps two jobs
+        _CLAIMS[start + 3].close()  # card 1 keeps one
+        assert claim_gpu(2, two) == 1
+        blocked = tmp_path / "not-a-folder"
+        blocked.write_text("")
+        assert claim_gpu(2, blocked) == 0  # no lock folder: card 0, with a warning, not a failure
     finally:
         for handle in _CLAIMS[held:]:
             handle.close()
