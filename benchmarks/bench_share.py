@@ -19,40 +19,23 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_train import BATCH, project_pass
 from common import parser, report, setup, table
-
-BATCH = 64
 
 
 def worker(args) -> None:
-    """One trainer: warm up, signal ready, wait for the go file, time a pass, print JSON."""
-    import torch
-    from common import preresnet20, synthetic_cifar
+    """One trainer (bench_train's project pass, masked retraining): warm up, signal ready, wait
+    for the go file, time a pass, print JSON."""
+    from threeregime.runtime import Performance
 
-    from threeregime.config import Recipe
-    from threeregime.data import DeviceData
-    from threeregime.prune import compute_masks
-    from threeregime.runtime import Performance, set_tf32, setup
-    from threeregime.train import train
-
-    device = torch.device(args.device)
-    setup(args.threads, device)
-    perf = Performance(amp=args.amp, channels_last=args.channels_last)
-    set_tf32(args.tf32)
-    data = DeviceData(synthetic_cifar(args.steps * BATCH, BATCH, seed=1), device, perf.channels_last)
-    model = preresnet20(device)
-    if perf.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    masks = compute_masks(model, 0.1, "uniform")
-    recipe = Recipe(epochs=1, batch_size=BATCH, lr=0.1)
-    train(model, data, recipe, (1, 0), masks=masks, perf=perf)  # warm-up
+    setup(args)
+    run = project_pass(args, True, Performance(args.amp, args.channels_last, tf32=args.tf32))
+    run()  # warm-up
     Path(args.ready).touch()
     while not Path(args.go).exists():
         time.sleep(0.005)
     start = time.time()
-    train(model, data, recipe, (1, 1), masks=masks, perf=perf)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    run()  # synchronizes the device before it returns
     print(json.dumps({"start": start, "end": time.time(), "images": args.steps * BATCH}))
 
 
@@ -61,7 +44,8 @@ def measure(args, procs: int, amp: str, channels_last: bool) -> tuple[float, flo
     with tempfile.TemporaryDirectory() as folder:
         go = Path(folder) / "go"
         command = [sys.executable, __file__, "--worker", "--device", args.device, "--steps", str(args.steps)]
-        command += ["--threads", str(args.threads), "--amp", amp, "--go", str(go)]
+        command += ["--threads", str(args.threads), "--density", str(args.density)]
+        command += ["--amp", amp, "--go", str(go)]
         command += ["--channels-last"] if channels_last else []
         command += ["--tf32"] if args.tf32 else []
         workers = []
@@ -94,6 +78,7 @@ def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=100, help="timed steps per process")
     p.add_argument("--procs", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--density", type=float, default=0.1, help="mask density for retraining")
     p.add_argument("--worker", action="store_true", help="internal: one timed trainer")
     p.add_argument("--amp", default="none")
     p.add_argument("--channels-last", action="store_true")
@@ -118,8 +103,9 @@ def main() -> None:
             rows.append([label, procs, best[0], best[1], best[0] / base])
     body = table(["trainer", "processes", "aggregate images/s", "slowest process images/s", "vs 1"], rows)
     body += (
-        f"\n\nMasked retraining (uniform density 0.1), batch {BATCH}, {args.steps} timed steps per "
-        f"process after a warm-up pass, best of {args.repeats}; {args.threads} torch CPU thread(s) each."
+        f"\n\nMasked retraining (uniform density {args.density}), batch {BATCH}, {args.steps} timed "
+        f"steps per process after a warm-up pass, best of {args.repeats}; {args.threads} torch CPU "
+        "thread(s) each."
     )
     report("Several trainers sharing one device", args, body)
 

@@ -24,7 +24,7 @@ from threeregime.prune import compute_masks
 from threeregime.runtime import Performance, set_tf32
 from threeregime.train import train
 
-from .test_fastpaths import cifar_payload, small_resnet
+from .test_fastpaths import _losses, cifar_payload, small_resnet
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 CUDA = "cuda"
@@ -52,10 +52,6 @@ def _full_batch_run(payload, device, perf=Performance(), masks=None, epochs=8, o
     recipe = Recipe(epochs=epochs, batch_size=256, lr=0.05, lr_milestones=(0.5,), optimizer=optimizer)
     state = train(model, data, recipe, (1, 3), masks=masks, perf=perf)
     return model, state
-
-
-def _losses(state) -> list[float]:
-    return [h["train_loss"] for h in state["history"]]
 
 
 def _relative_distance(a: dict, b: dict) -> float:
