@@ -9,6 +9,9 @@ PreResNet-20 on CIFAR-10-shaped data (uint8 noise images, 10 classes), batch 64,
   re-applied after each step by a Python loop over the conv modules.
 * project trainer: ``threeregime.train.train`` with the data on the device (batched crop and
   flip there), its foreach SGD and foreach mask multiply, under each Performance setting.
+* packed (``--pack R ...``): ``threeregime.train.train_runs`` with R runs in one model (grouped
+  layers, threeregime.pack), each with its own data stream, as a packed retrain job trains them;
+  images/s counts all R runs' images.
 
 Images/s are steady state: every contender runs one warm-up pass first, then ``--steps`` steps per
 timed pass, passes interleaved ``--repeats`` times; the best and worst pass are reported. The
@@ -16,7 +19,7 @@ paper-style pass starts its clock after the first batch (worker start-up is a pe
 the project's pass includes its per-epoch test evaluation (64 images here).
 
     python benchmarks/bench_train.py                  # CPU, a few minutes on 2 cores
-    python benchmarks/bench_train.py --device cuda --steps 200 --compile
+    python benchmarks/bench_train.py --device cuda --steps 200 --compile --pack 3 9 27
 
 The project's rows set the TF32 flags as a job does (off unless the row says TF32); the
 paper-style loop keeps PyTorch's defaults (TF32 convolutions on an Ampere or newer GPU). With
@@ -89,15 +92,16 @@ def paper_style_pass(args, masked: bool):
     return run
 
 
-def project_pass(args, masked: bool, perf):
-    """A closure running one epoch of ``args.steps`` steps of the project's trainer per call."""
+def project_pass(args, masked: bool, perf, runs: int = 1):
+    """A closure running one epoch of ``args.steps`` steps of the project's trainer per call,
+    ``runs`` packed runs at a time (one: the plain trainer)."""
     import torch
 
     from threeregime.config import Recipe
     from threeregime.data import DeviceData
     from threeregime.prune import compute_masks
     from threeregime.runtime import set_tf32
-    from threeregime.train import train
+    from threeregime.train import train_runs
 
     device = torch.device(args.device)
     data = DeviceData(synthetic_cifar(args.steps * BATCH, BATCH, seed=1), device, perf.channels_last)
@@ -111,10 +115,11 @@ def project_pass(args, masked: bool, perf):
     def run():
         calls[0] += 1
         set_tf32(perf.tf32)  # as a workflow job does
+        streams = [(1, calls[0], r) for r in range(runs)]
         seconds, _ = timed(
-            lambda: train(model, data, recipe, stream=(1, calls[0]), masks=masks, perf=perf), device
+            lambda: train_runs([model] * runs, data, recipe, streams, [masks] * runs, perf=perf), device
         )
-        return args.steps * BATCH / seconds
+        return runs * args.steps * BATCH / seconds
 
     return run
 
@@ -125,6 +130,9 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
     p.add_argument("--density", type=float, default=0.1, help="mask density for retraining")
     p.add_argument("--compile", action="store_true", help="also time torch.compile (slow to start)")
+    p.add_argument("--pack", type=int, nargs="*", default=[], help="also time R packed runs per step")
+    p.add_argument("--only-pack", action="store_true", help="time only the paper-style loop and --pack rows")
+    p.add_argument("--kinds", nargs="+", choices=["dense", "masked"], default=["dense", "masked"])
     args = p.parse_args()
     setup(args)
     from threeregime.runtime import Performance
@@ -140,11 +148,20 @@ def main() -> None:
     if args.compile:
         settings["project, compile (CUDA graphs on a GPU)"] = Performance(compile=True)
         settings["project, bf16 + channels_last + compile"] = Performance("bf16", True, True)
+    settings = {} if args.only_pack else {name: (perf, 1) for name, perf in settings.items()}
+    for runs in args.pack:
+        settings[f"project, {runs} packed runs (fp32)"] = (Performance(), runs)
+        settings[f"project, {runs} packed runs, bf16 + channels_last"] = (Performance("bf16", True), runs)
+        if args.compile:
+            settings[f"project, {runs} packed runs, bf16 + channels_last + compile"] = (
+                Performance("bf16", True, True),
+                runs,
+            )
     rows = []
-    for masked in (False, True):
+    for masked in [kind == "masked" for kind in args.kinds]:
         kind = "masked retrain" if masked else "dense"
         contenders = {"paper-style loop": paper_style_pass(args, masked)}
-        contenders |= {name: project_pass(args, masked, perf) for name, perf in settings.items()}
+        contenders |= {name: project_pass(args, masked, *setting) for name, setting in settings.items()}
         for name, run in list(contenders.items()):  # warm-up: allocator, oneDNN/cuDNN plans, compile
             try:
                 run()

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # The GPU half in one go: the CUDA tests and every benchmark that takes --device cuda, each
 # under its own time limit (a step that fails or runs out of time does not stop the others).
-# About 7 minutes on one H200. Usage: bash benchmarks/run_gpu.sh [folder for the logs]
+# About 10 minutes on one H200 in all (the pack step was added after the last timing).
+# Usage: bash benchmarks/run_gpu.sh [folder for the logs] [step ...]   (default: every step;
+# steps: pack tests train hessian metrics share)
 set -u
 out=${1:-gpu-logs}
+shift || true
+only=" ${*:-pack tests train hessian metrics share} "
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 python=${PYTHON:-python3}
@@ -11,6 +15,7 @@ python=${PYTHON:-python3}
 step() {  # step NAME SECONDS COMMAND...: run, tee to $out/NAME.txt, report exit status and time
     local name=$1 limit=$2 started=$SECONDS
     shift 2
+    [[ $only == *" $name "* ]] || return 0
     echo "=== $name (limit ${limit} s): $*"
     timeout "$limit" "$@" 2>&1 | tee "$out/$name.txt"
     echo "=== $name: exit ${PIPESTATUS[0]} after $((SECONDS - started)) s"
@@ -18,8 +23,10 @@ step() {  # step NAME SECONDS COMMAND...: run, tee to $out/NAME.txt, report exit
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
 "$python" -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
+step pack 240 "$python" benchmarks/bench_train.py --device cuda --steps 100 --kinds masked --only-pack \
+    --pack 3 27 --compile
 step train 190 "$python" benchmarks/bench_train.py --device cuda --steps 200 --compile
-step tests 110 "$python" -m pytest tests/test_cuda.py -v -p no:cacheprovider
+step tests 150 "$python" -m pytest tests/test_cuda.py -v -p no:cacheprovider
 step hessian 80 "$python" benchmarks/bench_hessian.py --device cuda --samples 200
 step metrics 90 "$python" benchmarks/bench_metrics.py --device cuda --train-samples 50000
 step share 90 "$python" benchmarks/bench_share.py --device cuda --procs 1 3 6 --steps 150 --repeats 1

@@ -414,9 +414,9 @@ def test_smoke_each_knob_and_each_pruning_score_through_the_cli(tmp_path, fake_c
         retrained = []
         for seed in cfg.seeds.retrain:
             out = str(tmp_path / f"retrain-{method}-{seed}.pt")
-            spec = json.dumps(mcfg.retrain_spec(seed))
+            spec = json.dumps(mcfg.retrain_spec())
             assert (
-                main(["retrain", "--spec", spec, "--data", data, "--pruned", pruned, "--out", out, *compute])
+                main(["retrain", "--spec", spec, "--data", data, "--run", pruned, out, str(seed), *compute])
                 == 0
             )
             model = load_checkpoint(out, "retrain")

@@ -55,6 +55,7 @@ def test_canonical_grid_strings():
         (lambda c: c["prune"].update(densities=[0.001]), "prune.densities: density 0.001 keeps no weight"),
         (lambda c: c["runtime"].update(device="tpu"), "runtime.device: 'tpu' is not one of"),
         (lambda c: c["runtime"].update(tf32="yes"), "runtime.tf32: 'yes' is not of type 'boolean'"),
+        (lambda c: c["runtime"].update(retrain_pack="all"), "runtime.retrain_pack: 'all' is not one of"),
         (
             lambda c: c["metrics"].update(hessian_trace_deflation=11),
             "metrics.hessian_trace_deflation: 11 Lanczos vectors exceed hessian_max_iter=10",
@@ -111,12 +112,12 @@ def test_tf32_enters_the_specs_only_when_on_and_sets_the_backend_flags(tiny_conf
     tiny_config["runtime"]["tf32"] = True
     on = load_config(tiny_config)
     assert off.performance_spec() == {"amp": "none", "channels_last": False}
-    assert on.retrain_spec(1)["performance"] == {"amp": "none", "channels_last": False, "tf32": True}
+    assert on.retrain_spec()["performance"] == {"amp": "none", "channels_last": False, "tf32": True}
     assert on.metrics_spec()["performance"]["tf32"] and on.dense_spec("1", 1)["performance"]["tf32"]
     saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     try:
         for cfg, expected in ((on, True), (off, False)):
-            perf = _performance(cfg.retrain_spec(1), cfg.runtime)
+            perf = _performance(cfg.retrain_spec(), cfg.runtime)
             assert perf.tf32 is expected
             assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (expected,) * 2
     finally:

@@ -6,7 +6,8 @@ up to rounding use full-batch steps without augmentation (every step sees the sa
 images whatever the shuffle); the Hessian trace, whose probes differ, is compared within its
 standard errors, and its top eigenvalue after convergence. TF32 is off, as in every job unless
 ``runtime.tf32`` is set: with PyTorch's default (TF32 convolutions) the eigenvalue and CKA
-differed from the CPU by about 1e-3 on an H200.
+differed from the CPU by about 1e-3 on an H200. The compiled runs also check that inductor
+recorded no CUDA-graph skip (a silent eager fallback would otherwise pass).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import math
 
 import pytest
 import torch
+from torch._dynamo.utils import counters  # inductor counts each CUDA-graph fallback here
 
 from threeregime.config import Recipe
 from threeregime.data import DeviceData
@@ -22,7 +24,7 @@ from threeregime.hessian import hessian_summary, pyhessian_reference
 from threeregime.metrics import linear_mode_connectivity, model_outputs, output_similarity
 from threeregime.prune import compute_masks
 from threeregime.runtime import Performance, set_tf32
-from threeregime.train import train
+from threeregime.train import train, train_runs
 
 from .test_fastpaths import _losses, cifar_payload, small_resnet
 
@@ -90,7 +92,9 @@ def test_cuda_training_matches_the_cpu_reference(payload, reference):
 )
 def test_cuda_fast_paths_follow_the_cpu_loss_curve(payload, reference, perf, rel):
     masks, (_, cpu) = reference
+    counters.clear()
     _, fast = _full_batch_run(payload, CUDA, perf, masks=masks)
+    assert counters["inductor"]["cudagraph_skips"] == 0, "CUDA graphs skipped: the step ran eager"
     assert _losses(fast) == pytest.approx(_losses(cpu), rel=rel, abs=rel)
     assert _losses(fast)[-1] < _losses(fast)[0], "still learns"
     for name, mask in masks.items():
@@ -101,11 +105,36 @@ def test_cuda_sam_with_cuda_graphs_follows_the_cpu(payload, reference):
     """SAM runs two compiled forwards per step (the second with BN frozen) through CUDA graphs."""
     masks, _ = reference
     _, cpu = _full_batch_run(payload, "cpu", masks=masks, epochs=4, optimizer="sam")
+    counters.clear()
     _, gpu = _full_batch_run(payload, CUDA, Performance(compile=True), masks, epochs=4, optimizer="sam")
+    assert counters["inductor"]["cudagraph_skips"] == 0, "CUDA graphs skipped: the step ran eager"
     assert _losses(gpu) == pytest.approx(_losses(cpu), rel=1e-3)
     assert _relative_distance(cpu["model"], gpu["model"]) < 1e-3
     for name, mask in masks.items():
         assert torch.all(gpu["model"][name].cpu()[~mask] == 0), name
+
+
+@pytest.mark.parametrize("perf", [Performance(), Performance(compile=True)], ids=["fp32", "compile"])
+def test_cuda_packed_runs_match_the_cpu_reference(payload, reference, perf):
+    """Three runs packed into grouped layers (threeregime.pack), each with its own mask: each
+    follows its own unpacked CPU run (full-batch steps, so the random streams do not matter)."""
+    masks, (_, cpu) = reference
+    all_masks = [masks, compute_masks(small_resnet(seed=4), 0.6, "uniform"), None]
+    data = DeviceData(payload | {"augment": False}, CUDA)
+    recipe = Recipe(epochs=8, batch_size=256, lr=0.05, lr_milestones=(0.5,))
+    models = [small_resnet(seed=4).to(CUDA) for _ in all_masks]
+    streams = [(1, 3), (1, 4), (1, 5)]
+    counters.clear()
+    packed = train_runs(models, data, recipe, streams, all_masks, perf=perf)
+    assert counters["inductor"]["cudagraph_skips"] == 0, "CUDA graphs skipped: the step ran eager"
+    for index, (run_masks, state) in enumerate(zip(all_masks, packed)):
+        expected = cpu if index == 0 else _full_batch_run(payload, "cpu", masks=run_masks)[1]
+        assert _losses(state) == pytest.approx(_losses(expected), rel=1e-3), index
+        errors = [h["train_error"] for h in state["history"]]
+        assert errors == pytest.approx([h["train_error"] for h in expected["history"]], abs=2 / 256)
+        assert _relative_distance(expected["model"], state["model"]) < 1e-3, index
+        for name, mask in (run_masks or {}).items():
+            assert torch.all(state["model"][name].cpu()[~mask] == 0), (index, name)
 
 
 def test_cuda_augmented_training_is_reproducible(payload):

@@ -177,6 +177,51 @@ def test_tf32_reruns_everything_from_dense_training_on(done):
     assert jobs == dense | cells | ANALYSIS
 
 
+def test_packing_a_cells_retrain_seeds_reruns_nothing(done):
+    """Packing only changes how results are computed (to rounding), like compile."""
+    folder, _ = done
+    assert plan(folder, {"runtime": {"retrain_pack": "cell"}}) == set()
+
+
+def test_packing_by_temperature_plans_one_retrain_job_per_dense_model(tmp_path):
+    """A fresh plan: one retrain job per (temperature, dense seed) holding every density's runs."""
+    config = copy.deepcopy(BASE)
+    config["prune"]["densities"] = [0.2, 0.5]
+    config["runtime"]["retrain_pack"] = "temperature"
+    write_config(tmp_path, config)
+    output = run(tmp_path, "-n")
+    retrain = {j for j in jobs_in(output) if j[0] == "retrain"}
+    assert retrain == {job("retrain", temperature=t, seed=SEED) for t in TEMPS}
+    assert len(re.findall(r"retrain/epochs-3/density-0\.[25]/seed1/retrain[12]/model\.pt", output)) >= 4
+
+
+def test_packed_retraining_reproduces_the_separate_retrainings(done, tmp_path):
+    """The same workflow with every retraining of a dense model packed into one job: same
+    numbers as the separate jobs of the base run, up to rounding."""
+    import pandas as pd
+
+    folder, _ = done
+    packed = tmp_path / "packed"
+    shutil.copytree(folder, packed, symlinks=True)
+    overlay = write_config(packed, {"runtime": {"retrain_pack": "temperature"}}, "overlay.yaml")
+    output = run(packed, "--configfile", str(overlay), "--forcerun", "retrain")
+    assert Counter(rule for rule, _, _ in job_intervals(output))["retrain"] == len(TEMPS)
+    log = (packed / "results/tiny/logs/retrain/epochs-3/seed1/retrain.log").read_text()
+    assert "2 packed runs (retrain density=0.5 seed=1, retrain density=0.5 seed=2)" in log
+    keys = ["temperature", "density", "dense_seed", "retrain_seed"]
+    separate = pd.read_csv(folder / "results/tiny/models.csv").sort_values(keys).reset_index(drop=True)
+    together = pd.read_csv(packed / "results/tiny/models.csv").sort_values(keys).reset_index(drop=True)
+    assert len(separate) == len(together) == 2 * len(TEMPS)
+    # Rounding (grouped vs plain convs) grows over training; these 3-epoch runs stay within
+    # 1e-4 in loss (measured), while the two retrain seeds differ by 3.5e-3 (checked below).
+    relative = lambda a, b: ((a - b).abs() / b.abs().clip(lower=1e-12)).max()  # noqa: E731
+    assert relative(together["train_loss"], separate["train_loss"]) <= 3e-4
+    assert relative(together["hessian_top_eigenvalue"], separate["hessian_top_eigenvalue"]) <= 1e-2
+    assert (together["test_error"] - separate["test_error"]).abs().max() <= 0.01  # a test sample
+    swapped = separate.groupby(["temperature"])["train_loss"].transform(lambda s: s[::-1].to_numpy())
+    assert relative(swapped, separate["train_loss"]) > 2e-3, "a seed mix-up must be visible"
+
+
 @pytest.mark.parametrize(
     "overlay",
     [

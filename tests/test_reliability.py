@@ -65,7 +65,7 @@ def test_sigkill_then_rerun_resumes_to_bit_identical_weights(dataset, tmp_path):
     process.wait()
     assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     assert not out.exists(), "a killed job must not leave its output"
-    killed_at = load_checkpoint(resume, "resume")["state"]["epoch"]
+    killed_at = load_checkpoint(resume, "resume")["states"][0]["epoch"]
     assert 2 <= killed_at < epochs
 
     rerun = subprocess.run(
@@ -90,7 +90,7 @@ def test_resume_file_from_other_settings_is_ignored(dataset, tmp_path):
     first = _cli("dense", "--spec", _dense_spec(2), "--data", str(dataset), "--out", str(out))
     subprocess.run(first, env=env, check=True, capture_output=True)
     # plant a resume file written for another spec; the job must not continue from it
-    save_checkpoint(f"{out}.resume", {"fingerprint": "other", "state": {"epoch": 1}}, "resume")
+    save_checkpoint(f"{out}.resume", {"fingerprint": "other", "states": [{"epoch": 1}]}, "resume")
     again = subprocess.run(first, env=env, check=True, capture_output=True, text=True)
     assert "ignoring" in again.stdout and "built from other settings" in again.stdout
     # and a truncated resume file is reported and skipped, not fatal
@@ -220,7 +220,7 @@ def _one_cell(dataset: Path, folder: Path) -> dict:
         == 0
     )
     for seed in (1, 2):
-        spec = to_json(cfg.retrain_spec(seed))
+        spec = to_json(cfg.retrain_spec())
         out = folder / f"retrain{seed}.pt"
         assert (
             main(
@@ -230,10 +230,10 @@ def _one_cell(dataset: Path, folder: Path) -> dict:
                     spec,
                     "--data",
                     str(dataset),
-                    "--pruned",
+                    "--run",
                     str(pruned),
-                    "--out",
                     str(out),
+                    str(seed),
                 ]
             )
             == 0

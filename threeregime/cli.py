@@ -87,16 +87,17 @@ def _model_from(payload: dict, device="cpu", perf=None, image: bool = False):
     return _place(model, device, perf or Performance(), image)
 
 
-def _train_resumable(out: Path, fingerprint: str, runtime: RuntimeConfig, **train_kwargs) -> dict:
-    """Train with a resume checkpoint next to ``out`` every ``checkpoint_every`` epochs.
+def _train_resumable(outs: list[str], fingerprint: str, runtime: RuntimeConfig, **train_kwargs) -> list[dict]:
+    """``train_runs`` with a resume checkpoint next to ``outs[0]`` every ``checkpoint_every`` epochs.
 
-    A later attempt of the same job (same spec and inputs: same fingerprint) continues from the
-    last saved epoch; the final result is identical to an uninterrupted run.
+    A later attempt of the same job (same spec, runs and inputs: same fingerprint) continues from
+    the last saved epoch; the final result is identical to an uninterrupted run. The caller
+    removes the resume file (:func:`_finished`) once every output is written.
     """
-    from threeregime.train import train
+    from threeregime.train import train_runs
 
-    resume = Path(f"{out}.resume")
-    for stale in remove_stale_temporaries(out) + remove_stale_temporaries(resume):
+    resume = Path(f"{outs[0]}.resume")
+    for stale in [p for path in (resume, *outs) for p in remove_stale_temporaries(path)]:
         log.warning("removed %s, left by an interrupted write", stale)
     if resume.exists():
         try:
@@ -104,17 +105,21 @@ def _train_resumable(out: Path, fingerprint: str, runtime: RuntimeConfig, **trai
         except CheckpointError as exc:
             log.warning("%s; starting over", exc)
             saved = None
-        if saved is not None and saved["fingerprint"] == fingerprint:
-            train_kwargs["state"] = saved["state"]
-            log.info("resuming from %s at epoch %d", resume, saved["state"]["epoch"])
+        if saved is not None and saved["fingerprint"] == fingerprint and "states" in saved:
+            train_kwargs["states"] = saved["states"]
+            log.info("resuming from %s at epoch %d", resume, saved["states"][0]["epoch"])
         elif saved is not None:
             log.warning("ignoring %s: it was built from other settings or inputs", resume)
 
-    def checkpoint(state: dict) -> None:
-        if state["epoch"] % runtime.checkpoint_every == 0:
-            save_checkpoint(resume, {"fingerprint": fingerprint, "state": state}, "resume")
+    def checkpoint(states: list[dict]) -> None:
+        if states[0]["epoch"] % runtime.checkpoint_every == 0:
+            save_checkpoint(resume, {"fingerprint": fingerprint, "states": states}, "resume")
 
-    return train(on_epoch_end=checkpoint, **train_kwargs)
+    return train_runs(on_epoch_end=checkpoint, **train_kwargs)
+
+
+def _finished(outs: list[str]) -> None:
+    Path(f"{outs[0]}.resume").unlink(missing_ok=True)
 
 
 def _fingerprint(spec: str, *paths: str) -> str:
@@ -172,20 +177,21 @@ def cmd_dense(args) -> None:
         state = load_checkpoint(args.init, "dense")["state"]
         inputs.append(args.init)
     recipe = recipe_from_spec(spec["recipe"])
-    final = _train_resumable(
-        Path(args.out),
+    (final,) = _train_resumable(
+        [args.out],
         _fingerprint(args.spec, *inputs),
         runtime,
-        model=model,
+        models=[model],
         data=data,
         recipe=recipe,
-        stream=(0, spec["seed"]),
-        state=state,
+        streams=[(0, spec["seed"])],
+        states=[state],
         stop_epoch=spec["stop_epoch"],
         perf=perf,
-        tag=f"dense seed={spec['seed']}",
+        tags=[f"dense seed={spec['seed']}"],
     )
     _save_model(args.out, "dense", final, spec["model"], data, spec=spec)
+    _finished([args.out])
 
 
 def _save_model(out: str, kind: str, state: dict, model_cfg: dict, data, **extra) -> None:
@@ -198,7 +204,6 @@ def _save_model(out: str, kind: str, state: dict, model_cfg: dict, data, **extra
         **extra,
     }
     save_checkpoint(out, payload, kind)
-    Path(f"{out}.resume").unlink(missing_ok=True)
 
 
 def cmd_prune(args) -> None:
@@ -224,34 +229,39 @@ def cmd_prune(args) -> None:
 
 
 def cmd_retrain(args) -> None:
+    """Retrain pruned models with masks fixed: one ``--run PRUNED OUT SEED`` per retraining, all
+    runs of the job packed into one model (runtime.retrain_pack; threeregime.pack)."""
     from threeregime.config import recipe_from_spec
 
+    runs = [(pruned, out, int(seed)) for pruned, out, seed in args.run]
+    if len({out for _, out, _ in runs}) < len(runs):
+        raise ConfigError(f"two --run flags write the same output ({args.run})")
     runtime, device = _runtime(args)
     spec = json.loads(args.spec)
     perf = _performance(spec, runtime)
     data = _load_data(args.data, device, perf.channels_last)
-    pruned = load_checkpoint(args.pruned, "pruned")
-    model = _model_from(pruned, device, perf, data.image)
-    masks = {name: m.to(device) for name, m in pruned["masks"].items()}
-    recipe = recipe_from_spec(spec["recipe"])
-    final = _train_resumable(
-        Path(args.out),
-        _fingerprint(args.spec, args.data, args.pruned),
+    sources = {path: load_checkpoint(path, "pruned") for path, _, _ in runs}
+    outs = [out for _, out, _ in runs]
+    finals = _train_resumable(
+        outs,
+        _fingerprint(to_json({"spec": spec, "runs": args.run}), args.data, *sources),
         runtime,
-        model=model,
+        models=[_model_from(sources[path], device, perf, data.image) for path, _, _ in runs],
         data=data,
-        recipe=recipe,
-        stream=(1, spec["seed"]),
-        masks=masks,
+        recipe=recipe_from_spec(spec["recipe"]),
+        streams=[(1, seed) for _, _, seed in runs],
+        masks=[{name: m.to(device) for name, m in sources[path]["masks"].items()} for path, _, _ in runs],
         perf=perf,
-        tag=f"retrain seed={spec['seed']}",
+        tags=[f"retrain density={sources[path]['spec']['density']:g} seed={seed}" for path, _, seed in runs],
     )
-    final.pop("optimizer")  # not needed downstream; the resume file held it
-    pruned_cfg = pruned["model_cfg"]
-    _save_model(
-        args.out, "retrain", final, pruned_cfg, data, masks=pruned["masks"], spec=spec,
-        density_actual=pruned["density_actual"],
-    )  # fmt: skip
+    for (path, out, seed), final in zip(runs, finals):
+        final.pop("optimizer")  # not needed downstream; the resume file held it
+        pruned = sources[path]
+        _save_model(
+            out, "retrain", final, pruned["model_cfg"], data, masks=pruned["masks"],
+            spec=spec | {"seed": seed}, density_actual=pruned["density_actual"],
+        )  # fmt: skip
+    _finished(outs)
 
 
 def _model_metrics(payload: dict, model, data, spec: dict, perf) -> dict:
@@ -429,8 +439,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dense", required=True)
     p.add_argument("--out", required=True)
     p = command("retrain", cmd_retrain, compute=True)
-    p.add_argument("--pruned", required=True)
-    p.add_argument("--out", required=True)
+    p.add_argument(
+        "--run", nargs=3, action="append", required=True, metavar=("PRUNED", "OUT", "SEED"),
+        help="one retraining: pruned checkpoint, output, retrain seed (repeat to pack several)",
+    )  # fmt: skip
     p = command("metrics", cmd_metrics, compute=True)
     p.add_argument("--a", required=True, help="retrained model (first seed of the pair)")
     p.add_argument("--b", required=True, help="retrained model (second seed of the pair)")

@@ -137,6 +137,7 @@ class RuntimeConfig:
     channels_last: bool = False
     compile: bool = False
     tf32: bool = False
+    retrain_pack: str = "none"
 
 
 @dataclass(frozen=True)
@@ -278,12 +279,9 @@ class ExperimentConfig:
     def prune_spec(self, density: str) -> dict:
         return {"method": self.prune.method, "density": float(density)}
 
-    def retrain_spec(self, seed: int) -> dict:
-        return {
-            "recipe": recipe_spec(self.retrain_recipe()),
-            "seed": int(seed),
-            "performance": self.performance_spec(),
-        }
+    def retrain_spec(self) -> dict:
+        """Shared by every retraining; each run's seed comes from its output path (wildcard)."""
+        return {"recipe": recipe_spec(self.retrain_recipe()), "performance": self.performance_spec()}
 
     def metrics_spec(self) -> dict:
         return asdict(self.metrics) | {"performance": self.performance_spec()}

@@ -20,6 +20,7 @@ from torch import nn
 
 from threeregime.config import Recipe
 from threeregime.data import DeviceData, data_generator
+from threeregime.pack import Packed
 from threeregime.prune import MaskApplier
 from threeregime.runtime import Performance
 
@@ -103,17 +104,25 @@ def make_optimizer(model: nn.Module, recipe: Recipe) -> MomentumSGD:
 @torch.no_grad()
 def evaluate(model: nn.Module, batches, perf: Performance = Performance()) -> tuple[float, float]:
     """Mean cross-entropy and error rate over the given (x, y) batches, in eval mode."""
-    model.eval()
+    return evaluate_runs(Packed([model]), batches, perf)[0]
+
+
+@torch.no_grad()
+def evaluate_runs(packed: Packed, batches, perf: Performance = Performance()) -> list[tuple[float, float]]:
+    """:func:`evaluate` for each run of a packed model, all on the same batches."""
+    packed.model.eval()
     loss_sum, errors, count = None, None, 0
     for x, y in batches:
         with perf.autocast(x.device):
-            logits = model(x)
-        batch_loss = F.cross_entropy(logits.float(), y, reduction="sum")
-        batch_errors = (logits.argmax(1) != y).sum()
+            logits = packed.logits(packed.model(packed.replicate(x))).float()
+        targets = y.expand(packed.runs, -1)
+        batch_loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
+        batch_loss = batch_loss.view(packed.runs, -1).sum(1)
+        batch_errors = (logits.argmax(2) != targets).sum(1)
         loss_sum = batch_loss if loss_sum is None else loss_sum + batch_loss
         errors = batch_errors if errors is None else errors + batch_errors
         count += len(y)
-    return float(loss_sum) / count, float(errors) / count
+    return [(float(loss) / count, float(error) / count) for loss, error in zip(loss_sum, errors)]
 
 
 class _FrozenBatchNorm:
@@ -133,12 +142,13 @@ class _FrozenBatchNorm:
 
 
 @torch.no_grad()
-def _sam_perturb(params: list[torch.Tensor], rho: float) -> list[torch.Tensor]:
-    """Move to w + rho g/||g|| (non-adaptive SAM); return the saved weights to restore."""
+def _sam_perturb(packed: Packed, params: list[torch.Tensor], rho: float) -> list[torch.Tensor]:
+    """Move each run to w + rho g/||g|| (non-adaptive SAM, the norm over that run's gradient);
+    return the saved weights to restore."""
     grads = [p.grad for p in params]
-    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    factors = rho / (packed.run_norms(grads) + 1e-12)
     saved = [p.detach().clone() for p in params]
-    torch._foreach_add_(params, torch._foreach_mul(grads, rho / (norm + 1e-12)))
+    torch._foreach_add_(params, packed.scaled(grads, factors))
     return saved
 
 
@@ -160,15 +170,55 @@ def train(
     ``stream`` seeds the per-epoch data generators; ``masks`` stay fixed and pruned weights are
     re-zeroed after every step. Returns the final state dict (see module docstring).
     """
+    callback = None if on_epoch_end is None else lambda states: on_epoch_end(states[0])
+    return train_runs(
+        [model], data, recipe, [stream], [masks], [state], stop_epoch, perf, eval_batch_size,
+        callback, [tag],
+    )[0]  # fmt: skip
+
+
+def train_runs(
+    models: list[nn.Module],
+    data: DeviceData,
+    recipe: Recipe,
+    streams: list[tuple[int, ...]],
+    masks: list[dict[str, torch.Tensor] | None] | None = None,
+    states: list[dict | None] | None = None,
+    stop_epoch: int | None = None,
+    perf: Performance = Performance(),
+    eval_batch_size: int = 1000,
+    on_epoch_end: Callable[[list[dict]], None] | None = None,
+    tags: list[str] | None = None,
+) -> list[dict]:
+    """:func:`train` for several runs of one recipe at once, packed into one model (threeregime.pack).
+
+    Run r starts from ``models[r]`` (or ``states[r]``), draws its data from ``streams[r]`` and keeps
+    ``masks[r]``; it ends where a separate ``train`` call would. One run trains ``models[0]`` in
+    place; several train a packed copy, and only the returned states hold their results.
+    """
+    runs = len(models)
+    masks, states = masks or [None] * runs, states or [None] * runs
+    tags = tags or [f"train {r}" for r in range(runs)]
+    if not len(streams) == len(masks) == len(states) == len(tags) == runs:
+        raise ValueError(f"train_runs: {runs} models need as many streams, masks, states and tags")
     device = data.device
     schedule = make_schedule(recipe, data.num_train)
+    memory_format = torch.channels_last if data.channels_last and runs > 1 else None
+    packed = Packed(models, memory_format)
+    model = packed.model
     optimizer = make_optimizer(model, recipe)
-    enforce_masks = MaskApplier(model, masks or {})
-    epoch, iteration, history = 0, 0, []
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        epoch, iteration, history = state["epoch"], state["iteration"], list(state["history"])
+    enforce_masks = MaskApplier(model, packed.masks(masks))
+    epoch, iteration, histories = 0, 0, [[] for _ in range(runs)]
+    if states[0] is not None:
+        if any(s is None or (s["epoch"], s["iteration"]) != (states[0]["epoch"], states[0]["iteration"])
+               for s in states):  # fmt: skip
+            raise ValueError("train_runs: packed runs must resume from the same epoch and iteration")
+        packed.load([s["model"] for s in states])
+        buffers = [s["optimizer"]["momentum_buffers"] for s in states]
+        if buffers[0] is not None:
+            optimizer.load_state_dict({"momentum_buffers": [packed.join(list(b)) for b in zip(*buffers)]})
+        epoch, iteration = states[0]["epoch"], states[0]["iteration"]
+        histories = [list(s["history"]) for s in states]
     enforce_masks()
     end_epoch = schedule.total_epochs if stop_epoch is None else min(stop_epoch, schedule.total_epochs)
     forward = _compiled(model, device) if perf.compile else model
@@ -176,76 +226,92 @@ def train(
     params = optimizer.params
     frozen_bn = _FrozenBatchNorm(model)
     log.info(
-        "%s: epochs %d->%d of %d, %d steps/epoch, batch %d, lr %g, optimizer %s, device %s",
-        tag, epoch, end_epoch, schedule.total_epochs, schedule.steps_per_epoch,
-        recipe.batch_size, recipe.lr, recipe.optimizer, device.type,
+        "%s: epochs %d->%d of %d, %d steps/epoch, batch %d, lr %g, optimizer %s, device %s%s",
+        tags[0] if runs == 1 else f"{runs} packed runs ({', '.join(tags)})", epoch, end_epoch,
+        schedule.total_epochs, schedule.steps_per_epoch, recipe.batch_size, recipe.lr,
+        recipe.optimizer, device.type, "" if runs == 1 else f", {runs} runs per step",
     )  # fmt: skip
     started = time.perf_counter()
     while epoch < end_epoch:
         epoch_start = time.perf_counter()
         model.train()
-        loss_sum = torch.zeros((), device=device)
-        errors = torch.zeros((), device=device, dtype=torch.long)
+        loss_sums = torch.zeros(runs, device=device)
+        errors = torch.zeros(runs, device=device, dtype=torch.long)
         seen = 0
-        generator = data_generator(device, *stream, epoch)
-        batches = data.train_batches(recipe.batch_size, generator, recipe.drop_last)
-        for x, y in batches:
+        per_run = [
+            data.train_batches(recipe.batch_size, data_generator(device, *stream, epoch), recipe.drop_last)
+            for stream in streams
+        ]
+        for batches in zip(*per_run):
             if iteration >= schedule.total_iterations:
                 break
+            x = packed.inputs([b[0] for b in batches])
+            y = packed.targets([b[1] for b in batches])
             optimizer.lr = schedule.lr_at(iteration)
             if graphed:  # a new step: earlier CUDA-graph outputs may be overwritten from here
                 torch.compiler.cudagraph_mark_step_begin()
             with perf.autocast(device):
-                logits = forward(x)
-                loss = F.cross_entropy(logits.float(), y)
-            loss_sum += loss.detach() * len(y)  # before SAM's second pass, which may reuse
-            errors += (logits.detach().argmax(1) != y).sum()  # the graph's output memory
-            seen += len(y)
+                logits = packed.logits(forward(x))
+                losses = packed.losses(logits, y)
+            loss_sums += losses.detach() * y.shape[1]  # before SAM's second pass, which may
+            errors += (logits.detach().argmax(2) != y).sum(1)  # reuse the graph's output memory
+            seen += y.shape[1]
             optimizer.zero_grad()
-            loss.backward()
+            losses.sum().backward()
             if recipe.optimizer == "sam":
-                saved = _sam_perturb(params, recipe.sam_rho)
+                saved = _sam_perturb(packed, params, recipe.sam_rho)
                 enforce_masks()  # the perturbation stays inside the sparse model
                 optimizer.zero_grad()
                 with frozen_bn, perf.autocast(device):
-                    F.cross_entropy(forward(x).float(), y).backward()
+                    packed.losses(packed.logits(forward(x)), y).sum().backward()
                 with torch.no_grad():
                     torch._foreach_copy_(params, saved)
             optimizer.step()
             enforce_masks()
             iteration += 1
         epoch += 1
-        train_loss, train_error = float(loss_sum) / max(seen, 1), float(errors) / max(seen, 1)
-        if not math.isfinite(train_loss):
-            raise NonFiniteLossError(
-                f"{tag}: training loss is {train_loss} at epoch {epoch} (iteration {iteration}); "
-                f"the run diverged, try a lower lr than {recipe.lr}"
-            )
-        test_loss, test_error = evaluate(model, data.eval_batches("test", eval_batch_size), perf)
-        record = {
-            "epoch": epoch,
-            "iteration": iteration,
-            "lr": schedule.lr_at(iteration - 1),
-            "train_loss": train_loss,
-            "train_error": train_error,
-            "test_loss": test_loss,
-            "test_error": test_error,
-            "seconds": time.perf_counter() - epoch_start,
-        }
-        history.append(record)
-        log.info(
-            "%s: epoch %d/%d iter %d lr %.4g train_loss %.4f train_err %.4f test_err %.4f (%.1fs)",
-            tag, epoch, schedule.total_epochs, iteration, record["lr"], train_loss, train_error,
-            test_error, record["seconds"],
-        )  # fmt: skip
+        tests = evaluate_runs(packed, data.eval_batches("test", eval_batch_size), perf)
+        seconds = time.perf_counter() - epoch_start
+        for r, history in enumerate(histories):
+            train = float(loss_sums[r]) / max(seen, 1), float(errors[r]) / max(seen, 1)
+            history.append(_epoch_record(tags[r], schedule, epoch, iteration, train, tests[r], seconds))
         if on_epoch_end is not None:
-            on_epoch_end(_snapshot(model, optimizer, epoch, iteration, history))
+            on_epoch_end(_snapshots(packed, optimizer, epoch, iteration, histories))
     log.info(
         "%s: done at epoch %d, iteration %d, in %.1fs; last test error %s",
-        tag, epoch, iteration, time.perf_counter() - started,
-        f"{history[-1]['test_error']:.4f}" if history else "n/a",
+        ", ".join(tags), epoch, iteration, time.perf_counter() - started,
+        " / ".join(f"{h[-1]['test_error']:.4f}" for h in histories) if histories[0] else "n/a",
     )  # fmt: skip
-    return _snapshot(model, optimizer, epoch, iteration, history)
+    return _snapshots(packed, optimizer, epoch, iteration, histories)
+
+
+def _epoch_record(
+    tag: str, schedule: Schedule, epoch: int, iteration: int, train: tuple[float, float],
+    test: tuple[float, float], seconds: float,
+) -> dict:  # fmt: skip
+    """One run's history entry and log line for an epoch; stop on a diverged run."""
+    train_loss, train_error = train
+    if not math.isfinite(train_loss):
+        raise NonFiniteLossError(
+            f"{tag}: training loss is {train_loss} at epoch {epoch} (iteration {iteration}); "
+            f"the run diverged, try a lower lr than {schedule.recipe.lr}"
+        )
+    record = {
+        "epoch": epoch,
+        "iteration": iteration,
+        "lr": schedule.lr_at(iteration - 1),
+        "train_loss": train_loss,
+        "train_error": train_error,
+        "test_loss": test[0],
+        "test_error": test[1],
+        "seconds": seconds,
+    }
+    log.info(
+        "%s: epoch %d/%d iter %d lr %.4g train_loss %.4f train_err %.4f test_err %.4f (%.1fs)",
+        tag, epoch, schedule.total_epochs, iteration, record["lr"], train_loss, train_error,
+        test[1], seconds,
+    )  # fmt: skip
+    return record
 
 
 def _compiled(model: nn.Module, device: torch.device) -> nn.Module:
@@ -256,12 +322,18 @@ def _compiled(model: nn.Module, device: torch.device) -> nn.Module:
     return torch.compile(model, mode="reduce-overhead" if device.type == "cuda" else None)
 
 
-def _snapshot(model, optimizer, epoch: int, iteration: int, history: list) -> dict:
-    """Everything a later epoch depends on (the data stream is re-derived from the epoch)."""
-    return {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "epoch": epoch,
-        "iteration": iteration,
-        "history": list(history),
-    }
+def _snapshots(packed: Packed, optimizer, epoch: int, iteration: int, histories: list) -> list[dict]:
+    """Each run's state: everything a later epoch depends on (the data stream is re-derived
+    from the epoch)."""
+    buffers = optimizer.state_dict()["momentum_buffers"]
+    per_run_buffers = [None] * packed.runs if buffers is None else list(zip(*map(packed.split, buffers)))
+    return [
+        {
+            "model": model_state,
+            "optimizer": {"momentum_buffers": None if b is None else list(b)},
+            "epoch": epoch,
+            "iteration": iteration,
+            "history": list(history),
+        }
+        for model_state, b, history in zip(packed.states(), per_run_buffers, histories)
+    ]

@@ -57,6 +57,45 @@ def dense_init(wildcards):
     return DENSE.format(temperature=parent, seed=wildcards.seed)
 
 
+RETRAIN_SEEDS = [str(s) for s in CFG.seeds.retrain]
+# What one retrain job covers (runtime.retrain_pack): one retraining, a cell's retrain seeds, or
+# every density and retrain seed of one dense model, packed into one model (threeregime.pack).
+# Command, spec and, for "cell", inputs are those of "none", so switching between them reruns
+# nothing; "temperature" has other inputs, so switching to or from it reruns the retrainings.
+RETRAIN_JOB = {
+    "none": {
+        "pruned": PRUNED,
+        "outputs": [RETRAINED],
+        "log": f"{LOGS}/retrain/{CELL}/retrain{{rseed}}.log",
+    },
+    "cell": {
+        "pruned": PRUNED,
+        "outputs": expand(RETRAINED, rseed=RETRAIN_SEEDS, allow_missing=True),
+        "log": f"{LOGS}/retrain/{CELL}/retrain.log",
+    },
+    "temperature": {
+        "pruned": expand(PRUNED, density=CFG.densities, allow_missing=True),
+        "outputs": expand(
+            RETRAINED, density=CFG.densities, rseed=RETRAIN_SEEDS, allow_missing=True
+        ),
+        "log": f"{LOGS}/retrain/{KNOB}-{{temperature}}/seed{{seed}}/retrain.log",
+    },
+}[CFG.runtime.retrain_pack]
+
+
+def retrain_runs(wildcards, input, output):
+    """--run flags pairing each output with its pruned model and retrain seed, in the order
+    expand() lists the outputs (density, then retrain seed). A function of input and output, it
+    is a derived param: not compared between runs (the paths already are)."""
+    pruned = [input.pruned] if isinstance(input.pruned, str) else list(input.pruned)
+    seeds = [wildcards.rseed] if "rseed" in wildcards.keys() else RETRAIN_SEEDS
+    runs = [(path, seed) for path in pruned for seed in seeds]
+    return " ".join(
+        f"--run {shlex.quote(path)} {shlex.quote(out)} {seed}"
+        for (path, seed), out in zip(runs, output, strict=True)
+    )
+
+
 def labels(wildcards):
     """--label flags naming the cell an output belongs to (written into its JSON)."""
     names = {

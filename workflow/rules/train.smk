@@ -35,19 +35,19 @@ rule dense_train:
 rule retrain:
     input:
         data=DATA,
-        pruned=PRUNED,
+        pruned=RETRAIN_JOB["pruned"],
     output:
-        RETRAINED,
+        RETRAIN_JOB["outputs"],
     log:
-        f"{LOGS}/retrain/{CELL}/retrain{{rseed}}.log",
+        RETRAIN_JOB["log"],
     conda:
         ENV
     threads: CFG.runtime.threads
     resources:
         gpu=GPUS_PER_JOB,
     params:
-        spec=lambda wc: to_json(CFG.retrain_spec(wc.rseed)),
+        spec=to_json(CFG.retrain_spec()),
+        runs=retrain_runs,
     shell:
-        "python -m threeregime retrain --spec {params.spec:q} --data {input.data}"
-        " --pruned {input.pruned} --out {output}"
+        "python -m threeregime retrain --spec {params.spec:q} --data {input.data} {params.runs}"
         " --threads {threads} > {log} 2>&1"
