@@ -220,6 +220,16 @@ def test_packed_retraining_reproduces_the_separate_retrainings(done, tmp_path):
     assert (together["test_error"] - separate["test_error"]).abs().max() <= 0.01  # a test sample
     swapped = separate.groupby(["temperature"])["train_loss"].transform(lambda s: s[::-1].to_numpy())
     assert relative(swapped, separate["train_loss"]) > 2e-3, "a seed mix-up must be visible"
+    # With one density a temperature pack has the inputs of the separate jobs: back to none, no
+    # rerun. A second density joins every pack's inputs and outputs: each pack reruns whole.
+    assert plan(packed, {"runtime": {"retrain_pack": "none"}}) == set()
+    overlay = {"prune": {"densities": [0.5, 0.2]}, "runtime": {"retrain_pack": "temperature"}}
+    cells = set().union(*(cell_jobs(t, d) for t in TEMPS for d in (DENSITY, "0.2")))
+    expected = {j for j in cells if j[0] == "metrics"} | {
+        job("prune", temperature=t, density="0.2", seed=SEED) for t in TEMPS
+    }
+    expected |= {job("retrain", temperature=t, seed=SEED) for t in TEMPS} | ANALYSIS
+    assert plan(packed, overlay) == expected
 
 
 @pytest.mark.parametrize(

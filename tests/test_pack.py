@@ -118,9 +118,9 @@ def test_packed_resume_is_bit_identical(mnist1d_payload):
     resumed = train_runs(models, data, recipe, streams, masks, states=halves)
     for a, b in zip(whole, resumed):
         _assert_states_close(b, a, atol=0)
-    mixed = [halves[0], None, halves[2]]
-    with pytest.raises(ValueError, match="same epoch and iteration"):
-        train_runs(models, data, recipe, streams, masks, states=mixed)
+    for mixed in ([halves[0], None, halves[2]], [None, halves[1], halves[2]]):
+        with pytest.raises(ValueError, match="same epoch and iteration"):
+            train_runs(models, data, recipe, streams, masks, states=mixed)
 
 
 def test_evaluate_runs_matches_evaluate(mnist1d_payload):
@@ -131,6 +131,27 @@ def test_evaluate_runs_matches_evaluate(mnist1d_payload):
     for model, (loss, error) in zip(models, packed):
         expected_loss, expected_error = evaluate(model, batches())
         assert loss == pytest.approx(expected_loss, abs=1e-6) and error == expected_error
+
+
+def test_packed_bf16_autocast_keeps_the_dtypes_of_separate_models():
+    models = _models("preresnet20", (1, 2), 3)
+    xs = [torch.randn(4, 3, 32, 32) for _ in models]
+    packed = Packed(models)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = packed.logits(packed.model(packed.inputs(xs)))
+        separate = [model(x) for model, x in zip(models, xs)]
+    assert out.dtype == separate[0].dtype == torch.bfloat16
+    for r, expected in enumerate(separate):  # bf16 rounding of the logits, not a different model
+        torch.testing.assert_close(out[r].float(), expected.float(), rtol=0.02, atol=0.02)
+
+
+def test_a_given_packed_model_is_trained_in_place(mnist1d_payload):
+    data, recipe, models, masks, streams = _mnist_runs(mnist1d_payload, "sgd")
+    packed = Packed(models)
+    states = train_runs(packed, data, recipe, streams, masks)
+    for state, current in zip(states, packed.states()):
+        assert all(torch.equal(state["model"][k], v) for k, v in current.items())
+    _assert_states_close(states[1], train_runs(models, data, recipe, streams, masks)[1], atol=0)
 
 
 def test_unpackable_models_are_refused():

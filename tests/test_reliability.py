@@ -93,6 +93,10 @@ def test_resume_file_from_other_settings_is_ignored(dataset, tmp_path):
     save_checkpoint(f"{out}.resume", {"fingerprint": "other", "states": [{"epoch": 1}]}, "resume")
     again = subprocess.run(first, env=env, check=True, capture_output=True, text=True)
     assert "ignoring" in again.stdout and "built from other settings" in again.stdout
+    # a one-run resume file of an older version (a "state", not "states") is skipped too
+    save_checkpoint(f"{out}.resume", {"fingerprint": "any", "state": {"epoch": 1}}, "resume")
+    again = subprocess.run(first, env=env, check=True, capture_output=True, text=True)
+    assert "written by an older threeregime" in again.stdout
     # and a truncated resume file is reported and skipped, not fatal
     Path(f"{out}.resume").write_bytes(b"PK\x03\x04 truncated")
     again = subprocess.run(first, env=env, check=True, capture_output=True, text=True)

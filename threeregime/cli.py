@@ -105,7 +105,9 @@ def _train_resumable(outs: list[str], fingerprint: str, runtime: RuntimeConfig, 
         except CheckpointError as exc:
             log.warning("%s; starting over", exc)
             saved = None
-        if saved is not None and saved["fingerprint"] == fingerprint and "states" in saved:
+        if saved is not None and "states" not in saved:
+            log.warning("ignoring %s: written by an older threeregime (one run per file)", resume)
+        elif saved is not None and saved["fingerprint"] == fingerprint:
             train_kwargs["states"] = saved["states"]
             log.info("resuming from %s at epoch %d", resume, saved["states"][0]["epoch"])
         elif saved is not None:

@@ -40,8 +40,8 @@ class PackedLinear(nn.Module):
         per_run = x.unflatten(-1, (self.runs, self.in_features))  # (B, R, in)
         weight = self.weight.unflatten(0, (self.runs, self.out_features))  # (R, out, in)
         out = torch.einsum("bri,roi->bro", per_run, weight)
-        if self.bias is not None:
-            out = out + self.bias.unflatten(0, (self.runs, self.out_features))
+        if self.bias is not None:  # in the matmul's dtype (bf16 under autocast), as nn.Linear adds it
+            out = out + self.bias.unflatten(0, (self.runs, self.out_features)).to(out.dtype)
         return out.flatten(-2)
 
 

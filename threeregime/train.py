@@ -178,7 +178,7 @@ def train(
 
 
 def train_runs(
-    models: list[nn.Module],
+    models: list[nn.Module] | Packed,
     data: DeviceData,
     recipe: Recipe,
     streams: list[tuple[int, ...]],
@@ -194,9 +194,11 @@ def train_runs(
 
     Run r starts from ``models[r]`` (or ``states[r]``), draws its data from ``streams[r]`` and keeps
     ``masks[r]``; it ends where a separate ``train`` call would. One run trains ``models[0]`` in
-    place; several train a packed copy, and only the returned states hold their results.
+    place; several train a packed copy, and only the returned states hold their results. A
+    ``Packed`` given instead of the list is trained in place (a benchmark's repeated passes
+    then reuse one module, and so one compiled graph).
     """
-    runs = len(models)
+    runs = models.runs if isinstance(models, Packed) else len(models)
     masks, states = masks or [None] * runs, states or [None] * runs
     tags = tags or [f"train {r}" for r in range(runs)]
     if not len(streams) == len(masks) == len(states) == len(tags) == runs:
@@ -204,12 +206,12 @@ def train_runs(
     device = data.device
     schedule = make_schedule(recipe, data.num_train)
     memory_format = torch.channels_last if data.channels_last and runs > 1 else None
-    packed = Packed(models, memory_format)
+    packed = models if isinstance(models, Packed) else Packed(models, memory_format)
     model = packed.model
     optimizer = make_optimizer(model, recipe)
     enforce_masks = MaskApplier(model, packed.masks(masks))
     epoch, iteration, histories = 0, 0, [[] for _ in range(runs)]
-    if states[0] is not None:
+    if any(s is not None for s in states):
         if any(s is None or (s["epoch"], s["iteration"]) != (states[0]["epoch"], states[0]["iteration"])
                for s in states):  # fmt: skip
             raise ValueError("train_runs: packed runs must resume from the same epoch and iteration")
