@@ -96,7 +96,7 @@ def _train_resumable(outs: list[str], fingerprint: str, runtime: RuntimeConfig, 
     """
     from threeregime.train import train_runs
 
-    resume = Path(f"{outs[0]}.resume")
+    resume = _resume_file(outs)
     for stale in [p for path in (resume, *outs) for p in remove_stale_temporaries(path)]:
         log.warning("removed %s, left by an interrupted write", stale)
     if resume.exists():
@@ -120,8 +120,13 @@ def _train_resumable(outs: list[str], fingerprint: str, runtime: RuntimeConfig, 
     return train_runs(on_epoch_end=checkpoint, **train_kwargs)
 
 
+def _resume_file(outs: list[str]) -> Path:
+    """A job's one resume checkpoint, next to its first output (all its runs in it)."""
+    return Path(f"{outs[0]}.resume")
+
+
 def _finished(outs: list[str]) -> None:
-    Path(f"{outs[0]}.resume").unlink(missing_ok=True)
+    _resume_file(outs).unlink(missing_ok=True)
 
 
 def _fingerprint(spec: str, *paths: str) -> str:
@@ -242,23 +247,26 @@ def cmd_retrain(args) -> None:
     spec = json.loads(args.spec)
     perf = _performance(spec, runtime)
     data = _load_data(args.data, device, perf.channels_last)
-    sources = {path: load_checkpoint(path, "pruned") for path, _, _ in runs}
+    sources = {path: load_checkpoint(path, "pruned") for path, _, _ in runs}  # each file read once
+    pruned_of_run = [sources[path] for path, _, _ in runs]
     outs = [out for _, out, _ in runs]
     finals = _train_resumable(
         outs,
         _fingerprint(to_json({"spec": spec, "runs": args.run}), args.data, *sources),
         runtime,
-        models=[_model_from(sources[path], device, perf, data.image) for path, _, _ in runs],
+        models=[_model_from(pruned, device, perf, data.image) for pruned in pruned_of_run],
         data=data,
         recipe=recipe_from_spec(spec["recipe"]),
         streams=[(1, seed) for _, _, seed in runs],
-        masks=[{name: m.to(device) for name, m in sources[path]["masks"].items()} for path, _, _ in runs],
+        masks=[{name: m.to(device) for name, m in pruned["masks"].items()} for pruned in pruned_of_run],
         perf=perf,
-        tags=[f"retrain density={sources[path]['spec']['density']:g} seed={seed}" for path, _, seed in runs],
+        tags=[
+            f"retrain density={pruned['spec']['density']:g} seed={seed}"
+            for pruned, (_, _, seed) in zip(pruned_of_run, runs)
+        ],
     )
-    for (path, out, seed), final in zip(runs, finals):
+    for pruned, (_, out, seed), final in zip(pruned_of_run, runs, finals):
         final.pop("optimizer")  # not needed downstream; the resume file held it
-        pruned = sources[path]
         _save_model(
             out, "retrain", final, pruned["model_cfg"], data, masks=pruned["masks"],
             spec=spec | {"seed": seed}, density_actual=pruned["density_actual"],

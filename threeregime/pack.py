@@ -112,7 +112,7 @@ class Packed:
                 self._counters[key] = [state[key].clone() for state in states]
                 packed[key] = value
             else:
-                packed[key] = torch.cat([state[key] for state in states])
+                packed[key] = self.join([state[key] for state in states])
         self.model.load_state_dict(packed)
 
     def states(self) -> list[dict[str, torch.Tensor]]:
@@ -148,10 +148,11 @@ class Packed:
         names = sorted({name for masks in per_run for name in (masks or {})})
         packed = {}
         for name in names:
-            shape = (params[name].shape[0] // self.runs, *params[name].shape[1:])
+            weight = params[name]
+            shape = (weight.shape[0] // self.runs, *weight.shape[1:])
             parts = [(m or {}).get(name) for m in per_run]
-            parts = [torch.ones(shape, dtype=torch.bool) if p is None else p.bool().cpu() for p in parts]
-            packed[name] = torch.cat(parts)
+            ones = torch.ones(shape, dtype=torch.bool, device=weight.device)
+            packed[name] = self.join([ones if p is None else p.to(weight.device, torch.bool) for p in parts])
         return packed
 
     # ----- data through the packed model -----

@@ -205,7 +205,7 @@ def train_runs(
         raise ValueError(f"train_runs: {runs} models need as many streams, masks, states and tags")
     device = data.device
     schedule = make_schedule(recipe, data.num_train)
-    memory_format = torch.channels_last if data.channels_last and runs > 1 else None
+    memory_format = torch.channels_last if data.channels_last else None
     packed = models if isinstance(models, Packed) else Packed(models, memory_format)
     model = packed.model
     optimizer = make_optimizer(model, recipe)
