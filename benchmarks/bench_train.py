@@ -152,11 +152,12 @@ def main() -> None:
         settings["project, compile (CUDA graphs on a GPU)"] = Performance(compile=True)
         settings["project, bf16 + channels_last + compile"] = Performance("bf16", True, True)
     settings = {} if args.only_pack else {name: (perf, 1) for name, perf in settings.items()}
-    for runs in args.pack:
-        settings[f"project, {runs} packed runs (fp32)"] = (Performance(), runs)
-        settings[f"project, {runs} packed runs, bf16 + channels_last"] = (Performance("bf16", True), runs)
+    for runs in args.pack:  # R = 1 is the unpacked trainer (train_runs with one run)
+        label = f"project, {runs} packed runs" if runs > 1 else "project, 1 run"
+        settings[f"{label} (fp32)"] = (Performance(), runs)
+        settings[f"{label}, bf16 + channels_last"] = (Performance("bf16", True), runs)
         if args.compile:
-            settings[f"project, {runs} packed runs, bf16 + channels_last + compile"] = (
+            settings[f"{label}, bf16 + channels_last + compile"] = (
                 Performance("bf16", True, True),
                 runs,
             )
@@ -167,7 +168,9 @@ def main() -> None:
         contenders |= {name: project_pass(args, masked, *setting) for name, setting in settings.items()}
         for name, run in list(contenders.items()):  # warm-up: allocator, oneDNN/cuDNN plans, compile
             try:
+                started = time.perf_counter()
                 run()
+                print(f"  warm-up {kind} / {name}: {time.perf_counter() - started:.1f} s", flush=True)
             except Exception as error:  # an optional fast path that fails here is reported, not fatal
                 rows.append([kind, name, f"failed: {type(error).__name__}: {str(error)[:150]}", "", ""])
                 del contenders[name]
@@ -175,6 +178,7 @@ def main() -> None:
         for _ in range(args.repeats):  # interleaved, so load from elsewhere hits all alike
             for name, run in contenders.items():
                 rates[name].append(run())
+                print(f"  {kind} / {name}: {rates[name][-1]:.0f} images/s", flush=True)
         base = max(rates["paper-style loop"])
         for name, values in rates.items():
             rows.append([kind, name, max(values), min(values), max(values) / base])

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The GPU half in one go: the CUDA tests and every benchmark that takes --device cuda, each
 # under its own time limit (a step that fails or runs out of time does not stop the others).
-# About 10 minutes on one H200 in all (the pack step was added after the last timing).
+# About 18 minutes on one H200 in all (pack 2, job 6, tests 2.5, train 3, hessian 1.5, metrics
+# 1.5, share 1.5): longer than one device-tool call, so name a few steps per call.
 # Usage: bash benchmarks/run_gpu.sh [folder for the logs] [step ...]   (default: every step;
-# steps: pack tests train hessian metrics share)
+# steps: pack job tests train hessian metrics share)
 set -u
 out=${1:-gpu-logs}
 shift || true
-only=" ${*:-pack tests train hessian metrics share} "
+only=" ${*:-pack job tests train hessian metrics share} "
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 python=${PYTHON:-python3}
@@ -23,8 +24,9 @@ step() {  # step NAME SECONDS COMMAND...: run, tee to $out/NAME.txt, report exit
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
 "$python" -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
-step pack 240 "$python" benchmarks/bench_train.py --device cuda --steps 100 --kinds masked --only-pack \
-    --pack 3 27 --compile
+step pack 330 "$python" benchmarks/bench_train.py --device cuda --steps 60 --kinds masked --only-pack \
+    --pack 1 3 27 --compile
+step job 480 "$python" benchmarks/bench_retrain_job.py --device cuda --epochs 2 --threads 2
 step train 190 "$python" benchmarks/bench_train.py --device cuda --steps 200 --compile
 step tests 150 "$python" -m pytest tests/test_cuda.py -v -p no:cacheprovider
 step hessian 80 "$python" benchmarks/bench_hessian.py --device cuda --samples 200

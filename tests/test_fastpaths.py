@@ -64,13 +64,14 @@ def small_resnet(seed: int = 0) -> nn.Module:
     return init_model(ModelConfig(name="preresnet20", width=0.25), 3, 10, seed)
 
 
-def _train(payload, perf: Performance, masks=None, epochs=3):
+def _train(payload, perf: Performance, masks=None, epochs=3, drop_last=True):
     torch.manual_seed(0)
     model = small_resnet(seed=4)
     if perf.channels_last:
         model = model.to(memory_format=torch.channels_last)
     data = DeviceData(payload, "cpu", perf.channels_last)
-    state = train(model, data, Recipe(epochs=epochs, batch_size=32, lr=0.05), (1, 3), masks=masks, perf=perf)
+    recipe = Recipe(epochs=epochs, batch_size=32, lr=0.05, drop_last=drop_last)
+    state = train(model, data, recipe, (1, 3), masks=masks, perf=perf)
     return model, state
 
 
@@ -109,6 +110,26 @@ def test_masks_stay_exact_on_the_fast_paths(payload):
         for name, mask in masks.items():
             assert torch.all(state["model"][name][~mask] == 0), (perf, name)
             assert torch.all(state["model"][name][mask] != 0), (perf, name)
+
+
+def test_compiled_step_sees_only_full_batches(monkeypatch):
+    """An epoch's last partial batch runs the eager model, so torch.compile never compiles a
+    second (dynamic-shape) graph for it; the results are those of the uncompiled run."""
+    import threeregime.train as train_module
+
+    seen = []
+
+    def recording_compile(model, device):
+        return lambda x: (seen.append(x.shape[0]), model(x))[1]
+
+    monkeypatch.setattr(train_module, "_compiled", recording_compile)
+    tiny = cifar_payload(80, seed=2)  # batch 32: steps of 32, 32 and 16 images per epoch
+    _, eager = _train(tiny, Performance(), epochs=2, drop_last=False)
+    _, compiled = _train(tiny, Performance(compile=True), epochs=2, drop_last=False)
+    assert seen == [32, 32] * 2
+    assert compiled["iteration"] == eager["iteration"] == 6
+    for name, value in eager["model"].items():
+        assert torch.equal(compiled["model"][name], value), name
 
 
 # ----------------------------------------------------------------------------- Hessian

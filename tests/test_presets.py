@@ -161,7 +161,11 @@ def _expected_jobs(cfg) -> dict[str, int]:
         "prepare_data": 1,
         "dense_train": len(cfg.temperatures) * len(cfg.seeds.dense),
         "prune": cells,
-        "retrain": cells * len(cfg.seeds.retrain),
+        "retrain": {  # runs per packed retrain job: runtime.retrain_pack
+            "none": cells * len(cfg.seeds.retrain),
+            "cell": cells,
+            "temperature": len(cfg.temperatures) * len(cfg.seeds.dense),
+        }[cfg.runtime.retrain_pack],
         "metrics": cells * len(cfg.retrain_pairs),
     }
     return jobs
@@ -188,6 +192,20 @@ def test_dry_run_plans_the_papers_jobs(name, tmp_path, fake_root, capsys):
     with capsys.disabled():
         print(f"\n{name}: snakemake -n plans {stats['total']} jobs {expected} in {seconds:.1f} s")
     assert seconds < 4 * DRY_RUN_LIMIT_S, "dry run far slower than the 15 s target"
+
+
+def test_gpu_fast_overlay_packs_each_dense_models_retrainings_into_one_job(tmp_path, fake_root):
+    """presets/overlays/gpu-fast.yaml: bf16 + channels_last + compile, 27 retrainings per job."""
+    preset, fast = PRESETS / "cifar10-preresnet20-epochs.yaml", PRESETS / "overlays" / "gpu-fast.yaml"
+    data = {"data": {"root": str(fake_root)}}
+    cfg = load_config(_merged(yaml.safe_load(preset.read_text()), yaml.safe_load(fast.read_text()), data))
+    assert (cfg.runtime.amp, cfg.runtime.channels_last, cfg.runtime.compile) == ("bf16", True, True)
+    assert cfg.runtime.retrain_pack == "temperature" and cfg.runtime.device == "cuda"
+    overlays = [str(preset), str(fast), str(write_config(tmp_path, data, "my-data.yaml"))]
+    result = snakemake(tmp_path, "-n", "--quiet", "rules", "--configfile", *overlays)
+    stats = _job_stats(result.stdout)
+    assert stats["retrain"] == 16 * 3, "one job per dense model (16 epochs x 3 seeds)"
+    assert stats["prune"] == 16 * 3 * 9 and stats["metrics"] == 16 * 3 * 9 * 3
 
 
 def test_overlay_points_a_preset_at_another_data_folder(tmp_path, fake_root):

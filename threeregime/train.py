@@ -250,10 +250,13 @@ def train_runs(
             x = packed.inputs([b[0] for b in batches])
             y = packed.targets([b[1] for b in batches])
             optimizer.lr = schedule.lr_at(iteration)
+            # An epoch's last partial batch runs eagerly: its shape would make torch.compile
+            # compile the model again, with dynamic shapes, for one step an epoch.
+            step_forward = forward if x.shape[0] == recipe.batch_size else model
             if graphed:  # a new step: earlier CUDA-graph outputs may be overwritten from here
                 torch.compiler.cudagraph_mark_step_begin()
             with perf.autocast(device):
-                logits = packed.logits(forward(x))
+                logits = packed.logits(step_forward(x))
                 losses = packed.losses(logits, y)
             loss_sums += losses.detach() * y.shape[1]  # before SAM's second pass, which may
             errors += (logits.detach().argmax(2) != y).sum(1)  # reuse the graph's output memory
@@ -265,7 +268,7 @@ def train_runs(
                 enforce_masks()  # the perturbation stays inside the sparse model
                 optimizer.zero_grad()
                 with frozen_bn, perf.autocast(device):
-                    packed.losses(packed.logits(forward(x)), y).sum().backward()
+                    packed.losses(packed.logits(step_forward(x)), y).sum().backward()
                 with torch.no_grad():
                     torch._foreach_copy_(params, saved)
             optimizer.step()
