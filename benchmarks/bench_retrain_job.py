@@ -42,36 +42,38 @@ JOBS = {  # label: (runs, amp, channels_last, compile)
 
 
 def prepare(folder: Path, cfg, train_images: int, test_images: int) -> tuple[Path, list[tuple[str, int]]]:
-    """The dataset file and the preset's pruned models of one dense model: (data, [(pruned, seed)])."""
-    from threeregime.cli import build_parser, cmd_prune
+    """The dataset file and the preset's pruned models of one dense model, made by the
+    project's own commands (the dense model untrained: ``stop_epoch`` 0): (data, [(pruned, seed)])."""
+    from threeregime.cli import build_parser
     from threeregime.io import save_checkpoint
-    from threeregime.models import init_model
 
-    data = folder / "data.pt"
+    def command(name: str, spec: dict, out: Path, *inputs: str) -> None:
+        args = build_parser().parse_args([name, "--spec", json.dumps(spec), *inputs, "--out", str(out)])
+        args.func(args)
+
+    data, dense = folder / "data.pt", folder / "dense.pt"
     save_checkpoint(data, synthetic_cifar(train_images, test_images, seed=0), "dataset")
-    model = init_model(cfg.model, 3, 10, seed=1)
-    dense = folder / "dense.pt"
-    weights = model.state_dict()
-    payload = {"model": weights, "state": {"model": weights}, "model_cfg": asdict(cfg.model)}
-    save_checkpoint(dense, payload | {"in_channels": 3, "num_classes": 10}, "dense")
+    spec = cfg.dense_spec(cfg.temperatures[0], cfg.seeds.dense[0]) | {"stop_epoch": 0}
+    command("dense", spec, dense, "--data", str(data), "--runtime", '{"device": "cpu"}')
     runs = []
     for density in cfg.densities:
         pruned = folder / f"pruned-{density}.pt"
-        spec = json.dumps(cfg.prune_spec(density))
-        argv = ["prune", "--spec", spec, "--dense", str(dense), "--out", str(pruned)]
-        cmd_prune(build_parser().parse_args(argv))
+        command("prune", cfg.prune_spec(density), pruned, "--dense", str(dense))
         runs += [(str(pruned), seed) for seed in cfg.seeds.retrain]
     return data, runs
 
 
 def retrain_job(folder: Path, cfg, data: Path, runs: list, setting: tuple, args) -> tuple[float, float]:
-    """One ``retrain`` process over ``runs``: (wall seconds, seconds of its last epoch)."""
+    """One ``retrain`` process over ``runs``, with the spec and runtime settings the workflow
+    would pass for ``setting``: (wall seconds, seconds of its last epoch)."""
     _, amp, channels_last, compile_ = setting
-    spec = cfg.retrain_spec() | {"performance": {"amp": amp, "channels_last": channels_last}}
-    runtime = {"device": args.device, "require_gpu": args.device.startswith("cuda"), "compile": compile_}
-    runtime["checkpoint_every"] = cfg.runtime.checkpoint_every
+    fast = {"amp": amp, "channels_last": channels_last, "compile": compile_}
+    job = replace(
+        cfg, runtime=replace(cfg.runtime, device=args.device, require_gpu=args.device != "cpu", **fast)
+    )
     command = [sys.executable, "-m", "threeregime", "retrain", "--data", str(data), "--threads"]
-    command += [str(args.threads), "--spec", json.dumps(spec), "--runtime", json.dumps(runtime)]
+    command += [str(args.threads), "--spec", json.dumps(job.retrain_spec())]
+    command += ["--runtime", json.dumps(asdict(job.runtime))]
     for i, (pruned, seed) in enumerate(runs):
         command += ["--run", pruned, str(folder / f"out-{len(runs)}-{amp}-{compile_}-{i}.pt"), str(seed)]
     start = time.perf_counter()
