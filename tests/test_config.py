@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from threeregime.config import ConfigError, fmt_value, load_config
+from threeregime.config import ConfigError, fmt_value, load_config, to_json
 
 from .conftest import REPO, write_config
 
@@ -61,6 +61,25 @@ def test_canonical_grid_strings():
             "metrics.hessian_trace_deflation: 11 Lanczos vectors exceed hessian_max_iter=10",
         ),
         (lambda c: c["metrics"].update(hessian_trace_deflation=-1), "hessian_trace_deflation: -1 is less"),
+        (lambda c: c["train"].update(lr=float("nan")), "train.lr: nan is not a finite number"),
+        (lambda c: c["train"].update(lr=float("inf")), "train.lr: inf is not a finite number"),
+        (lambda c: c["regimes"].update(eps_range=[0.1, float("nan")]), "regimes.eps_range[1]: nan is not"),
+        (lambda c: c["train"].update(batch_size=481), "train.batch_size: batch size 481 exceeds the 480"),
+        (
+            lambda c: c.update(retrain={"recipe": {"batch_size": 1000}}),
+            "retrain.recipe.batch_size: batch size 1000 exceeds the 480 training samples",
+        ),
+        (
+            lambda c: c.update(knob={"name": "batch_size", "values": [32, 512]}, train={"iterations": 10}),
+            "knob.values[1]: batch size 512 exceeds the 480 training samples",
+        ),
+        (
+            lambda c: c.update(plot={"cmap": "not_a_colormap"}),
+            "plot.cmap: 'not_a_colormap' is not a matplotlib",
+        ),
+        (lambda c: c.update(run_name="nl\n"), "run_name: 'nl\\n' does not match"),
+        (lambda c: c["train"].update(lr="0.1"), "(snakemake --config passes values as strings"),
+        (lambda c: c["seeds"].update(dense=[1, 2**32]), "seeds.dense[1]: 4294967296 is too large"),
     ],
 )
 def test_bad_config_gives_one_line_naming_the_key(tiny_config, edit, expected):
@@ -122,3 +141,44 @@ def test_tf32_enters_the_specs_only_when_on_and_sets_the_backend_flags(tiny_conf
             assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (expected,) * 2
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def test_numbers_are_canonical_so_equal_values_give_equal_specs_and_paths(tiny_config):
+    """A seed written 1.0 would name a seed1.0 folder; epochs 3.0 and 3 must not rerun anything."""
+    plain = load_config(tiny_config)
+    tiny_config["seeds"]["dense"] = [1.0]
+    tiny_config["train"] |= {"epochs": 3.0, "lr": 0.05, "momentum": 1}
+    written = load_config(tiny_config)
+    assert written.seeds.dense == (1,) and isinstance(written.seeds.dense[0], int)
+    assert isinstance(written.train.epochs, int) and isinstance(written.train.momentum, float)
+    tiny_config["train"]["momentum"] = 1.0
+    assert to_json(written.dense_spec("3", 1)) == to_json(load_config(tiny_config).dense_spec("3", 1))
+    assert to_json(plain.retrain_spec()) != to_json(written.retrain_spec())  # momentum 0.9 vs 1.0
+    assert written.metrics_axes()["seed"] == ["1"]
+
+
+def test_validate_merges_several_files_like_snakemake_and_names_bad_files(tmp_path, capsys):
+    from threeregime.cli import main
+
+    base = REPO / "config.yaml"
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text("train:\n  epochs: 40\nknob:\n  values: [5, 40]\n")
+    assert main(["validate", str(base), str(overlay)]) == 0
+    assert "epochs x density = 2 x 4" in capsys.readouterr().out  # lists replaced, dicts merged
+    cases = {
+        str(overlay): "is a required property (an overlay? validate it after its base",
+        str(tmp_path): f"{tmp_path}: is a folder, expected a YAML config file",
+    }
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfe\x00")
+    cases[str(binary)] = f"{binary}: not a text file (not UTF-8"
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    cases[str(empty)] = f"{empty}: empty file, expected a YAML mapping"
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("knob: {name: epochs\nvalues: [1\n")
+    cases[str(broken)] = f"{broken}: not valid YAML (line 2, column 7: expected ',' or '}}'"
+    for path, expected in cases.items():
+        assert main(["validate", path]) == 1
+        err = capsys.readouterr().err
+        assert expected in err and err.count("\n") == 1, err

@@ -303,3 +303,35 @@ def test_dag_renders_with_graphviz(done):
         ).stdout
         assert svg.lstrip().startswith("<?xml") and "<svg" in svg
         assert "retrain" in svg and "plot" in svg
+
+
+def test_results_record_one_numeric_environment(done):
+    import json
+
+    import pandas as pd
+
+    folder, _ = done
+    summary = json.loads((folder / "results/tiny/summary.json").read_text())
+    assert summary["mixed_environments"] is False
+    (environment,) = summary["environments"]
+    assert environment.startswith("cpu") and ", 1 thread, torch " in environment
+    assert set(pd.read_csv(folder / "results/tiny/metrics.csv")["environment"]) == {environment}
+
+
+def test_a_corrupted_model_deleted_as_told_is_rebuilt_with_what_depends_on_it(done):
+    """The error for a truncated model says to delete it and run snakemake again; doing so
+    rebuilds that model and reruns exactly what was computed from it (then nothing is left)."""
+    folder, _ = done
+    cell = f"epochs-3/density-{DENSITY}/seed{SEED}"
+    pruned = folder / f"results/tiny/pruned/{cell}/model.pt"
+    pruned.write_bytes(pruned.read_bytes()[:200])
+    retrain = [sys.executable, "-m", "threeregime", "retrain", "--spec", "{}", "--data"]
+    retrain += [str(folder / "results/tiny/data/dataset.pt"), "--run", str(pruned), str(folder / "x.pt"), "1"]
+    failed = subprocess.run(retrain, capture_output=True, text=True, cwd=REPO)
+    assert failed.returncode == 1 and failed.stderr.count("\n") == 1, failed.stderr
+    assert f"{pruned}: corrupted or truncated checkpoint" in failed.stderr
+    assert "delete it and run snakemake again" in failed.stderr
+    pruned.unlink()
+    assert plan(folder) == cell_jobs("3", DENSITY) | ANALYSIS
+    run(folder)
+    assert plan(folder) == set()

@@ -16,7 +16,7 @@ import torch
 
 from threeregime.cli import main
 from threeregime.config import ModelConfig, Recipe, to_json
-from threeregime.io import CheckpointError, load_checkpoint, save_checkpoint, write_json
+from threeregime.io import CheckpointError, load_checkpoint, save_checkpoint, write_json, write_text
 from threeregime.runtime import _CLAIMS, DeviceError, claim_gpu, resolve_device
 
 from .conftest import REPO, TINY_CONFIG
@@ -253,9 +253,141 @@ def _one_cell(dataset: Path, folder: Path) -> dict:
     return result
 
 
-def test_same_config_and_seeds_give_identical_metrics(dataset, tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def cell_metrics(dataset, tmp_path_factory) -> dict:
+    """The metrics record of one tiny cell, computed once for the module."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("THREEREGIME_RUNTIME", to_json({"device": "cpu"}))
+        return _one_cell(dataset, tmp_path_factory.mktemp("cell"))
+
+
+def test_same_config_and_seeds_give_identical_metrics(dataset, cell_metrics, tmp_path, monkeypatch):
     monkeypatch.setenv("THREEREGIME_RUNTIME", to_json({"device": "cpu"}))
-    first = _one_cell(dataset, tmp_path / "first")
     second = _one_cell(dataset, tmp_path / "second")
-    assert first == second  # every number, bit for bit: mc, the LMC curve, CKA, errors, Hessian
-    assert first["lmc_train_error"] and first["models"][0]["hessian_trace"] != 0
+    assert cell_metrics == second  # every number, bit for bit: mc, the LMC curve, CKA, errors, Hessian
+    assert cell_metrics["lmc_train_error"] and cell_metrics["models"][0]["hessian_trace"] != 0
+
+
+# ----------------------------------------------------------------------------- numeric environment
+def test_every_result_records_its_numeric_environment(cell_metrics):
+    (env,) = cell_metrics["environments"]  # dense, prune, retrain and metrics all ran alike
+    assert env["device"] == "cpu" and env["threads"] == 1 and env["torch"] == torch.__version__
+    assert env["amp"] == "none" and env["tf32"] is False and env["cpu"]
+
+
+def _collect(folder: Path, records: dict[str, dict]) -> tuple[int, str]:
+    """Write metrics files for temperatures ``records`` and run the collect command on them."""
+    pattern = str(folder / "t{temperature}" / "d{density}" / "s{seed}" / "p{a}-{b}.json")
+    for temperature, record in records.items():
+        write_json(pattern.format(temperature=temperature, density="0.2", seed=1, a=1, b=2), record)
+    grid = {"temperature": list(records), "density": ["0.2"], "seed": ["1"], "pair": [[1, 2]]}
+    outs = {name: str(folder / f"{name}.csv") for name in ("models", "metrics", "cells")}
+    args = ["collect", "--pattern", pattern, "--grid", to_json(grid), "--models-csv", outs["models"]]
+    return main([*args, "--metrics", outs["metrics"], "--cells", outs["cells"]]), outs["cells"]
+
+
+def test_collect_reports_tables_that_mix_numeric_environments(cell_metrics, tmp_path, capsys):
+    import pandas as pd
+
+    from threeregime.config import RegimeConfig
+    from threeregime.regimes import analyse
+
+    hot = cell_metrics | {"temperature": 3.0, "density": 0.2, "dense_seed": 1}
+    cold = hot | {"temperature": 1.0}
+    other = json.loads(json.dumps(cold))
+    other["environments"][0]["threads"] = 2
+    same = _collect(tmp_path / "same", {"3": hot, "1": cold})
+    assert same[0] == 0
+    summary = analyse(pd.read_csv(same[1]), RegimeConfig(eps_mode="fixed"))["summary"]
+    assert summary["mixed_environments"] is False and len(summary["environments"]) == 1
+    assert "1 thread, torch" in summary["environments"][0]
+    capsys.readouterr()
+    code, cells_csv = _collect(tmp_path / "mixed", {"3": hot, "1": other})
+    assert code == 0 and "WARNING the table mixes 2 numeric environments" in capsys.readouterr().out
+    cells = pd.read_csv(cells_csv)
+    assert sorted(cells["environment"].str.contains("2 threads")) == [False, True]
+    summary = analyse(cells, RegimeConfig(eps_mode="fixed"))["summary"]
+    assert summary["mixed_environments"] is True and len(summary["environments"]) == 2
+
+
+def test_collect_names_a_metrics_file_of_the_wrong_shape(cell_metrics, tmp_path, capsys):
+    for broken in ({"models": 3}, [1, 2], cell_metrics | {"models": [{"test_error": 0.1}]}):
+        code, _ = _collect(tmp_path, {"3": broken})
+        err = capsys.readouterr().err
+        assert code == 1 and err.count("\n") == 1, err
+        assert f"{tmp_path}/t3/d0.2/s1/p1-2.json: not a metrics file of this workflow" in err
+        assert "delete it and run snakemake again" in err
+
+
+def test_resume_under_another_numeric_environment_starts_over(dataset, tmp_path):
+    """A run killed under 2 threads and resumed under 1 would mix both in one model."""
+    from threeregime.cli import _fingerprint
+
+    out = tmp_path / "model.pt"
+    spec = _dense_spec(2)
+    env = os.environ | {"THREEREGIME_RUNTIME": to_json({"device": "cpu"})}
+    theirs = {"device": "cpu", "threads": 2, "torch": torch.__version__, "amp": "none"}
+    theirs |= {"tf32": False, "channels_last": False, "compile": False}
+    planted = {
+        "fingerprint": _fingerprint(spec, str(dataset)),
+        "states": [{"epoch": 1}],
+        "environment": theirs,
+    }
+    save_checkpoint(f"{out}.resume", planted, "resume")  # would crash if resumed: no weights in it
+    command = _cli("dense", "--spec", spec, "--data", str(dataset), "--out", str(out), "--threads", "1")
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "NOT resuming" in result.stdout and "cpu" in result.stdout and "2 threads" in result.stdout
+    assert load_checkpoint(out, "dense")["environments"][0]["threads"] == 1
+
+
+# ----------------------------------------------------------------------------- files
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_results_get_the_permissions_the_umask_gives_a_new_file(tmp_path, umask, mode):
+    previous = os.umask(umask)
+    try:
+        write_json(tmp_path / "metrics.json", {"ok": 1})
+        save_checkpoint(tmp_path / "model.pt", {"x": 1}, "dense")
+    finally:
+        os.umask(previous)
+    for name in ("metrics.json", "model.pt"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == mode, name
+
+
+def test_temporaries_of_a_killed_writer_are_removed_by_the_next_write(tmp_path):
+    """A kill during classify left .advice.html.*.tmp behind; no later run removed it."""
+    stale = tmp_path / ".advice.html.k2j3h4.tmp"
+    stale.write_text("<html half")
+    other = tmp_path / ".regimes.html.x.tmp"  # another output's temporary is not this write's
+    other.write_text("")
+    write_text(tmp_path / "advice.html", "<html></html>")
+    assert not stale.exists() and other.exists()
+    assert (tmp_path / "advice.html").read_text() == "<html></html>"
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 64 KiB tmpfs (needs root, as on the CI machine)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_full_disk_is_one_line_saying_so(full_disk, capsys):
+    with pytest.raises(OSError, match="No space left on device"):
+        write_json(full_disk / "big.json", {"x": "y" * 200_000})
+    with pytest.raises(OSError, match="No space left on device"):
+        save_checkpoint(full_disk / "big.pt", {"x": torch.zeros(100_000)}, "dense")
+    out = full_disk / "dataset.pt"
+    assert main(["prepare-data", "--spec", to_json(DATA_SPEC), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"error: {out}: No space left on device" in err and err.count("\n") == 1, err
+    assert sorted(p.name for p in full_disk.iterdir()) == [], "no partial or temporary file left"

@@ -11,6 +11,16 @@ from __future__ import annotations
 from pathlib import Path
 
 DATA_SHAPES = {"mnist1d": (1, 10), "cifar10": (3, 10), "cifar100": (3, 100)}
+MNIST1D_TRAIN_SPLIT = 0.8  # mnist1d's make_dataset default: the first 80% of samples train
+CIFAR_TRAIN_SAMPLES = 50_000
+
+
+def train_samples(data_name: str, num_samples: int) -> int:
+    """Size of the training split, known before the data exists."""
+    if data_name == "mnist1d":
+        return int(num_samples * MNIST1D_TRAIN_SPLIT)
+    return CIFAR_TRAIN_SAMPLES
+
 
 # torchvision's python-pickle layout: folder, train files, test files, label key, meta file.
 CIFAR_LAYOUT = {

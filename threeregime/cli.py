@@ -17,6 +17,7 @@ from pathlib import Path
 
 from threeregime.config import ConfigError, RuntimeConfig, load_config, to_json
 from threeregime.io import (
+    REBUILD_ADVICE,
     CheckpointError,
     file_digest,
     load_checkpoint,
@@ -87,13 +88,18 @@ def _model_from(payload: dict, device="cpu", perf=None, image: bool = False):
     return _place(model, device, perf or Performance(), image)
 
 
-def _train_resumable(outs: list[str], fingerprint: str, runtime: RuntimeConfig, **train_kwargs) -> list[dict]:
+def _train_resumable(
+    outs: list[str], fingerprint: str, runtime: RuntimeConfig, environment: dict, **train_kwargs
+) -> list[dict]:
     """``train_runs`` with a resume checkpoint next to ``outs[0]`` every ``checkpoint_every`` epochs.
 
     A later attempt of the same job (same spec, runs and inputs: same fingerprint) continues from
-    the last saved epoch; the final result is identical to an uninterrupted run. The caller
-    removes the resume file (:func:`_finished`) once every output is written.
+    the last saved epoch; the final result is identical to an uninterrupted run. An attempt in
+    another numeric environment (threads, device, torch, fast paths) starts over instead, so that
+    no run is computed half in one environment and half in another. The caller removes the
+    resume file (:func:`_finished`) once every output is written.
     """
+    from threeregime.runtime import environment_label
     from threeregime.train import train_runs
 
     resume = _resume_file(outs)
@@ -108,14 +114,23 @@ def _train_resumable(outs: list[str], fingerprint: str, runtime: RuntimeConfig, 
         if saved is not None and "states" not in saved:
             log.warning("ignoring %s: written by an older threeregime (one run per file)", resume)
         elif saved is not None and saved["fingerprint"] == fingerprint:
-            train_kwargs["states"] = saved["states"]
-            log.info("resuming from %s at epoch %d", resume, saved["states"][0]["epoch"])
+            if saved.get("environment") != environment:
+                was = environment_label(saved["environment"]) if saved.get("environment") else "unknown"
+                log.warning(
+                    "NOT resuming from %s: it was computed under [%s], this job runs under [%s]; "
+                    "starting over so that the run is computed in one environment",
+                    resume, was, environment_label(environment),
+                )  # fmt: skip
+            else:
+                train_kwargs["states"] = saved["states"]
+                log.info("resuming from %s at epoch %d", resume, saved["states"][0]["epoch"])
         elif saved is not None:
             log.warning("ignoring %s: it was built from other settings or inputs", resume)
 
     def checkpoint(states: list[dict]) -> None:
         if states[0]["epoch"] % runtime.checkpoint_every == 0:
-            save_checkpoint(resume, {"fingerprint": fingerprint, "states": states}, "resume")
+            payload = {"fingerprint": fingerprint, "states": states, "environment": environment}
+            save_checkpoint(resume, payload, "resume")
 
     return train_runs(on_epoch_end=checkpoint, **train_kwargs)
 
@@ -135,13 +150,34 @@ def _fingerprint(spec: str, *paths: str) -> str:
 
 # ----------------------------------------------------------------------------- commands
 def cmd_validate(args) -> None:
-    cfg = load_config(args.config)
+    """Check config files merged in order, as ``snakemake --configfile a b`` merges them."""
+    from threeregime.config import merge_configs, read_config_file
+
+    source = ", ".join(args.config)
+    try:
+        cfg = load_config(merge_configs(*(read_config_file(p) for p in args.config)), source=source)
+    except ConfigError as exc:
+        if len(args.config) == 1 and "is a required property" in str(exc):
+            raise ConfigError(
+                f"{exc} (an overlay? validate it after its base: validate BASE OVERLAY)"
+            ) from None
+        raise
     cells = len(cfg.temperatures) * len(cfg.densities)
     print(
-        f"{args.config}: ok ({cfg.knob.name} x density = {len(cfg.temperatures)} x "
+        f"{source}: ok ({cfg.knob.name} x density = {len(cfg.temperatures)} x "
         f"{len(cfg.densities)} = {cells} cells, {len(cfg.seeds.dense)} dense seeds, "
         f"{len(cfg.retrain_pairs)} retrain pairs)"
     )
+
+
+def cmd_unlock(args) -> None:
+    """Remove a killed run's Snakemake locks, refusing while a Snakemake may still run there."""
+    from threeregime.locks import unlock
+
+    try:
+        print(unlock(args.directory, force=args.force))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def cmd_fetch_data(args) -> None:
@@ -172,6 +208,7 @@ def cmd_prepare_data(args) -> None:
 def cmd_dense(args) -> None:
     from threeregime.config import ModelConfig, recipe_from_spec
     from threeregime.models import init_model
+    from threeregime.runtime import merge_environments, numeric_environment
 
     runtime, device = _runtime(args)
     spec = json.loads(args.spec)
@@ -179,15 +216,20 @@ def cmd_dense(args) -> None:
     data = _load_data(args.data, device, perf.channels_last)
     model = init_model(ModelConfig(**spec["model"]), data.in_channels, data.num_classes, spec["seed"])
     model = _place(model, device, perf, data.image)
-    state, inputs = None, [args.data]
+    environment = numeric_environment(device, args.threads, perf)
+    state, inputs, lineage = None, [args.data], [environment]
     if args.init:
-        state = load_checkpoint(args.init, "dense")["state"]
+        init = load_checkpoint(args.init, "dense")
+        state = init["state"]
         inputs.append(args.init)
+        lineage = merge_environments(lineage, _environments(init))
+        _warn_if_mixed(args.init, lineage)
     recipe = recipe_from_spec(spec["recipe"])
     (final,) = _train_resumable(
         [args.out],
         _fingerprint(args.spec, *inputs),
         runtime,
+        environment,
         models=[model],
         data=data,
         recipe=recipe,
@@ -197,8 +239,24 @@ def cmd_dense(args) -> None:
         perf=perf,
         tags=[f"dense seed={spec['seed']}"],
     )
-    _save_model(args.out, "dense", final, spec["model"], data, spec=spec)
+    _save_model(args.out, "dense", final, spec["model"], data, spec=spec, environments=lineage)
     _finished([args.out])
+
+
+def _environments(payload: dict) -> list[dict]:
+    """The numeric environments a checkpoint was computed in (none recorded before 0.2)."""
+    return payload.get("environments", [])
+
+
+def _warn_if_mixed(source: str, lineage: list[dict]) -> None:
+    from threeregime.runtime import environment_label
+
+    if len(lineage) > 1:
+        log.warning(
+            "%s was computed under [%s]; this job continues it under [%s]: the result mixes "
+            "numeric environments (reported by collect)",
+            source, "; ".join(map(environment_label, lineage[1:])), environment_label(lineage[0]),
+        )  # fmt: skip
 
 
 def _save_model(out: str, kind: str, state: dict, model_cfg: dict, data, **extra) -> None:
@@ -228,6 +286,7 @@ def cmd_prune(args) -> None:
     payload = {key: dense[key] for key in ("model_cfg", "in_channels", "num_classes")}
     payload |= {
         "model": model.state_dict(),
+        "environments": _environments(dense),
         "masks": masks,
         "spec": spec,
         "density_actual": achieved,
@@ -239,6 +298,7 @@ def cmd_retrain(args) -> None:
     """Retrain pruned models with masks fixed: one ``--run PRUNED OUT SEED`` per retraining, all
     runs of the job packed into one model (runtime.retrain_pack; threeregime.pack)."""
     from threeregime.config import recipe_from_spec
+    from threeregime.runtime import merge_environments, numeric_environment
 
     runs = [(pruned, out, int(seed)) for pruned, out, seed in args.run]
     if len({out for _, out, _ in runs}) < len(runs):
@@ -250,10 +310,15 @@ def cmd_retrain(args) -> None:
     sources = {path: load_checkpoint(path, "pruned") for path, _, _ in runs}  # each file read once
     pruned_of_run = [sources[path] for path, _, _ in runs]
     outs = [out for _, out, _ in runs]
+    environment = numeric_environment(device, args.threads, perf)
+    lineages = {path: merge_environments([environment], _environments(p)) for path, p in sources.items()}
+    for path, lineage in lineages.items():
+        _warn_if_mixed(path, lineage)
     finals = _train_resumable(
         outs,
         _fingerprint(to_json({"spec": spec, "runs": args.run}), args.data, *sources),
         runtime,
+        environment,
         models=[_model_from(pruned, device, perf, data.image) for pruned in pruned_of_run],
         data=data,
         recipe=recipe_from_spec(spec["recipe"]),
@@ -265,11 +330,12 @@ def cmd_retrain(args) -> None:
             for pruned, (_, _, seed) in zip(pruned_of_run, runs)
         ],
     )
-    for pruned, (_, out, seed), final in zip(pruned_of_run, runs, finals):
+    for pruned, (path, out, seed), final in zip(pruned_of_run, runs, finals):
         final.pop("optimizer")  # not needed downstream; the resume file held it
         _save_model(
             out, "retrain", final, pruned["model_cfg"], data, masks=pruned["masks"],
             spec=spec | {"seed": seed}, density_actual=pruned["density_actual"],
+            environments=lineages[path],
         )  # fmt: skip
     _finished(outs)
 
@@ -302,12 +368,16 @@ def cmd_metrics(args) -> None:
     import torch
 
     from threeregime.metrics import linear_mode_connectivity, model_outputs, output_similarity
+    from threeregime.runtime import merge_environments, numeric_environment
 
     runtime, device = _runtime(args)
     spec = json.loads(args.spec)
     perf = _performance(spec, runtime)
     data = _load_data(args.data, device, perf.channels_last)
     a, b = load_checkpoint(args.a, "retrain"), load_checkpoint(args.b, "retrain")
+    environment = numeric_environment(device, args.threads, perf)
+    lineage = merge_environments([environment], _environments(a), _environments(b))
+    _warn_if_mixed(f"{args.a} / {args.b}", lineage)
     if a["masks"].keys() != b["masks"].keys() or any(
         not torch.equal(a["masks"][k], b["masks"][k]) for k in a["masks"]
     ):
@@ -337,6 +407,7 @@ def cmd_metrics(args) -> None:
         spec["eval_batch_size"], perf,
     )  # fmt: skip
     result["seconds"] = time.perf_counter() - started
+    result["environments"] = lineage
     write_json(args.out, result)
     log.info("pair: mc %.4f (at t=%.2f), CKA softmax %.4f, logits %.4f in %.1fs",
              result["mc"], result["mc_t"], result["cka_softmax"], result["cka_logits"],
@@ -350,25 +421,38 @@ def cmd_collect(args) -> None:
 
     from threeregime.config import grid_cells
     from threeregime.regimes import aggregate_cells
+    from threeregime.runtime import environment_label
 
     keys = ["knob", "temperature", "density", "dense_seed"]
     rows, models = [], {}
     paths = [args.pattern.format(**cell) for cell in grid_cells(json.loads(args.grid))]
     for path in paths:
         record = read_json(path)
-        pair_models = record.pop("models")
-        cell = {k: record[k] for k in keys}
-        for model in pair_models:
-            models[(*cell.values(), model["retrain_seed"])] = cell | model
-        averaged = pd.DataFrame(pair_models).drop(columns=["retrain_seed", "seconds"], errors="ignore")
-        pair = {k: v for k, v in record.items() if not k.startswith("lmc_") and k != "seconds"}
-        rows.append(pair | averaged.mean().to_dict())
+        try:
+            pair_models = record.pop("models")
+            cell = {k: record[k] for k in keys}
+            environment = "; ".join(environment_label(e) for e in record.pop("environments", []))
+            for model in pair_models:
+                models[(*cell.values(), model["retrain_seed"])] = cell | model
+            averaged = pd.DataFrame(pair_models).drop(columns=["retrain_seed", "seconds"], errors="ignore")
+            pair = {k: v for k, v in record.items() if not k.startswith("lmc_") and k != "seconds"}
+            rows.append(pair | averaged.mean().to_dict() | {"environment": environment or "unrecorded"})
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(
+                f"{path}: not a metrics file of this workflow ({type(exc).__name__}: {exc}); {REBUILD_ADVICE}"
+            ) from None
     metrics = pd.DataFrame(rows).sort_values(keys + ["seed_a", "seed_b"]).reset_index(drop=True)
     models_table = pd.DataFrame(list(models.values())).sort_values(keys + ["retrain_seed"])
     write_csv(args.models_csv, models_table.reset_index(drop=True))
     write_csv(args.metrics, metrics)
     write_csv(args.cells, aggregate_cells(metrics))
     log.info("collected %d models and %d pairs into %s", len(models_table), len(metrics), args.metrics)
+    environments = sorted({e for joined in metrics["environment"] for e in joined.split("; ")})
+    if len(environments) > 1:
+        log.warning(
+            "the table mixes %d numeric environments (see its environment column): %s",
+            len(environments), " | ".join(environments),
+        )  # fmt: skip
 
 
 def cmd_classify(args) -> None:
@@ -431,7 +515,10 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = command("validate", cmd_validate, spec=False)
-    p.add_argument("config")
+    p.add_argument("config", nargs="+", help="config files, merged in order as --configfile merges them")
+    p = command("unlock", cmd_unlock, spec=False)
+    p.add_argument("directory", nargs="?", default=".", help="the workflow's working directory")
+    p.add_argument("--force", action="store_true", help="also remove locks recorded by another host")
     p = command("fetch-data", cmd_fetch_data, spec=False)
     p.add_argument("--name", choices=["cifar10", "cifar100"], default="cifar10")
     p.add_argument("--root", default="data")
@@ -489,6 +576,10 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except EXPECTED_ERRORS + _domain_errors() as exc:
         print(f"threeregime {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # full disk, permissions, a vanished folder: one line naming the file
+        where = f"{exc.filename}: " if exc.filename and str(exc.filename) not in str(exc) else ""
+        print(f"threeregime {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 1
     return 0
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import glob
 import json
+import math
+import re
 from dataclasses import asdict, dataclass, field, replace
 from functools import cache
 from pathlib import Path
@@ -353,7 +355,128 @@ def validate_schema(raw: Any, source: str) -> None:
     validator = jsonschema.Draft202012Validator(_schema())
     error = jsonschema.exceptions.best_match(validator.iter_errors(raw))
     if error is not None:
-        raise ConfigError(f"{source}: {_key_path(error)}: {error.message}")
+        hint = ""
+        if error.validator in ("type", "minimum", "exclusiveMinimum") and isinstance(error.instance, str):
+            hint = " (snakemake --config passes values as strings: use an overlay file with --configfile)"
+        raise ConfigError(f"{source}: {_key_path(error)}: {error.message}{hint}")
+
+
+def _resolve(node: dict, root: dict) -> dict:
+    """A schema node with its local ``$ref`` followed (the node's own keys win)."""
+    while "$ref" in node:
+        target = root
+        for part in node["$ref"].removeprefix("#/").split("/"):
+            target = target[part]
+        node = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+    return node
+
+
+def _matching_branch(node: dict, value, root: dict) -> dict:
+    """For a ``oneOf`` node, the branch whose type fits ``value`` (the schema accepted it)."""
+    for branch in node.get("oneOf", []):
+        branch = _resolve(branch, root)
+        kind = branch.get("type")
+        if kind == "null" and value is None:
+            return branch
+        if kind in ("integer", "number") and isinstance(value, (int, float)) and value is not None:
+            return branch
+    return node
+
+
+MAX_SEED = 2**32
+
+# Grid values keep their YAML type: they reach paths and specs as canonical strings (fmt_value).
+GRID_KEYS = ("knob.values", "prune.densities")
+
+
+def canonical_values(raw: Any, source: str, node: dict | None = None, key: str = "") -> Any:
+    """The config with numbers as the schema types them, checked where a JSON schema cannot.
+
+    ``5.0`` for an integer key becomes ``5`` and ``1`` for a number key ``1.0``, so that equal
+    values give equal specs (and paths: a seed written ``1.0`` would name a ``seed1.0`` folder);
+    NaN and infinity are refused; a ``pattern`` must match the whole string (Python's ``$``
+    also matches before a final newline).
+    """
+    root = _schema()
+    node = _resolve(node if node is not None else root, root)
+    node = _matching_branch(node, raw, root)
+    where = key or "<top level>"
+    if isinstance(raw, dict):
+        properties = node.get("properties", {})
+        return {
+            k: canonical_values(v, source, properties.get(k, {}), f"{key}.{k}".lstrip("."))
+            for k, v in raw.items()
+        }
+    if isinstance(raw, list):
+        items = node.get("items", {})
+        return [canonical_values(v, source, items, f"{key}[{i}]") for i, v in enumerate(raw)]
+    if isinstance(raw, float) and not math.isfinite(raw):
+        raise ConfigError(f"{source}: {where}: {raw} is not a finite number")
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)):
+        if isinstance(raw, str) and "pattern" in node and not re.fullmatch(node["pattern"], raw):
+            raise ConfigError(f"{source}: {where}: {raw!r} does not match '{node['pattern']}'")
+        return raw
+    if node.get("type") == "integer":
+        return int(raw)
+    if node.get("type") == "number" and not key.startswith(GRID_KEYS):
+        return float(raw)
+    return raw
+
+
+def merge_configs(*raws: dict) -> dict:
+    """Several config files merged as Snakemake merges ``--configfile a b``: later files win,
+    nested mappings are merged key by key, lists are replaced whole."""
+    merged: dict = {}
+    for raw in raws:
+        merged = _merge(merged, raw)
+    return merged
+
+
+def _merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_config_file(path: str | Path) -> dict:
+    """One YAML config file as a mapping, or ConfigError naming the file."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, expected a YAML config file") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a text file (not UTF-8: {exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).replace("\n", " ")
+        raise ConfigError(f"{path}: not valid YAML ({where}{problem})") from None
+    if raw is None:
+        raise ConfigError(f"{path}: empty file, expected a YAML mapping of config keys")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a YAML mapping of config keys, found {type(raw).__name__}")
+    return raw
+
+
+def check_config_file(path: str | Path) -> None:
+    """Before Snakemake reads ``path`` (if it exists): a broken or empty file gets one line
+    naming it, as a WorkflowError, instead of Snakemake's nameless message."""
+    if not Path(path).exists():
+        return
+    try:
+        read_config_file(path)
+    except ConfigError as exc:
+        from snakemake.exceptions import WorkflowError
+
+        raise WorkflowError(f"invalid configuration: {exc}") from None
 
 
 def _build(cls, raw: dict | None):
@@ -368,14 +491,10 @@ def load_config(raw: dict | str | Path, source: str | None = None, check_paths: 
     """Validate a config (dict or YAML path) and return an ExperimentConfig, or raise ConfigError."""
     if isinstance(raw, (str, Path)):
         source = source or str(raw)
-        try:
-            raw = yaml.safe_load(Path(raw).read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{source}: file not found") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{source}: not valid YAML ({exc})".replace("\n", " ")) from None
+        raw = read_config_file(raw)
     source = source or "config"
     validate_schema(raw, source)
+    raw = canonical_values(raw, source)
     sections = {
         "data": DataConfig,
         "model": ModelConfig,
@@ -445,6 +564,45 @@ def check_semantics(cfg: ExperimentConfig, source: str, check_paths: bool = True
         )
     if cfg.prune.method == "uniform":
         check_uniform_density(cfg, fail)
+    seeds = {f"seeds.dense[{i}]": s for i, s in enumerate(cfg.seeds.dense)}
+    seeds |= {f"seeds.retrain[{i}]": s for i, s in enumerate(cfg.seeds.retrain)}
+    seeds["data.generation_seed"] = cfg.data.generation_seed
+    for key, seed in seeds.items():
+        if seed >= MAX_SEED:
+            fail(key, f"{seed} is too large; seeds must be below 2**32 (NumPy's and MNIST-1D's limit)")
+    check_batch_sizes(cfg, fail)
+    check_colormap(cfg.plot.cmap, fail)
+
+
+def check_batch_sizes(cfg: ExperimentConfig, fail) -> None:
+    """A batch larger than the training set leaves an epoch without a step (drop_last)."""
+    from threeregime.catalog import train_samples
+
+    samples = train_samples(cfg.data.name, cfg.data.num_samples)
+    recipes = {"train.batch_size": cfg.train}
+    if cfg.knob.name == "batch_size":
+        recipes = {
+            f"knob.values[{i}]": replace(cfg.train, batch_size=int(v)) for i, v in enumerate(cfg.knob.values)
+        }
+    recipes["retrain.recipe.batch_size"] = cfg.retrain_recipe()
+    for key, recipe in recipes.items():
+        if recipe.drop_last and recipe.batch_size > samples:
+            fail(
+                key,
+                f"batch size {recipe.batch_size} exceeds the {samples} training samples of "
+                f"{cfg.data.name}; no full batch to train on",
+            )
+
+
+def check_colormap(name: str, fail) -> None:
+    import matplotlib
+
+    if name not in matplotlib.colormaps:
+        close = [c for c in sorted(matplotlib.colormaps) if c.lower().startswith(name.lower()[:3])][:5]
+        fail(
+            "plot.cmap",
+            f"{name!r} is not a matplotlib colormap" + (f" (close: {', '.join(close)})" if close else ""),
+        )
 
 
 def check_uniform_density(cfg: ExperimentConfig, fail) -> None:

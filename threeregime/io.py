@@ -6,8 +6,10 @@ killed job never leaves a truncated file that a later rule would read as complet
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Callable
@@ -15,26 +17,62 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+log = logging.getLogger("threeregime")
+
+REBUILD_ADVICE = "delete it and run snakemake again (it rebuilds the file and what was computed from it)"
+
 
 class CheckpointError(RuntimeError):
     """A checkpoint that is missing, truncated, corrupted or of the wrong kind."""
 
 
+def _umask() -> int:
+    """The process umask (read by setting it and setting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(path: str | Path):
-    """Yield a temporary path next to ``path``; rename it onto ``path`` only on success."""
+    """Yield a temporary path next to ``path``; rename it onto ``path`` only on success.
+
+    Temporaries left next to ``path`` by a killed writer are removed first: only one job writes
+    a given output at a time. The result gets the permissions the umask gives a new file
+    (mkstemp alone would leave it 0600, unreadable to collaborators on a shared cluster).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in remove_stale_temporaries(path):
+        log.warning("removed %s, left by an interrupted write", stale)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC or _disk_full(path.parent):
+            raise OSError(errno.ENOSPC, f"{path}: No space left on device") from None
+        raise
+    except RuntimeError as exc:  # torch's zip writer reports a full disk as a RuntimeError
+        if _disk_full(path.parent):
+            raise OSError(errno.ENOSPC, f"{path}: No space left on device ({exc})") from None
+        raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _disk_full(folder: Path) -> bool:
+    """Whether the file system of ``folder`` has (next to) no room left."""
+    try:
+        stats = os.statvfs(folder)
+    except OSError:
+        return False
+    return stats.f_bavail * stats.f_frsize < 1 << 20
 
 
 def remove_stale_temporaries(path: str | Path) -> list[Path]:
@@ -65,7 +103,7 @@ def read_json(path: str | Path) -> Any:
     except FileNotFoundError:
         raise CheckpointError(f"{path}: file not found") from None
     except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc}); delete it and rerun") from None
+        raise CheckpointError(f"{path}: not valid JSON ({exc}); {REBUILD_ADVICE}") from None
 
 
 def write_csv(path: str | Path, frame) -> None:
@@ -95,7 +133,7 @@ def load_checkpoint(path: str | Path, kind: str, map_location: str = "cpu") -> d
     except Exception as exc:  # torch raises several types for truncated or garbled zips
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CheckpointError(
-            f"{path}: corrupted or truncated checkpoint ({message}); delete it and rerun"
+            f"{path}: corrupted or truncated checkpoint ({message}); {REBUILD_ADVICE}"
         ) from None
     if not isinstance(payload, dict) or payload.get("kind") != kind:
         found = payload.get("kind") if isinstance(payload, dict) else type(payload).__name__

@@ -86,6 +86,9 @@ def aggregate_cells(observations: pd.DataFrame) -> pd.DataFrame:
     cells = grouped.mean().add_suffix("_mean")
     cells = cells.join(grouped.std(ddof=1).add_suffix("_std"))
     cells["n"] = grouped.size()
+    if "environment" in observations:  # numeric environments of the cell's results (collect)
+        joined = lambda values: "; ".join(sorted({e for v in values for e in str(v).split("; ")}))  # noqa: E731
+        cells["environment"] = observations.groupby(CELL, sort=True)["environment"].agg(joined)
     cells = cells.reset_index()
     column_min = cells.groupby("density")["test_error_mean"].transform("min")
     cells["normalized_test_error"] = cells["test_error_mean"] - column_min
@@ -403,6 +406,13 @@ def selection_summary(selection: pd.DataFrame) -> dict:
 
 
 # ----------------------------------------------------------------------------- everything
+def environments_of(cells: pd.DataFrame) -> list[str]:
+    """The distinct numeric environments the cells were computed in (threeregime.runtime)."""
+    if "environment" not in cells:
+        return []
+    return sorted({e for joined in cells["environment"].dropna() for e in str(joined).split("; ")})
+
+
 def analyse(cells: pd.DataFrame, cfg: RegimeConfig) -> dict:
     """Classification, robustness, advice and selection of one cells table, plus a summary."""
     regimes, thresholds = classify_cells(cells, cfg)
@@ -414,8 +424,11 @@ def analyse(cells: pd.DataFrame, cfg: RegimeConfig) -> dict:
     per_cell = cell_advice(regimes, cfg.advice_tol)
     selection = model_selection(regimes, thresholds.eps, cfg.cka_metric, float(reference))
     off_chosen = robust[~robust["chosen"]]
+    environments = environments_of(cells)
     summary = {
         "cells": len(regimes),
+        "environments": environments,
+        "mixed_environments": len(environments) > 1,
         "thresholds": asdict(thresholds),
         "cka_metric": cfg.cka_metric,
         "regime_counts": {r: int((regimes["regime"] == r).sum()) for r in REGIMES},

@@ -125,6 +125,48 @@ def setup(threads: int, device: torch.device) -> None:
         torch.backends.cudnn.benchmark = True
 
 
+def numeric_environment(device: torch.device, threads: int, perf: Performance) -> dict:
+    """What, besides config and seeds, decides a job's last bits: device (and the CPU's vector
+    ISA, which picks oneDNN's kernels), thread count, library versions and numeric fast paths.
+    Recorded in every model and metrics file; a mismatch is reported, never silently mixed."""
+    env = {
+        "device": device.type,
+        "threads": int(threads),
+        "torch": torch.__version__,
+        "amp": perf.amp,
+        "tf32": perf.tf32,
+        "channels_last": perf.channels_last,
+        "compile": perf.compile,
+    }
+    if device.type == "cuda":
+        env["device"] = f"cuda {torch.cuda.get_device_name(device)}"
+        env["cuda"] = torch.version.cuda
+        env["cudnn"] = torch.backends.cudnn.version()
+    else:
+        env["cpu"] = torch.backends.cpu.get_cpu_capability()
+    return env
+
+
+def environment_label(env: dict) -> str:
+    """One short readable line per environment, e.g. 'cpu AVX2, 1 thread, torch 2.14.1, fp32'."""
+    device = env["device"] + (f" {env['cpu']}" if env.get("cpu") else "")
+    threads = f"{env['threads']} thread" + ("s" if env["threads"] != 1 else "")
+    numerics = [env["amp"] if env["amp"] != "none" else "fp32"]
+    numerics += [name for name in ("tf32", "channels_last", "compile") if env.get(name)]
+    versions = f"torch {env['torch']}" + (f", cuda {env['cuda']}" if env.get("cuda") else "")
+    return f"{device}, {threads}, {versions}, {'+'.join(numerics)}"
+
+
+def merge_environments(*groups: list[dict]) -> list[dict]:
+    """The distinct environments of a result's lineage (its own and its inputs'), in order."""
+    merged: list[dict] = []
+    for group in groups:
+        for env in group:
+            if env not in merged:
+                merged.append(env)
+    return merged
+
+
 def configure_logging() -> None:
     warnings.filterwarnings("ignore", message=".*torch.jit.script.* is deprecated")
     logging.basicConfig(

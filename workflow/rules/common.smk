@@ -1,10 +1,13 @@
+import os
 import re
 import shlex
 from dataclasses import asdict
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
+from snakemake.logging import logger
 
+from threeregime import locks
 from threeregime.config import ConfigError, grid_cells, load_config, to_json
 
 try:
@@ -13,6 +16,22 @@ try:
     )
 except ConfigError as exc:
     raise WorkflowError(f"invalid configuration: {exc}") from None
+
+# A run killed hard (SIGKILL, SIGHUP, OOM) leaves its locks behind; remove those whose owner is
+# provably dead before Snakemake checks them (never in the jobs of a cluster or subprocess run).
+if not (workflow.remote_exec or workflow.subprocess_exec):
+    _removed, _kept = locks.remove_stale_locks(os.getcwd())
+    for _path in _removed:
+        logger.warning(
+            f"removed {_path}: its Snakemake run was killed and cannot resume it"
+        )
+
+
+onstart:
+    locks.record_owner(
+        os.getcwd(), getattr(workflow.persistence, "_lockfile", {}).values()
+    )
+
 
 RES = f"results/{CFG.run_name}"
 LOGS = f"{RES}/logs"
@@ -133,11 +152,25 @@ FIGURES = {
 }
 
 
-def final_outputs():
-    # The per-pair metrics are targets too: Snakemake does not rebuild a missing input of an
-    # up-to-date job, so without them a deleted metrics file would stay deleted.
+def intermediates():
+    """Every dataset, dense, pruned and retrained model of the grid."""
+    seeds = [str(s) for s in CFG.seeds.dense]
+    grid = dict(temperature=CFG.temperatures, seed=seeds)
     return (
-        all_metrics()
+        [DATA]
+        + expand(DENSE, **grid)
+        + expand(PRUNED, density=CFG.densities, **grid)
+        + expand(RETRAINED, density=CFG.densities, rseed=RETRAIN_SEEDS, **grid)
+    )
+
+
+def final_outputs():
+    # Intermediates and per-pair metrics are targets too: Snakemake does not rebuild a missing
+    # input of an up-to-date job, so a deleted (e.g. corrupted) model would otherwise stay
+    # deleted. As targets they are rebuilt, and what was computed from them reruns (mtime).
+    return (
+        intermediates()
+        + all_metrics()
         + list(ANALYSIS.values())
         + FIGURES["phase"]
         + FIGURES["map"]
