@@ -236,9 +236,15 @@ def cmd_dense(args) -> None:
         streams=[(0, spec["seed"])],
         states=[state],
         stop_epoch=spec["stop_epoch"],
+        keep_iteration=spec.get("rewind_step"),
         perf=perf,
         tags=[f"dense seed={spec['seed']}"],
     )
+    if spec.get("rewind_step") is not None and final.get("rewind") is None:
+        raise ConfigError(
+            f"retrain.rewind_step: {spec['rewind_step']} is past this dense run's "
+            f"{final['iteration']} iterations"
+        )
     _save_model(args.out, "dense", final, spec["model"], data, spec=spec, environments=lineage)
     _finished([args.out])
 
@@ -273,11 +279,23 @@ def _save_model(out: str, kind: str, state: dict, model_cfg: dict, data, **extra
 
 def cmd_prune(args) -> None:
     from threeregime.prune import apply_masks, compute_masks, layer_densities, mask_density
+    from threeregime.tickets import control_seed, fresh_weights, random_masks
 
     spec = json.loads(args.spec)
     dense = load_checkpoint(args.dense, "dense")
     model = _model_from(dense)
     masks = compute_masks(model, spec["density"], spec["method"])
+    rewind = dense["state"].get("rewind")
+    control = spec.get("control", "none")
+    seed = control_seed(dense["spec"]["seed"], spec["density"])
+    if control == "random_mask":
+        masks = random_masks(masks, seed)
+    elif control == "reinit":
+        fresh = fresh_weights(dense["model_cfg"], dense["in_channels"], dense["num_classes"], seed)
+        model.load_state_dict(fresh)
+        rewind = None if rewind is None else {"iteration": rewind["iteration"], "model": fresh}
+    if control != "none":
+        log.info("lottery-ticket control %s (seed %d)", control, seed)
     apply_masks(model, masks)
     achieved = mask_density(masks)
     log.info("pruned with %s to density %.5f (target %g)", spec["method"], achieved, spec["density"])
@@ -287,6 +305,7 @@ def cmd_prune(args) -> None:
     payload |= {
         "model": model.state_dict(),
         "environments": _environments(dense),
+        "rewind": rewind,
         "masks": masks,
         "spec": spec,
         "density_actual": achieved,
@@ -314,6 +333,14 @@ def cmd_retrain(args) -> None:
     lineages = {path: merge_environments([environment], _environments(p)) for path, p in sources.items()}
     for path, lineage in lineages.items():
         _warn_if_mixed(path, lineage)
+    recipe = recipe_from_spec(spec["recipe"])
+    starts = None  # from the pruned weights (LR rewinding, fine-tuning)
+    if spec.get("rewind_step") is not None:  # weight rewinding: from the dense weights at step k
+        from threeregime.tickets import rewind_state
+        from threeregime.train import make_schedule
+
+        steps = make_schedule(recipe, data.num_train).steps_per_epoch
+        starts = [rewind_state(pruned, path, steps) for pruned, (path, _, _) in zip(pruned_of_run, runs)]
     finals = _train_resumable(
         outs,
         _fingerprint(to_json({"spec": spec, "runs": args.run}), args.data, *sources),
@@ -321,8 +348,9 @@ def cmd_retrain(args) -> None:
         environment,
         models=[_model_from(pruned, device, perf, data.image) for pruned in pruned_of_run],
         data=data,
-        recipe=recipe_from_spec(spec["recipe"]),
+        recipe=recipe,
         streams=[(1, seed) for _, _, seed in runs],
+        states=starts,
         masks=[{name: m.to(device) for name, m in pruned["masks"].items()} for pruned in pruned_of_run],
         perf=perf,
         tags=[
@@ -588,9 +616,10 @@ def _domain_errors() -> tuple[type[Exception], ...]:
     from threeregime.data import DataError
     from threeregime.prune import PruneError
     from threeregime.runtime import DeviceError
+    from threeregime.tickets import TicketError
     from threeregime.train import NonFiniteLossError
 
-    return (DataError, PruneError, DeviceError, NonFiniteLossError)
+    return (DataError, PruneError, DeviceError, NonFiniteLossError, TicketError)
 
 
 if __name__ == "__main__":

@@ -68,14 +68,30 @@ class KnobConfig:
 
 @dataclass(frozen=True)
 class PruneConfig:
+    """``control``: the lottery-ticket controls (Frankle & Carbin 2019). ``random_mask`` keeps
+    each layer's number of weights at random positions; ``reinit`` keeps the mask and draws the
+    weights afresh from the initialisation distribution."""
+
     densities: tuple[float, ...]
     method: str = "uniform"
+    control: str = "none"
+
+
+# Retraining after pruning (Renda et al. 2020): fine-tuning at a small constant lr; LR rewinding
+# (the dense schedule again from the pruned weights; "rewind" is its older name); weight
+# rewinding (unpruned weights reset to the dense run's state at iteration rewind_step, the
+# schedule continued from there; rewind_step 0 is the original lottery ticket).
 
 
 @dataclass(frozen=True)
 class RetrainConfig:
     mode: str = "rewind"
     recipe: dict = field(default_factory=dict)
+    rewind_step: int = 0
+
+    @property
+    def rewinds_weights(self) -> bool:
+        return self.mode == "rewind_weights"
 
 
 @dataclass(frozen=True)
@@ -241,6 +257,9 @@ class ExperimentConfig:
             overrides["lr_milestones"] = tuple(overrides["lr_milestones"])
         return replace(base, **overrides)
 
+    def dense_stop_epoch(self, temperature: str) -> int | None:
+        return int(float(temperature)) if self.knob.name == "epochs" else None
+
     def dense_parent(self, temperature: str) -> str | None:
         """Epochs knob: the checkpoint at the previous grid epoch seeds this one."""
         if self.knob.name != "epochs":
@@ -269,21 +288,27 @@ class ExperimentConfig:
         return {"root": self.data.root, "download": self.data.download}
 
     def dense_spec(self, temperature: str, seed: int) -> dict:
+        """Weight rewinding adds the iteration whose state the dense run keeps (only then, so
+        that other modes keep their specs)."""
         stop = int(float(temperature)) if self.knob.name == "epochs" else None
-        return {
+        spec = {
             "model": asdict(self.model),
             "recipe": recipe_spec(self.dense_recipe(temperature)),
             "seed": int(seed),
             "stop_epoch": stop,
             "performance": self.performance_spec(),
         }
+        return spec | {"rewind_step": self.retrain.rewind_step} if self.retrain.rewinds_weights else spec
 
     def prune_spec(self, density: str) -> dict:
-        return {"method": self.prune.method, "density": float(density)}
+        spec = {"method": self.prune.method, "density": float(density)}
+        return spec | {"control": self.prune.control} if self.prune.control != "none" else spec
 
     def retrain_spec(self) -> dict:
-        """Shared by every retraining; each run's seed comes from its output path (wildcard)."""
-        return {"recipe": recipe_spec(self.retrain_recipe()), "performance": self.performance_spec()}
+        """Shared by every retraining; each run's seed comes from its output path (wildcard).
+        Weight rewinding adds its step; LR rewinding under either name has the same spec."""
+        spec = {"recipe": recipe_spec(self.retrain_recipe()), "performance": self.performance_spec()}
+        return spec | {"rewind_step": self.retrain.rewind_step} if self.retrain.rewinds_weights else spec
 
     def metrics_spec(self) -> dict:
         return asdict(self.metrics) | {"performance": self.performance_spec()}
@@ -564,6 +589,7 @@ def check_semantics(cfg: ExperimentConfig, source: str, check_paths: bool = True
         )
     if cfg.prune.method == "uniform":
         check_uniform_density(cfg, fail)
+    check_rewind_step(cfg, fail)
     seeds = {f"seeds.dense[{i}]": s for i, s in enumerate(cfg.seeds.dense)}
     seeds |= {f"seeds.retrain[{i}]": s for i, s in enumerate(cfg.seeds.retrain)}
     seeds["data.generation_seed"] = cfg.data.generation_seed
@@ -603,6 +629,33 @@ def check_colormap(name: str, fail) -> None:
             "plot.cmap",
             f"{name!r} is not a matplotlib colormap" + (f" (close: {', '.join(close)})" if close else ""),
         )
+
+
+def check_rewind_step(cfg: ExperimentConfig, fail) -> None:
+    """Weight rewinding needs the state at rewind_step: inside every dense run and before the
+    end of the retraining schedule it continues."""
+    from threeregime.catalog import train_samples
+
+    if not cfg.retrain.rewinds_weights:
+        return
+    samples = train_samples(cfg.data.name, cfg.data.num_samples)
+    shortest = min(
+        _iterations(cfg.dense_recipe(t), samples, cfg.dense_stop_epoch(t)) for t in cfg.temperatures
+    )
+    budget = _iterations(cfg.retrain_recipe(), samples, None)
+    step = cfg.retrain.rewind_step
+    if step > shortest or step >= budget:
+        fail(
+            "retrain.rewind_step",
+            f"{step} is past the shortest dense run ({shortest} iterations) or the retraining "
+            f"schedule ({budget} iterations)",
+        )
+
+
+def _iterations(recipe: Recipe, samples: int, stop_epoch: int | None) -> int:
+    steps = samples // recipe.batch_size if recipe.drop_last else -(-samples // recipe.batch_size)
+    total = recipe.iterations or recipe.epochs * steps
+    return total if stop_epoch is None else min(total, stop_epoch * steps)
 
 
 def check_uniform_density(cfg: ExperimentConfig, fail) -> None:

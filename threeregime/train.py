@@ -8,6 +8,7 @@ bit for bit on CPU.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
@@ -189,6 +190,7 @@ def train_runs(
     eval_batch_size: int = 1000,
     on_epoch_end: Callable[[list[dict]], None] | None = None,
     tags: list[str] | None = None,
+    keep_iteration: int | None = None,
 ) -> list[dict]:
     """:func:`train` for several runs of one recipe at once, packed into one model (threeregime.pack).
 
@@ -197,6 +199,10 @@ def train_runs(
     place; several train a packed copy, and only the returned states hold their results. A
     ``Packed`` given instead of the list is trained in place (a benchmark's repeated passes
     then reuse one module, and so one compiled graph).
+
+    ``keep_iteration`` k: each state also holds ``rewind``, the run's weights after k steps
+    (weight rewinding, lottery tickets); a run started from a state that already holds it
+    carries it on.
     """
     runs = models.runs if isinstance(models, Packed) else len(models)
     masks, states = masks or [None] * runs, states or [None] * runs
@@ -211,6 +217,7 @@ def train_runs(
     optimizer = make_optimizer(model, recipe)
     enforce_masks = MaskApplier(model, packed.masks(masks))
     epoch, iteration, histories = 0, 0, [[] for _ in range(runs)]
+    kept = [None if s is None else s.get("rewind") for s in states]
     if any(s is not None for s in states):
         if any(s is None or (s["epoch"], s["iteration"]) != (states[0]["epoch"], states[0]["iteration"])
                for s in states):  # fmt: skip
@@ -222,6 +229,11 @@ def train_runs(
         epoch, iteration = states[0]["epoch"], states[0]["iteration"]
         histories = [list(s["history"]) for s in states]
     enforce_masks()
+
+    def snapshot() -> list[dict]:
+        states = _snapshots(packed, optimizer, epoch, iteration, histories)
+        return states if keep_iteration is None else [s | {"rewind": k} for s, k in zip(states, kept)]
+
     end_epoch = schedule.total_epochs if stop_epoch is None else min(stop_epoch, schedule.total_epochs)
     forward = _compiled(model, device) if perf.compile else model
     graphed = perf.compile and device.type == "cuda"
@@ -244,9 +256,13 @@ def train_runs(
             data.train_batches(recipe.batch_size, data_generator(device, *stream, epoch), recipe.drop_last)
             for stream in streams
         ]
-        for batches in zip(*per_run):
+        # a run started mid-epoch (weight rewinding to step k) skips the batches before k
+        done_in_epoch = max(0, iteration - epoch * schedule.steps_per_epoch)
+        for batches in itertools.islice(zip(*per_run), done_in_epoch, None):
             if iteration >= schedule.total_iterations:
                 break
+            if iteration == keep_iteration and kept[0] is None:
+                kept = _kept(packed, iteration)
             x = packed.inputs([b[0] for b in batches])
             y = packed.targets([b[1] for b in batches])
             optimizer.lr = schedule.lr_at(iteration)
@@ -281,13 +297,19 @@ def train_runs(
             train = float(loss_sums[r]) / max(seen, 1), float(errors[r]) / max(seen, 1)
             history.append(_epoch_record(tags[r], schedule, epoch, iteration, train, tests[r], seconds))
         if on_epoch_end is not None:
-            on_epoch_end(_snapshots(packed, optimizer, epoch, iteration, histories))
+            on_epoch_end(snapshot())
+    if iteration == keep_iteration and kept[0] is None:
+        kept = _kept(packed, iteration)
     log.info(
         "%s: done at epoch %d, iteration %d, in %.1fs; last test error %s",
         ", ".join(tags), epoch, iteration, time.perf_counter() - started,
         " / ".join(f"{h[-1]['test_error']:.4f}" for h in histories) if histories[0] else "n/a",
     )  # fmt: skip
-    return _snapshots(packed, optimizer, epoch, iteration, histories)
+    return snapshot()
+
+
+def _kept(packed: Packed, iteration: int) -> list[dict]:
+    return [{"iteration": iteration, "model": state} for state in packed.states()]
 
 
 def _epoch_record(
