@@ -23,8 +23,9 @@ from matplotlib.colors import ListedColormap  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from threeregime.config import KNOBS, PlotConfig, fmt_value  # noqa: E402
+from threeregime.config import PlotConfig, fmt_value  # noqa: E402
 from threeregime.io import save_figure  # noqa: E402
+from threeregime.knobs import KNOBS  # noqa: E402
 from threeregime.regimes import REGIMES, knob_action, temperature_order  # noqa: E402
 
 # (column, panel title, colour-bar label)

@@ -52,7 +52,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
-from threeregime.config import KNOBS, RegimeConfig
+from threeregime.config import RegimeConfig
+from threeregime.knobs import KNOBS
 
 CELL = ["knob", "temperature", "density"]
 METRIC_COLUMNS = [
@@ -234,12 +235,8 @@ def knob_action(knob: str, action: str) -> str:
     """'raise temperature' in the knob's own words (e.g. 'fewer epochs')."""
     if action == "keep":
         return "keep"
-    larger = (action == "raise") == (KNOBS[knob].hotter > 0)
-    words = {
-        "epochs": ("more epochs", "fewer epochs"),
-        "batch_size": ("larger batch", "smaller batch"),
-    }
-    return words.get(knob, ("larger rho", "smaller rho"))[0 if larger else 1]
+    entry = KNOBS[knob]
+    return entry.advice(larger=(action == "raise") == (entry.hotter > 0))
 
 
 def _column(regimes: pd.DataFrame, density: float) -> pd.DataFrame:
