@@ -349,6 +349,7 @@ def cmd_collect(args) -> None:
     import pandas as pd
 
     from threeregime.config import grid_cells
+    from threeregime.metric_registry import as_cell, pair_row
     from threeregime.regimes import aggregate_cells
 
     keys = ["knob", "temperature", "density", "dense_seed"]
@@ -359,10 +360,9 @@ def cmd_collect(args) -> None:
         pair_models = record.pop("models")
         cell = {k: record[k] for k in keys}
         for model in pair_models:
-            models[(*cell.values(), model["retrain_seed"])] = cell | model
-        averaged = pd.DataFrame(pair_models).drop(columns=["retrain_seed", "seconds"], errors="ignore")
-        pair = {k: v for k, v in record.items() if not k.startswith("lmc_") and k != "seconds"}
-        rows.append(pair | averaged.mean().to_dict())
+            models[(*cell.values(), model["retrain_seed"])] = cell | {k: as_cell(v) for k, v in model.items()}
+        pair = {k: as_cell(v) for k, v in record.items() if not k.startswith("lmc_") and k != "seconds"}
+        rows.append(pair | pair_row(pair_models))
     metrics = pd.DataFrame(rows).sort_values(keys + ["seed_a", "seed_b"]).reset_index(drop=True)
     models_table = pd.DataFrame(list(models.values())).sort_values(keys + ["retrain_seed"])
     write_csv(args.models_csv, models_table.reset_index(drop=True))

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from threeregime.knobs import KNOBS, registry_problems
+from threeregime.metric_registry import registry_problems as metric_registry_problems
 
 SCHEMA_PATH = Path(__file__).parent / "schema" / "config.schema.yaml"
 
@@ -353,7 +354,7 @@ def check_registries() -> None:
     """Raise ConfigError with one line for the first incomplete registry entry."""
     recipe_fields = {f.name for f in dataclasses.fields(Recipe)}
     schema_fields = set(_schema_file()["$defs"]["recipe"]["properties"])
-    problems = registry_problems(recipe_fields, schema_fields)
+    problems = registry_problems(recipe_fields, schema_fields) + metric_registry_problems()
     if problems:
         raise ConfigError(problems[0])
 

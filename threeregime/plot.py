@@ -19,24 +19,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib import patheffects  # noqa: E402
-from matplotlib.colors import ListedColormap  # noqa: E402
+from matplotlib.colors import ListedColormap, LogNorm  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 from threeregime.config import PlotConfig, fmt_value  # noqa: E402
 from threeregime.io import save_figure  # noqa: E402
 from threeregime.knobs import KNOBS  # noqa: E402
+from threeregime.metric_registry import panels as registered_panels  # noqa: E402
 from threeregime.regimes import REGIMES, knob_action, temperature_order  # noqa: E402
 
-# (column, panel title, colour-bar label)
-PANELS = (
-    ("test_error_mean", "Test error", "test error (fraction misclassified)"),
-    ("normalized_test_error", "Normalized test error", "test error - column minimum"),
-    ("mc_mean", "LMC: mc = m - e(u)", "mc (train-error units; < 0: barrier)"),
-    ("cka_softmax_mean", "CKA (softmax outputs)", "linear CKA of the two retrainings"),
-    ("hessian_top_eigenvalue_mean", "Hessian top eigenvalue", "top eigenvalue of the train loss"),
-    ("hessian_trace_mean", "Hessian trace", "trace of the train loss Hessian"),
-)
 REGIME_COLORS = {"I": "#d62728", "II-A": "#ff9f1c", "II-B": "#2ca02c"}
 BOUNDARY_STYLE = {
     "I": {"color": "black", "lw": 2.4, "ls": "-"},
@@ -128,23 +120,24 @@ def phase_figure(regimes: pd.DataFrame, cfg: PlotConfig):
     """Figure 2: one heatmap per metric in a grid of ``cfg.ncols`` columns, boundaries drawn."""
     knob = regimes["knob"].iloc[0]
     regime_grid, temps, densities = cell_grid(regimes, "regime")
-    panels = [p for p in PANELS if p[0] in regimes and regimes[p[0]].notna().any()]
+    panels = [p for p in registered_panels() if p[0] in regimes and regimes[p[0]].notna().any()]
     ncols = min(cfg.ncols, len(panels))
     nrows = math.ceil(len(panels) / ncols)
     width = 2.2 + 0.75 * len(densities)
     height = 1.9 + 0.42 * len(temps)
     fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * width, nrows * height + 0.8), squeeze=False)
-    for ax, (column, title, unit) in zip(axes.flat, panels):
+    for ax, (column, panel) in zip(axes.flat, panels):
         values = cell_grid(regimes, column)[0].astype(float)
-        image = ax.imshow(values, origin="lower", cmap=cfg.cmap, aspect="auto")
-        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04).set_label(unit, fontsize=8)
+        norm = LogNorm() if panel.log and np.nanmin(values) > 0 else None
+        image = ax.imshow(values, origin="lower", cmap=panel.cmap or cfg.cmap, norm=norm, aspect="auto")
+        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04).set_label(panel.label, fontsize=8)
         if cfg.annotate and values.size <= 200:
             _annotate(ax, values)
         if column == "test_error_mean":
             _mark_best(ax, values)
         draw_boundaries(ax, regime_grid)
         _axes_labels(ax, knob, temps, densities)
-        ax.set_title(title)
+        ax.set_title(panel.title)
         ax.set_gid(column)
     for ax in list(axes.flat)[len(panels) :]:
         ax.remove()

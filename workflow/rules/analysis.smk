@@ -149,6 +149,9 @@ rule plot:
         ENV
     params:
         spec=to_json(CFG.plot_spec()),
+        # the report caption's panel list (threeregime.metric_registry); a function of the
+        # output, so not compared between runs
+        panels=lambda wildcards, output: panel_caption(),
     shell:
         "python -m threeregime plot --spec {params.spec:q} --regimes {input.regimes}"
         " --selection {input.selection}"

@@ -6,6 +6,7 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 
 from threeregime.config import ConfigError, grid_cells, load_config, to_json
+from threeregime.metric_registry import panel_caption
 
 try:
     CFG = load_config(
