@@ -219,7 +219,7 @@ def cmd_prune(args) -> None:
     spec = json.loads(args.spec)
     dense = load_checkpoint(args.dense, "dense")
     model = _model_from(dense)
-    masks = compute_masks(model, spec["density"], spec["method"])
+    masks = compute_masks(model, spec["density"], spec["method"], spec)
     apply_masks(model, masks)
     achieved = mask_density(masks)
     log.info("pruned with %s to density %.5f (target %g)", spec["method"], achieved, spec["density"])
@@ -294,6 +294,13 @@ def _model_metrics(payload: dict, model, data, spec: dict, perf) -> dict:
         spec["hessian_probes"], spec["hessian_probe_batch"],
         deflation=spec["hessian_trace_deflation"],
     )  # fmt: skip
+    if spec.get("weight_alpha"):
+        from threeregime.spectra import model_alphas
+
+        alphas = list(model_alphas(model).values())
+        if not alphas:
+            raise ValueError("metrics.weight_alpha: no conv layer has enough eigenvalues to fit alpha")
+        result |= {"weight_alpha": sum(alphas) / len(alphas), "weight_alpha_layers": alphas}
     return result
 
 

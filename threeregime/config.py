@@ -21,6 +21,8 @@ import yaml
 
 from threeregime.knobs import KNOBS, registry_problems
 from threeregime.metric_registry import registry_problems as metric_registry_problems
+from threeregime.pruning_methods import PRUNING_METHODS
+from threeregime.pruning_methods import registry_problems as pruning_registry_problems
 
 SCHEMA_PATH = Path(__file__).parent / "schema" / "config.schema.yaml"
 
@@ -74,6 +76,7 @@ class KnobConfig:
 class PruneConfig:
     densities: tuple[float, ...]
     method: str = "uniform"
+    alpha_epsilon: float = 0.2
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,7 @@ class MetricsConfig:
     hessian_probe_batch: int = 10
     hessian_trace_deflation: int = 10
     eval_batch_size: int = 1000
+    weight_alpha: bool = False
 
 
 @dataclass(frozen=True)
@@ -273,14 +277,21 @@ class ExperimentConfig:
         }
 
     def prune_spec(self, density: str) -> dict:
-        return {"method": self.prune.method, "density": float(density)}
+        """Method, density, and the prune.* settings the method's registry entry says act."""
+        method = PRUNING_METHODS[self.prune.method]
+        settings = {key: getattr(self.prune, key) for key in method.settings}
+        return {"method": self.prune.method, "density": float(density)} | settings
 
     def retrain_spec(self) -> dict:
         """Shared by every retraining; each run's seed comes from its output path (wildcard)."""
         return {"recipe": recipe_spec(self.retrain_recipe()), "performance": self.performance_spec()}
 
     def metrics_spec(self) -> dict:
-        return asdict(self.metrics) | {"performance": self.performance_spec()}
+        """Optional metrics appear only when on, so specs written before they existed stay."""
+        spec = asdict(self.metrics)
+        if not self.metrics.weight_alpha:
+            del spec["weight_alpha"]
+        return spec | {"performance": self.performance_spec()}
 
     def analysis_spec(self) -> dict:
         """Regime settings with the advice's reference temperature resolved to a grid value."""
@@ -347,6 +358,7 @@ def _schema() -> dict:
     describes the keys, the registries say which names exist."""
     schema = copy.deepcopy(_schema_file())
     schema["properties"]["knob"]["properties"]["name"]["enum"] = list(KNOBS)
+    schema["properties"]["prune"]["properties"]["method"]["enum"] = list(PRUNING_METHODS)
     return schema
 
 
@@ -355,6 +367,7 @@ def check_registries() -> None:
     recipe_fields = {f.name for f in dataclasses.fields(Recipe)}
     schema_fields = set(_schema_file()["$defs"]["recipe"]["properties"])
     problems = registry_problems(recipe_fields, schema_fields) + metric_registry_problems()
+    problems += pruning_registry_problems({f.name for f in dataclasses.fields(PruneConfig)})
     if problems:
         raise ConfigError(problems[0])
 

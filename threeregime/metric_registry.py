@@ -228,3 +228,21 @@ _scalar(
     "trace of the training-loss Hessian (Hutchinson, deflated by the Lanczos vectors).",
     Panel("Hessian trace", "trace of the train loss Hessian"),
 )
+_scalar(
+    "weight_alpha",
+    "model",
+    "threeregime.spectra.model_alphas (metrics.weight_alpha)",
+    "mean over conv layers of the power-law exponent alpha of each layer's W^T W spectrum "
+    "(smaller: heavier-tailed, better trained).",
+    Panel("Weight spectra: mean layer alpha", "power-law alpha (mean over conv layers)"),
+)
+register(
+    Metric(
+        "weight_alpha_layers",
+        "model",
+        "threeregime.spectra.model_alphas (metrics.weight_alpha)",
+        "alpha of each conv layer with at least 8 eigenvalues, in the model's layer order.",
+        kind="vector",
+        aggregate="elementwise",
+    )
+)
