@@ -277,6 +277,7 @@ def cmd_retrain(args) -> None:
 def _model_metrics(payload: dict, model, data, spec: dict, perf) -> dict:
     """Per-model numbers: test error (mean of the last epochs), train loss/error, Hessian."""
     from threeregime.hessian import hessian_summary
+    from threeregime.metric_registry import compute_function, computed_metrics
     from threeregime.metrics import summarize_test_error
     from threeregime.train import evaluate
 
@@ -292,15 +293,10 @@ def _model_metrics(payload: dict, model, data, spec: dict, perf) -> dict:
     result |= hessian_summary(
         model, x, y, masks, spec["hessian_max_iter"], spec["hessian_tol"],
         spec["hessian_probes"], spec["hessian_probe_batch"],
-        deflation=spec["hessian_trace_deflation"],
+        deflation=spec["hessian_trace_deflation"], density=spec.get("hessian_esd", False),
     )  # fmt: skip
-    if spec.get("weight_alpha"):
-        from threeregime.spectra import model_alphas
-
-        alphas = list(model_alphas(model).values())
-        if not alphas:
-            raise ValueError("metrics.weight_alpha: no conv layer has enough eigenvalues to fit alpha")
-        result |= {"weight_alpha": sum(alphas) / len(alphas), "weight_alpha_layers": alphas}
+    for metric in computed_metrics(spec):  # registered model metrics with their own function
+        result |= compute_function(metric)(model, data, spec)
     return result
 
 
@@ -417,6 +413,17 @@ def cmd_plot(args) -> None:
     log.info("figures: %s", ", ".join(args.phase + args.map))
 
 
+def cmd_plot_esd(args) -> None:
+    """The Hessian eigenvalue density of every cell (metrics.hessian_esd)."""
+    import pandas as pd
+
+    from threeregime.config import PlotConfig
+    from threeregime.plot import esd_diagram
+
+    esd_diagram(pd.read_csv(args.regimes), PlotConfig(**json.loads(args.spec)["plot"]), args.out)
+    log.info("figures: %s", ", ".join(args.out))
+
+
 # ----------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="threeregime", description=__doc__.splitlines()[0])
@@ -481,6 +488,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--selection", default="", help="selection.csv: mark best and picked cells")
     p.add_argument("--phase", nargs="+", required=True)
     p.add_argument("--map", nargs="+", required=True)
+    p = command("plot-esd", cmd_plot_esd)
+    p.add_argument("--regimes", required=True)
+    p.add_argument("--out", nargs="+", required=True)
     return parser
 
 

@@ -19,6 +19,8 @@ from typing import Any
 
 import yaml
 
+from threeregime.catalog import DATASETS, MODELS
+from threeregime.catalog import registry_problems as catalog_problems
 from threeregime.knobs import KNOBS, registry_problems
 from threeregime.metric_registry import registry_problems as metric_registry_problems
 from threeregime.pruning_methods import PRUNING_METHODS
@@ -105,6 +107,7 @@ class MetricsConfig:
     hessian_trace_deflation: int = 10
     eval_batch_size: int = 1000
     weight_alpha: bool = False
+    hessian_esd: bool = False
 
 
 @dataclass(frozen=True)
@@ -148,10 +151,6 @@ class RuntimeConfig:
     compile: bool = False
     tf32: bool = False
     retrain_pack: str = "none"
-
-
-MODEL_DATA = {"cnn1d": {"mnist1d"}, "preresnet20": {"cifar10", "cifar100"}}
-MODEL_DATA["vgg16_bn"] = MODEL_DATA["preresnet20"]
 
 
 def fmt_value(value: float | int) -> str:
@@ -256,10 +255,7 @@ class ExperimentConfig:
     def data_spec(self) -> dict:
         """What defines the dataset's content. Where CIFAR lives (root, download) does not: it
         travels separately (:meth:`data_location`), so moving the data reruns nothing."""
-        if self.data.name == "mnist1d":
-            keys = ("name", "num_samples", "generation_seed")
-        else:
-            keys = ("name", "augment")
+        keys = DATASETS[self.data.name].content_keys
         return {key: getattr(self.data, key) for key in keys}
 
     def data_location(self) -> dict:
@@ -289,8 +285,9 @@ class ExperimentConfig:
     def metrics_spec(self) -> dict:
         """Optional metrics appear only when on, so specs written before they existed stay."""
         spec = asdict(self.metrics)
-        if not self.metrics.weight_alpha:
-            del spec["weight_alpha"]
+        for optional in ("weight_alpha", "hessian_esd"):
+            if not spec[optional]:
+                del spec[optional]
         return spec | {"performance": self.performance_spec()}
 
     def analysis_spec(self) -> dict:
@@ -359,6 +356,8 @@ def _schema() -> dict:
     schema = copy.deepcopy(_schema_file())
     schema["properties"]["knob"]["properties"]["name"]["enum"] = list(KNOBS)
     schema["properties"]["prune"]["properties"]["method"]["enum"] = list(PRUNING_METHODS)
+    schema["properties"]["model"]["properties"]["name"]["enum"] = list(MODELS)
+    schema["properties"]["data"]["properties"]["name"]["enum"] = list(DATASETS)
     return schema
 
 
@@ -368,6 +367,7 @@ def check_registries() -> None:
     schema_fields = set(_schema_file()["$defs"]["recipe"]["properties"])
     problems = registry_problems(recipe_fields, schema_fields) + metric_registry_problems()
     problems += pruning_registry_problems({f.name for f in dataclasses.fields(PruneConfig)})
+    problems += catalog_problems({f.name for f in dataclasses.fields(DataConfig)})
     if problems:
         raise ConfigError(problems[0])
 
@@ -437,8 +437,8 @@ def check_semantics(cfg: ExperimentConfig, source: str, check_paths: bool = True
     def fail(key: str, message: str):
         raise ConfigError(f"{source}: {key}: {message}")
 
-    if cfg.data.name not in MODEL_DATA[cfg.model.name]:
-        allowed = ", ".join(sorted(MODEL_DATA[cfg.model.name]))
+    if cfg.data.name not in MODELS[cfg.model.name].datasets:
+        allowed = ", ".join(sorted(MODELS[cfg.model.name].datasets))
         fail("model.name", f"{cfg.model.name} needs data.name in {{{allowed}}}, got {cfg.data.name}")
     knob = KNOBS[cfg.knob.name]
     for i, value in enumerate(cfg.knob.values):

@@ -9,6 +9,7 @@ explicit ``torch.Generator``, so a job's data stream depends only on its seed an
 from __future__ import annotations
 
 import copy
+import importlib
 import pickle
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from threeregime.catalog import CIFAR_LAYOUT, cifar_howto
+from threeregime.catalog import CIFAR_LAYOUT, DATASETS, cifar_howto
 from threeregime.config import DataConfig
 
 # Per-channel mean and std of the training images. CIFAR-10's are the paper's; CIFAR-100 uses
@@ -128,7 +129,9 @@ def load_mnist1d(cfg: DataConfig) -> dict:
 
 
 def prepare_dataset(cfg: DataConfig) -> dict:
-    return load_mnist1d(cfg) if cfg.name == "mnist1d" else load_cifar(cfg)
+    """The registered dataset's loader (threeregime.catalog.DATASETS)."""
+    module, _, function = DATASETS[cfg.name].loader.partition(":")
+    return getattr(importlib.import_module(module), function)(cfg)
 
 
 def crop_flip(images: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:

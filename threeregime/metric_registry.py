@@ -50,7 +50,12 @@ class Panel:
 class Metric:
     """One metric column. ``computed_by`` names the function that measures it; ``caption`` is
     the sentence the report shows for its panel or column. ``weights_of`` (``pool_weights``
-    only): the ``pool`` metric whose samples these weights belong to."""
+    only): the ``pool`` metric whose samples these weights belong to.
+
+    ``compute`` (model metrics measured by their own function): ``module:function`` called by
+    the metrics command as ``function(model, data, spec)`` for each retrained model, returning
+    a dict of metric values (this metric's and any it produces alongside); ``enabled_by``: the
+    metrics.* flag that turns it on (None: always on)."""
 
     name: str
     scope: str
@@ -60,6 +65,8 @@ class Metric:
     aggregate: str = "mean"
     panel: Panel | None = None
     weights_of: str | None = None
+    compute: str | None = None
+    enabled_by: str | None = None
 
     @property
     def cell_column(self) -> str:
@@ -93,10 +100,24 @@ def registry_problems() -> list[str]:
         pooled = METRICS.get(m.weights_of)
         if m.aggregate == "pool_weights" and (pooled is None or pooled.aggregate != "pool"):
             problems.append(f"{where}: weights_of must name a registered pool metric")
+        if m.compute is not None and (m.scope != "model" or ":" not in m.compute):
+            problems.append(f"{where}: compute must be 'module:function' of a model metric")
         for attribute in ("computed_by", "caption"):
             if not getattr(m, attribute).strip():
                 problems.append(f"{where}: {attribute} is empty")
     return problems
+
+
+def computed_metrics(spec: dict) -> list[Metric]:
+    """Model metrics with their own ``compute`` function that the metrics spec turns on."""
+    return [m for m in METRICS.values() if m.compute and (m.enabled_by is None or spec.get(m.enabled_by))]
+
+
+def compute_function(metric: Metric):
+    import importlib
+
+    module, _, function = metric.compute.partition(":")
+    return getattr(importlib.import_module(module), function)
 
 
 def observed(kind: str) -> list[str]:
@@ -228,19 +249,45 @@ _scalar(
     "trace of the training-loss Hessian (Hutchinson, deflated by the Lanczos vectors).",
     Panel("Hessian trace", "trace of the train loss Hessian"),
 )
-_scalar(
-    "weight_alpha",
-    "model",
-    "threeregime.spectra.model_alphas (metrics.weight_alpha)",
-    "mean over conv layers of the power-law exponent alpha of each layer's W^T W spectrum "
-    "(smaller: heavier-tailed, better trained).",
-    Panel("Weight spectra: mean layer alpha", "power-law alpha (mean over conv layers)"),
+register(
+    Metric(
+        "weight_alpha",
+        "model",
+        "threeregime.spectra.alpha_metrics (metrics.weight_alpha)",
+        "mean over conv layers of the power-law exponent alpha of each layer's W^T W spectrum "
+        "(smaller: heavier-tailed, better trained).",
+        panel=Panel("Weight spectra: mean layer alpha", "power-law alpha (mean over conv layers)"),
+        compute="threeregime.spectra:alpha_metrics",
+        enabled_by="weight_alpha",
+    )
+)
+register(
+    Metric(
+        "hessian_esd_nodes",
+        "model",
+        "threeregime.hessian.KrylovBasis.spectral_density (metrics.hessian_esd)",
+        "Hessian eigenvalue density: quadrature nodes (eigenvalues of the Lanczos tridiagonal); "
+        "a cell pools its models' nodes.",
+        kind="vector",
+        aggregate="pool",
+    )
+)
+register(
+    Metric(
+        "hessian_esd_weights",
+        "model",
+        "threeregime.hessian.KrylovBasis.spectral_density (metrics.hessian_esd)",
+        "Hessian eigenvalue density: quadrature weights of the nodes (sum 1 per cell).",
+        kind="vector",
+        aggregate="pool_weights",
+        weights_of="hessian_esd_nodes",
+    )
 )
 register(
     Metric(
         "weight_alpha_layers",
         "model",
-        "threeregime.spectra.model_alphas (metrics.weight_alpha)",
+        "threeregime.spectra.alpha_metrics (metrics.weight_alpha)",
         "alpha of each conv layer with at least 8 eigenvalues, in the model's layer order.",
         kind="vector",
         aggregate="elementwise",

@@ -213,3 +213,61 @@ def regime_map(
     for path in outputs:
         save_figure(fig, path, cfg.dpi)
     plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- Hessian density
+ESD_COLUMNS = ("hessian_esd_nodes_mean", "hessian_esd_weights_mean")
+
+
+def broadened_density(nodes, weights, grid: np.ndarray, sigma: float) -> np.ndarray:
+    """sum_k w_k N(x; node_k, sigma^2) on ``grid``: quadrature nodes drawn as a smooth density
+    (the Gaussian broadening of Ghorbani et al. 2019 and PyHessian)."""
+    nodes, weights = np.asarray(nodes, float), np.asarray(weights, float)
+    z = (grid[:, None] - nodes[None, :]) / sigma
+    return (np.exp(-0.5 * z**2) * weights[None, :]).sum(axis=1) / (sigma * math.sqrt(2 * math.pi))
+
+
+def esd_figure(regimes: pd.DataFrame, cfg: PlotConfig):
+    """The Hessian eigenvalue density of every cell (metrics.hessian_esd), laid out like the phase
+    diagram: hottest temperature on top, densities left to right, one shared eigenvalue axis."""
+    from threeregime.metric_registry import parse_vector
+
+    knob = regimes["knob"].iloc[0]
+    temps = temperature_order(regimes)
+    densities = sorted(regimes["density"].unique())
+    cells = regimes.set_index(["temperature", "density"])
+    spectra = {
+        key: (parse_vector(row[ESD_COLUMNS[0]]), parse_vector(row[ESD_COLUMNS[1]]))
+        for key, row in cells.iterrows()
+    }
+    everything = np.concatenate([nodes for nodes, _ in spectra.values()])
+    low, high = float(everything.min()), float(everything.max())
+    sigma = max(high - low, 1e-12) / 100
+    grid = np.linspace(low - 5 * sigma, high + 5 * sigma, 600)
+    fig, axes = plt.subplots(
+        len(temps), len(densities), figsize=(1.9 * len(densities) + 1.2, 1.3 * len(temps) + 1.2),
+        sharex=True, sharey=True, squeeze=False,
+    )  # fmt: skip
+    for r, temperature in enumerate(reversed(temps)):  # hottest on top
+        for c, density in enumerate(densities):
+            ax = axes[r, c]
+            nodes, weights = spectra[(temperature, density)]
+            ax.semilogy(grid, np.maximum(broadened_density(nodes, weights, grid, sigma), 1e-8), lw=1)
+            ax.set_ylim(1e-6 / sigma, None)
+            ax.set_gid(f"esd-{fmt_value(temperature)}-{fmt_value(density)}")
+            if r == 0:
+                ax.set_title(f"density {fmt_value(density)}", fontsize=8)
+            if c == 0:
+                ax.set_ylabel(f"{fmt_value(temperature)}", fontsize=8)
+    fig.supxlabel("Hessian eigenvalue (training loss, kept weights)")
+    fig.supylabel(f"{temperature_label(knob)}\ndensity of eigenvalues (log)", fontsize=9)
+    fig.suptitle(f"Hessian eigenvalue density per cell (stochastic Lanczos quadrature, sigma = {sigma:.3g})")
+    fig.tight_layout()
+    return fig
+
+
+def esd_diagram(regimes: pd.DataFrame, cfg: PlotConfig, outputs: list[str]) -> None:
+    fig = esd_figure(regimes, cfg)
+    for path in outputs:
+        save_figure(fig, path, cfg.dpi)
+    plt.close(fig)

@@ -92,6 +92,15 @@ def layer_alphas(layers: dict[str, torch.Tensor]) -> dict[str, float]:
     return alphas
 
 
+def alpha_metrics(model: nn.Module, data=None, spec: dict | None = None) -> dict:
+    """The weight_alpha metrics of one model (threeregime.metric_registry): the layer mean and
+    the per-layer alphas."""
+    alphas = list(model_alphas(model).values())
+    if not alphas:
+        raise ValueError("metrics.weight_alpha: no conv layer has enough eigenvalues to fit alpha")
+    return {"weight_alpha": sum(alphas) / len(alphas), "weight_alpha_layers": alphas}
+
+
 def model_alphas(model: nn.Module) -> dict[str, float]:
     """alpha of every prunable (conv) layer of a model large enough to fit: the layers pruning
     allocates over."""

@@ -132,6 +132,8 @@ FIGURES = {
     "phase": [f"{RES}/phase_diagram.png", f"{RES}/phase_diagram.pdf"],
     "map": [f"{RES}/regime_map.png", f"{RES}/regime_map.pdf"],
 }
+if CFG.metrics.hessian_esd:  # an optional metric's figure (rule plot_esd)
+    FIGURES["esd"] = [f"{RES}/hessian_esd.png", f"{RES}/hessian_esd.pdf"]
 
 
 def final_outputs():
@@ -142,5 +144,6 @@ def final_outputs():
         + list(ANALYSIS.values())
         + FIGURES["phase"]
         + FIGURES["map"]
+        + FIGURES.get("esd", [])
         + [f"{RES}/summary.json"]
     )
