@@ -1,4 +1,6 @@
-"""Static facts about the datasets and models, importable without torch.
+"""Static facts about the datasets and models, importable without torch: the model and dataset
+registries (one entry each; the schema's model.name and data.name enums, the model/data pairing
+and the data spec derive from them).
 
 The Snakefile validates the configuration before it builds the DAG; these facts (CIFAR's
 on-disk layout, the conv weight shapes of every model) let it do so in milliseconds instead of
@@ -8,19 +10,9 @@ channel plans and file layout from here, and a test checks the shapes against th
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-
-DATA_SHAPES = {"mnist1d": (1, 10), "cifar10": (3, 10), "cifar100": (3, 100)}
-MNIST1D_TRAIN_SPLIT = 0.8  # mnist1d's make_dataset default: the first 80% of samples train
-CIFAR_TRAIN_SAMPLES = 50_000
-
-
-def train_samples(data_name: str, num_samples: int) -> int:
-    """Size of the training split, known before the data exists."""
-    if data_name == "mnist1d":
-        return int(num_samples * MNIST1D_TRAIN_SPLIT)
-    return CIFAR_TRAIN_SAMPLES
-
 
 # torchvision's python-pickle layout: folder, train files, test files, label key, meta file.
 CIFAR_LAYOUT = {
@@ -39,6 +31,9 @@ CIFAR_LAYOUT = {
         "meta": "meta",
     },
 }
+
+MNIST1D_TRAIN_SPLIT = 0.8  # mnist1d's make_dataset default: the first 80% of samples train
+CIFAR_TRAIN_SAMPLES = 50_000
 
 PRERESNET_PLANES = (16, 32, 64)
 CNN1D_PLANES = (32, 64, 64)
@@ -69,40 +64,163 @@ def cifar_missing(name: str, root: str | Path) -> list[Path]:
     return [folder / f for f in (*layout["train"], *layout["test"]) if not (folder / f).is_file()]
 
 
+# ----------------------------------------------------------------------------- registries
+@dataclass(frozen=True)
+class Dataset:
+    """One dataset. ``shape``: (input channels, classes). ``loader``: ``module:function`` taking
+    the DataConfig and returning the prepared payload (threeregime.data). ``content_keys``: the
+    data.* settings that define its content (the data spec; others rerun nothing).
+    ``train_size``: the training split's size from data.num_samples, known before the data
+    exists (batch sizes are checked against it; None: unknown, not checked)."""
+
+    name: str
+    shape: tuple[int, int]
+    loader: str
+    content_keys: tuple[str, ...]
+    description: str
+    train_size: Callable[[int], int] | None = None
+
+
+@dataclass(frozen=True)
+class Model:
+    """One model. ``builder``: ``module:function`` called as (in_channels, num_classes, width)
+    returning the nn.Module (threeregime.models). ``conv_shapes``: the shapes of its conv
+    weights (the prunable layers) by parameter name, from (width, in_channels), without torch:
+    config checks run before any import of torch, and a test holds them equal to the module's.
+    ``datasets``: the datasets it is built for."""
+
+    name: str
+    builder: str
+    conv_shapes: Callable[[float, int], dict[str, tuple[int, ...]]]
+    datasets: tuple[str, ...]
+    description: str
+
+
+DATASETS: dict[str, Dataset] = {}
+MODELS: dict[str, Model] = {}
+
+
+def register_dataset(entry: Dataset) -> Dataset:
+    DATASETS[entry.name] = entry
+    return entry
+
+
+def register_model(entry: Model) -> Model:
+    MODELS[entry.name] = entry
+    return entry
+
+
+def registry_problems(data_fields: set[str]) -> list[str]:
+    """One line per incomplete model or dataset entry (empty when both registries are sound)."""
+    problems = []
+    for name, d in DATASETS.items():
+        where = f"dataset registry: {name}"
+        if d.name != name:
+            problems.append(f"{where}: registered under another name than its entry's {d.name!r}")
+        if len(d.shape) != 2 or min(d.shape) < 1:
+            problems.append(f"{where}: shape must be (input channels, classes), got {d.shape!r}")
+        if ":" not in d.loader:
+            problems.append(f"{where}: loader must be 'module:function', got {d.loader!r}")
+        for key in d.content_keys:
+            if key not in data_fields:
+                problems.append(f"{where}: content key {key!r} is not a data.* config key")
+    for name, m in MODELS.items():
+        where = f"model registry: {name}"
+        if m.name != name:
+            problems.append(f"{where}: registered under another name than its entry's {m.name!r}")
+        if ":" not in m.builder:
+            problems.append(f"{where}: builder must be 'module:function', got {m.builder!r}")
+        if not callable(m.conv_shapes):
+            problems.append(f"{where}: conv_shapes must be a function of (width, in_channels)")
+        unknown = [d for d in m.datasets if d not in DATASETS]
+        if not m.datasets or unknown:
+            problems.append(f"{where}: datasets must name registered datasets, got {list(m.datasets)}")
+    return problems
+
+
 def conv_weight_shapes(model: str, width: float, data_name: str) -> dict[str, tuple[int, ...]]:
     """Shape of every conv weight (the prunable layers), keyed by parameter name."""
-    in_channels, _ = DATA_SHAPES[data_name]
-    shapes: dict[str, tuple[int, ...]] = {}
-    if model == "cnn1d":
-        c1, c2, c3 = (scaled(c, width) for c in CNN1D_PLANES)
-        previous = in_channels
-        for index, (channels, kernel) in enumerate(((c1, 5), (c2, 3), (c3, 3), (c3, 3))):
-            shapes[f"features.{3 * index}.weight"] = (channels, previous, kernel)
-            previous = channels
-    elif model == "preresnet20":
-        planes = [scaled(c, width) for c in PRERESNET_PLANES]
-        shapes["conv1.weight"] = (planes[0], in_channels, 3, 3)
-        previous, block = planes[0], 0
-        for stage, channels in enumerate(planes):
-            for index in range(3):
-                name = f"blocks.{block}"
-                shapes[f"{name}.conv1.weight"] = (channels, previous, 3, 3)
-                shapes[f"{name}.conv2.weight"] = (channels, channels, 3, 3)
-                if (stage > 0 and index == 0) or previous != channels:
-                    shapes[f"{name}.downsample.weight"] = (channels, previous, 1, 1)
-                previous, block = channels, block + 1
-    elif model == "vgg16_bn":
-        previous, index = in_channels, 0
-        for item in VGG16_LAYOUT:
-            if item == "M":
-                index += 1
-                continue
-            channels = scaled(item, width)
-            shapes[f"features.{index}.weight"] = (channels, previous, 3, 3)
-            previous, index = channels, index + 3  # conv, BN, ReLU
-    else:
+    if model not in MODELS:
         raise ValueError(f"model.name: unknown model {model!r}")
+    return MODELS[model].conv_shapes(width, DATASETS[data_name].shape[0])
+
+
+def _cnn1d_shapes(width: float, in_channels: int) -> dict[str, tuple[int, ...]]:
+    c1, c2, c3 = (scaled(c, width) for c in CNN1D_PLANES)
+    shapes, previous = {}, in_channels
+    for index, (channels, kernel) in enumerate(((c1, 5), (c2, 3), (c3, 3), (c3, 3))):
+        shapes[f"features.{3 * index}.weight"] = (channels, previous, kernel)
+        previous = channels
     return shapes
+
+
+def _preresnet20_shapes(width: float, in_channels: int) -> dict[str, tuple[int, ...]]:
+    planes = [scaled(c, width) for c in PRERESNET_PLANES]
+    shapes = {"conv1.weight": (planes[0], in_channels, 3, 3)}
+    previous, block = planes[0], 0
+    for stage, channels in enumerate(planes):
+        for index in range(3):
+            name = f"blocks.{block}"
+            shapes[f"{name}.conv1.weight"] = (channels, previous, 3, 3)
+            shapes[f"{name}.conv2.weight"] = (channels, channels, 3, 3)
+            if (stage > 0 and index == 0) or previous != channels:
+                shapes[f"{name}.downsample.weight"] = (channels, previous, 1, 1)
+            previous, block = channels, block + 1
+    return shapes
+
+
+def _vgg16_bn_shapes(width: float, in_channels: int) -> dict[str, tuple[int, ...]]:
+    shapes, previous, index = {}, in_channels, 0
+    for item in VGG16_LAYOUT:
+        if item == "M":
+            index += 1
+            continue
+        channels = scaled(item, width)
+        shapes[f"features.{index}.weight"] = (channels, previous, 3, 3)
+        previous, index = channels, index + 3  # conv, BN, ReLU
+    return shapes
+
+
+register_dataset(
+    Dataset(
+        "mnist1d", (1, 10), "threeregime.data:load_mnist1d", ("name", "num_samples", "generation_seed"),
+        "MNIST-1D (Greydanus 2020), generated offline from a seed",
+        train_size=lambda num_samples: int(num_samples * MNIST1D_TRAIN_SPLIT),
+    )
+)  # fmt: skip
+for _name, _classes in (("cifar10", 10), ("cifar100", 100)):
+    register_dataset(
+        Dataset(
+            _name, (3, _classes), "threeregime.data:load_cifar", ("name", "augment"),
+            f"{_name.upper()} from torchvision's files under data.root",
+            train_size=lambda _: CIFAR_TRAIN_SAMPLES,
+        )
+    )  # fmt: skip
+register_model(
+    Model(
+        "cnn1d", "threeregime.models:CNN1d", _cnn1d_shapes, ("mnist1d",),
+        "a small BatchNorm 1D CNN (4 convs)",
+    )
+)  # fmt: skip
+register_model(
+    Model(
+        "preresnet20", "threeregime.models:preresnet20", _preresnet20_shapes, ("cifar10", "cifar100"),
+        "PreResNet-20 (the paper's model: 16/32/64 channels, 1x1 downsample convs)",
+    )
+)  # fmt: skip
+register_model(
+    Model(
+        "vgg16_bn", "threeregime.models:VGG", _vgg16_bn_shapes, ("cifar10", "cifar100"),
+        "VGG-16 with BatchNorm",
+    )
+)  # fmt: skip
+DATA_SHAPES = {name: entry.shape for name, entry in DATASETS.items()}  # registered at import
+
+
+def train_samples(data_name: str, num_samples: int) -> int | None:
+    """Size of the training split, known before the data exists (None: not declared)."""
+    size = DATASETS[data_name].train_size
+    return None if size is None else size(num_samples)
 
 
 def conv_layer_sizes(model: str, width: float, data_name: str) -> dict[str, int]:

@@ -284,7 +284,7 @@ def cmd_prune(args) -> None:
     spec = json.loads(args.spec)
     dense = load_checkpoint(args.dense, "dense")
     model = _model_from(dense)
-    masks = compute_masks(model, spec["density"], spec["method"])
+    masks = compute_masks(model, spec["density"], spec["method"], spec)
     rewind = dense["state"].get("rewind")
     control = spec.get("control", "none")
     seed = control_seed(dense["spec"]["seed"], spec["density"])
@@ -371,6 +371,7 @@ def cmd_retrain(args) -> None:
 def _model_metrics(payload: dict, model, data, spec: dict, perf) -> dict:
     """Per-model numbers: test error (mean of the last epochs), train loss/error, Hessian."""
     from threeregime.hessian import hessian_summary
+    from threeregime.metric_registry import compute_function, computed_metrics
     from threeregime.metrics import summarize_test_error
     from threeregime.train import evaluate
 
@@ -386,8 +387,10 @@ def _model_metrics(payload: dict, model, data, spec: dict, perf) -> dict:
     result |= hessian_summary(
         model, x, y, masks, spec["hessian_max_iter"], spec["hessian_tol"],
         spec["hessian_probes"], spec["hessian_probe_batch"],
-        deflation=spec["hessian_trace_deflation"],
+        deflation=spec["hessian_trace_deflation"], density=spec.get("hessian_esd", False),
     )  # fmt: skip
+    for metric in computed_metrics(spec):  # registered model metrics with their own function
+        result |= compute_function(metric)(model, data, spec)
     return result
 
 
@@ -448,6 +451,7 @@ def cmd_collect(args) -> None:
     import pandas as pd
 
     from threeregime.config import grid_cells
+    from threeregime.metric_registry import as_cell, pair_row
     from threeregime.regimes import aggregate_cells
     from threeregime.runtime import environment_label
 
@@ -461,10 +465,11 @@ def cmd_collect(args) -> None:
             cell = {k: record[k] for k in keys}
             environment = "; ".join(environment_label(e) for e in record.pop("environments", []))
             for model in pair_models:
-                models[(*cell.values(), model["retrain_seed"])] = cell | model
-            averaged = pd.DataFrame(pair_models).drop(columns=["retrain_seed", "seconds"], errors="ignore")
-            pair = {k: v for k, v in record.items() if not k.startswith("lmc_") and k != "seconds"}
-            rows.append(pair | averaged.mean().to_dict() | {"environment": environment or "unrecorded"})
+                models[(*cell.values(), model["retrain_seed"])] = cell | {
+                    k: as_cell(v) for k, v in model.items()
+                }
+            pair = {k: as_cell(v) for k, v in record.items() if not k.startswith("lmc_") and k != "seconds"}
+            rows.append(pair | pair_row(pair_models) | {"environment": environment or "unrecorded"})
         except (AttributeError, KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(
                 f"{path}: not a metrics file of this workflow ({type(exc).__name__}: {exc}); {REBUILD_ADVICE}"
@@ -520,6 +525,17 @@ def cmd_plot(args) -> None:
     phase_diagram(regimes, cfg, args.phase)
     regime_map(regimes, cfg, args.map, selection)
     log.info("figures: %s", ", ".join(args.phase + args.map))
+
+
+def cmd_plot_esd(args) -> None:
+    """The Hessian eigenvalue density of every cell (metrics.hessian_esd)."""
+    import pandas as pd
+
+    from threeregime.config import PlotConfig
+    from threeregime.plot import esd_diagram
+
+    esd_diagram(pd.read_csv(args.regimes), PlotConfig(**json.loads(args.spec)["plot"]), args.out)
+    log.info("figures: %s", ", ".join(args.out))
 
 
 # ----------------------------------------------------------------------------- parser
@@ -589,6 +605,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--selection", default="", help="selection.csv: mark best and picked cells")
     p.add_argument("--phase", nargs="+", required=True)
     p.add_argument("--map", nargs="+", required=True)
+    p = command("plot-esd", cmd_plot_esd)
+    p.add_argument("--regimes", required=True)
+    p.add_argument("--out", nargs="+", required=True)
     return parser
 
 

@@ -8,6 +8,7 @@ config edit reruns exactly the jobs it affects.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import glob
 import json
@@ -19,6 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from threeregime.catalog import DATASETS, MODELS
+from threeregime.catalog import registry_problems as catalog_problems
+from threeregime.knobs import KNOBS, registry_problems
+from threeregime.metric_registry import registry_problems as metric_registry_problems
+from threeregime.pruning_methods import PRUNING_METHODS
+from threeregime.pruning_methods import registry_problems as pruning_registry_problems
 
 SCHEMA_PATH = Path(__file__).parent / "schema" / "config.schema.yaml"
 
@@ -58,6 +66,8 @@ class Recipe:
     optimizer: str = "sgd"
     sam_rho: float = 0.05
     drop_last: bool = True
+    label_noise: float = 0.0
+    label_noise_seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -74,6 +84,7 @@ class PruneConfig:
 
     densities: tuple[float, ...]
     method: str = "uniform"
+    alpha_epsilon: float = 0.2
     control: str = "none"
 
 
@@ -113,6 +124,8 @@ class MetricsConfig:
     hessian_probe_batch: int = 10
     hessian_trace_deflation: int = 10
     eval_batch_size: int = 1000
+    weight_alpha: bool = False
+    hessian_esd: bool = False
 
 
 @dataclass(frozen=True)
@@ -156,26 +169,6 @@ class RuntimeConfig:
     compile: bool = False
     tf32: bool = False
     retrain_pack: str = "none"
-
-
-@dataclass(frozen=True)
-class KnobInfo:
-    """How a knob maps to temperature: ``hotter`` is +1 if a larger value is hotter."""
-
-    label: str
-    unit: str
-    hotter: int
-    integer: bool
-
-
-KNOBS = {
-    "epochs": KnobInfo("dense training epochs", "epochs", hotter=-1, integer=True),
-    "batch_size": KnobInfo("dense batch size", "samples per step", hotter=-1, integer=True),
-    "sam_rho": KnobInfo("SAM rho", "neighbourhood radius", hotter=+1, integer=False),
-}
-
-MODEL_DATA = {"cnn1d": {"mnist1d"}, "preresnet20": {"cifar10", "cifar100"}}
-MODEL_DATA["vgg16_bn"] = MODEL_DATA["preresnet20"]
 
 
 def fmt_value(value: float | int) -> str:
@@ -232,18 +225,23 @@ class ExperimentConfig:
         return int(self.runtime.device == "cuda")
 
     # ----- recipes -----
+    @property
+    def knob_entry(self):
+        """The registry entry of this config's knob (threeregime.knobs)."""
+        return KNOBS[self.knob.name]
+
     def dense_recipe(self, temperature: str) -> Recipe:
-        """The dense recipe at one temperature: the knob overrides one field."""
-        value = float(temperature)
-        if self.knob.name == "batch_size":
-            return replace(self.train, batch_size=int(value))
-        if self.knob.name == "sam_rho":
-            return replace(self.train, optimizer="sam", sam_rho=value)
-        return self.train  # epochs: one run, checkpoints are the temperatures
+        """The dense recipe at one temperature: the knob's entry sets its field (and any fields it
+        always sets); a knob read from checkpoints of one run keeps the base recipe."""
+        knob = self.knob_entry
+        if knob.schedule == "checkpoints":
+            return self.train
+        return replace(self.train, **knob.also_set, **{knob.field: knob_value(knob, temperature)})
 
     def retrain_recipe(self) -> Recipe:
-        """LR rewinding replays the dense recipe; fine-tuning uses a small constant lr."""
-        base = replace(self.train, optimizer="sgd")
+        """LR rewinding replays the dense recipe; fine-tuning uses a small constant lr. SAM and
+        label noise belong to dense training only (threeregime.knobs)."""
+        base = replace(self.train, optimizer="sgd", label_noise=0.0)
         if self.retrain.mode == "finetune":
             base = replace(
                 base,
@@ -258,11 +256,12 @@ class ExperimentConfig:
         return replace(base, **overrides)
 
     def dense_stop_epoch(self, temperature: str) -> int | None:
-        return int(float(temperature)) if self.knob.name == "epochs" else None
+        """A checkpoints knob (epochs) stops each dense job at its temperature's epoch."""
+        return int(float(temperature)) if self.knob_entry.schedule == "checkpoints" else None
 
     def dense_parent(self, temperature: str) -> str | None:
-        """Epochs knob: the checkpoint at the previous grid epoch seeds this one."""
-        if self.knob.name != "epochs":
+        """A checkpoints knob (epochs): the checkpoint at the previous grid epoch seeds this one."""
+        if self.knob_entry.schedule != "checkpoints":
             return None
         epochs = sorted(int(float(t)) for t in self.temperatures)
         index = epochs.index(int(float(temperature)))
@@ -278,10 +277,7 @@ class ExperimentConfig:
     def data_spec(self) -> dict:
         """What defines the dataset's content. Where CIFAR lives (root, download) does not: it
         travels separately (:meth:`data_location`), so moving the data reruns nothing."""
-        if self.data.name == "mnist1d":
-            keys = ("name", "num_samples", "generation_seed")
-        else:
-            keys = ("name", "augment")
+        keys = DATASETS[self.data.name].content_keys
         return {key: getattr(self.data, key) for key in keys}
 
     def data_location(self) -> dict:
@@ -290,18 +286,21 @@ class ExperimentConfig:
     def dense_spec(self, temperature: str, seed: int) -> dict:
         """Weight rewinding adds the iteration whose state the dense run keeps (only then, so
         that other modes keep their specs)."""
-        stop = int(float(temperature)) if self.knob.name == "epochs" else None
         spec = {
             "model": asdict(self.model),
             "recipe": recipe_spec(self.dense_recipe(temperature)),
             "seed": int(seed),
-            "stop_epoch": stop,
+            "stop_epoch": self.dense_stop_epoch(temperature),
             "performance": self.performance_spec(),
         }
         return spec | {"rewind_step": self.retrain.rewind_step} if self.retrain.rewinds_weights else spec
 
     def prune_spec(self, density: str) -> dict:
-        spec = {"method": self.prune.method, "density": float(density)}
+        """Method, density, the prune.* settings the method's registry entry says act, and the
+        lottery-ticket control when there is one."""
+        method = PRUNING_METHODS[self.prune.method]
+        settings = {key: getattr(self.prune, key) for key in method.settings}
+        spec = {"method": self.prune.method, "density": float(density)} | settings
         return spec | {"control": self.prune.control} if self.prune.control != "none" else spec
 
     def retrain_spec(self) -> dict:
@@ -311,16 +310,20 @@ class ExperimentConfig:
         return spec | {"rewind_step": self.retrain.rewind_step} if self.retrain.rewinds_weights else spec
 
     def metrics_spec(self) -> dict:
-        return asdict(self.metrics) | {"performance": self.performance_spec()}
+        """Optional metrics appear only when on, so specs written before they existed stay."""
+        spec = asdict(self.metrics)
+        for optional in ("weight_alpha", "hessian_esd"):
+            if not spec[optional]:
+                del spec[optional]
+        return spec | {"performance": self.performance_spec()}
 
     def analysis_spec(self) -> dict:
         """Regime settings with the advice's reference temperature resolved to a grid value."""
         regimes = asdict(self.regimes)
         grid = [float(t) for t in self.temperatures]  # coldest first
         reference = regimes["reference_temperature"]
-        if reference is None:
-            base = {"epochs": self.train.epochs, "batch_size": self.train.batch_size}
-            own = float(base.get(self.knob.name, self.train.sam_rho))
+        if reference is None:  # the base recipe's own value of the knob's field
+            own = float(getattr(self.train, self.knob_entry.field))
             reference = own if own in grid else grid[0]
         regimes["reference_temperature"] = float(reference)
         return {"knob": self.knob.name, "regimes": regimes}
@@ -331,10 +334,13 @@ class ExperimentConfig:
 
 def recipe_spec(recipe: Recipe) -> dict:
     """The recipe's fields that act: no sam_rho under plain SGD, no epochs under an iteration
-    budget, so editing an unused field reruns nothing."""
+    budget, no label-noise seed without label noise, so editing an unused field reruns nothing
+    (and specs written before label noise existed stay the same)."""
     spec = asdict(recipe)
     if recipe.optimizer != "sam":
         del spec["sam_rho"]
+    if not recipe.label_noise:
+        del spec["label_noise"], spec["label_noise_seed"]
     if recipe.iterations is not None:
         del spec["epochs"]
     return spec
@@ -361,9 +367,36 @@ def to_json(spec: dict) -> str:
     return json.dumps(spec, sort_keys=True, separators=(",", ":"))
 
 
+def knob_value(knob, temperature: str | float) -> float | int:
+    """A grid value as the recipe field takes it (whole numbers as int for integer knobs)."""
+    return int(float(temperature)) if knob.integer else float(temperature)
+
+
 @cache
-def _schema() -> dict:
+def _schema_file() -> dict:
     return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def _schema() -> dict:
+    """The config schema with its registry-derived enums filled in (``knob.name``): the file
+    describes the keys, the registries say which names exist."""
+    schema = copy.deepcopy(_schema_file())
+    schema["properties"]["knob"]["properties"]["name"]["enum"] = list(KNOBS)
+    schema["properties"]["prune"]["properties"]["method"]["enum"] = list(PRUNING_METHODS)
+    schema["properties"]["model"]["properties"]["name"]["enum"] = list(MODELS)
+    schema["properties"]["data"]["properties"]["name"]["enum"] = list(DATASETS)
+    return schema
+
+
+def check_registries() -> None:
+    """Raise ConfigError with one line for the first incomplete registry entry."""
+    recipe_fields = {f.name for f in dataclasses.fields(Recipe)}
+    schema_fields = set(_schema_file()["$defs"]["recipe"]["properties"])
+    problems = registry_problems(recipe_fields, schema_fields) + metric_registry_problems()
+    problems += pruning_registry_problems({f.name for f in dataclasses.fields(PruneConfig)})
+    problems += catalog_problems({f.name for f in dataclasses.fields(DataConfig)})
+    if problems:
+        raise ConfigError(problems[0])
 
 
 def _key_path(error) -> str:
@@ -377,6 +410,7 @@ def validate_schema(raw: Any, source: str) -> None:
     """Raise ConfigError naming the first offending key, per the JSON schema."""
     import jsonschema
 
+    check_registries()
     validator = jsonschema.Draft202012Validator(_schema())
     error = jsonschema.exceptions.best_match(validator.iter_errors(raw))
     if error is not None:
@@ -547,26 +581,34 @@ def check_semantics(cfg: ExperimentConfig, source: str, check_paths: bool = True
     def fail(key: str, message: str):
         raise ConfigError(f"{source}: {key}: {message}")
 
-    if cfg.data.name not in MODEL_DATA[cfg.model.name]:
-        allowed = ", ".join(sorted(MODEL_DATA[cfg.model.name]))
+    if cfg.data.name not in MODELS[cfg.model.name].datasets:
+        allowed = ", ".join(sorted(MODELS[cfg.model.name].datasets))
         fail("model.name", f"{cfg.model.name} needs data.name in {{{allowed}}}, got {cfg.data.name}")
-    info = KNOBS[cfg.knob.name]
+    knob = KNOBS[cfg.knob.name]
     for i, value in enumerate(cfg.knob.values):
-        if info.integer and not float(value).is_integer():
+        if knob.integer and not float(value).is_integer():
             fail(f"knob.values[{i}]", f"{value} must be a whole number for knob {cfg.knob.name}")
+        problem = _recipe_value_problem(knob.field, knob_value(knob, value))
+        if problem:
+            fail(f"knob.values[{i}]", f"{value} is not a valid train.{knob.field}: {problem}")
     canonical = [fmt_value(v) for v in cfg.knob.values]
     if len(set(canonical)) != len(canonical):
         fail("knob.values", f"duplicate grid values {canonical}")
     if len(set(cfg.densities)) != len(cfg.densities):
         fail("prune.densities", f"duplicate grid values {cfg.densities}")
-    if cfg.knob.name == "epochs":
-        if cfg.train.iterations is not None:
-            fail("train.iterations", "the epochs knob needs an epoch budget; remove iterations")
-        too_long = [v for v in cfg.knob.values if v > cfg.train.epochs]
+    if knob.budget == "epochs" and cfg.train.iterations is not None:
+        fail("train.iterations", f"the {knob.name} knob needs an epoch budget; remove iterations")
+    if knob.budget == "iterations" and cfg.train.iterations is None:
+        fail(
+            "train.iterations",
+            f"the {knob.name} knob needs a fixed iteration budget, the same at every temperature "
+            "(paper: 62400)",
+        )
+    if knob.schedule == "checkpoints":
+        budget = getattr(cfg.train, knob.field)
+        too_long = [v for v in cfg.knob.values if v > budget]
         if too_long:
-            fail("knob.values", f"epochs {too_long} exceed train.epochs={cfg.train.epochs}")
-    if cfg.knob.name == "batch_size" and cfg.train.iterations is None:
-        fail("train.iterations", "the batch_size knob needs a fixed iteration budget (paper: 62400)")
+            fail("knob.values", f"{knob.field} {too_long} exceed train.{knob.field}={budget}")
     reference = cfg.regimes.reference_temperature
     if reference is not None and fmt_value(reference) not in cfg.temperatures:
         fail("regimes.reference_temperature", f"{fmt_value(reference)} is not one of the knob values")
@@ -605,11 +647,11 @@ def check_batch_sizes(cfg: ExperimentConfig, fail) -> None:
     from threeregime.catalog import train_samples
 
     samples = train_samples(cfg.data.name, cfg.data.num_samples)
+    if samples is None:
+        return
     recipes = {"train.batch_size": cfg.train}
-    if cfg.knob.name == "batch_size":
-        recipes = {
-            f"knob.values[{i}]": replace(cfg.train, batch_size=int(v)) for i, v in enumerate(cfg.knob.values)
-        }
+    if cfg.knob_entry.field == "batch_size":
+        recipes = {f"knob.values[{i}]": cfg.dense_recipe(fmt_value(v)) for i, v in enumerate(cfg.knob.values)}
     recipes["retrain.recipe.batch_size"] = cfg.retrain_recipe()
     for key, recipe in recipes.items():
         if recipe.drop_last and recipe.batch_size > samples:
@@ -639,6 +681,8 @@ def check_rewind_step(cfg: ExperimentConfig, fail) -> None:
     if not cfg.retrain.rewinds_weights:
         return
     samples = train_samples(cfg.data.name, cfg.data.num_samples)
+    if samples is None:
+        return
     shortest = min(
         _iterations(cfg.dense_recipe(t), samples, cfg.dense_stop_epoch(t)) for t in cfg.temperatures
     )
@@ -656,6 +700,18 @@ def _iterations(recipe: Recipe, samples: int, stop_epoch: int | None) -> int:
     steps = samples // recipe.batch_size if recipe.drop_last else -(-samples // recipe.batch_size)
     total = recipe.iterations or recipe.epochs * steps
     return total if stop_epoch is None else min(total, stop_epoch * steps)
+
+
+def _recipe_value_problem(field_name: str, value) -> str | None:
+    """Why ``value`` is not valid for one recipe field per the schema's recipe definition (the
+    one place its bounds are written), or None."""
+    import jsonschema
+
+    schema = _schema_file()
+    rule = schema["$defs"]["recipe"]["properties"][field_name]
+    validator = jsonschema.Draft202012Validator({"$defs": schema["$defs"], **rule})
+    error = jsonschema.exceptions.best_match(validator.iter_errors(value))
+    return None if error is None else error.message
 
 
 def check_uniform_density(cfg: ExperimentConfig, fail) -> None:

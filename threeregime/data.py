@@ -8,6 +8,8 @@ explicit ``torch.Generator``, so a job's data stream depends only on its seed an
 
 from __future__ import annotations
 
+import copy
+import importlib
 import pickle
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from threeregime.catalog import CIFAR_LAYOUT, cifar_howto
+from threeregime.catalog import CIFAR_LAYOUT, DATASETS, cifar_howto
 from threeregime.config import DataConfig
 
 # Per-channel mean and std of the training images. CIFAR-10's are the paper's; CIFAR-100 uses
@@ -127,7 +129,9 @@ def load_mnist1d(cfg: DataConfig) -> dict:
 
 
 def prepare_dataset(cfg: DataConfig) -> dict:
-    return load_mnist1d(cfg) if cfg.name == "mnist1d" else load_cifar(cfg)
+    """The registered dataset's loader (threeregime.catalog.DATASETS)."""
+    module, _, function = DATASETS[cfg.name].loader.partition(":")
+    return getattr(importlib.import_module(module), function)(cfg)
 
 
 def crop_flip(images: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
@@ -169,6 +173,13 @@ class DeviceData:
     def num_train(self) -> int:
         return len(self.train_y)
 
+    def with_label_noise(self, fraction: float, seed: int) -> DeviceData:
+        """This dataset with noisy training labels (:func:`noisy_labels`); test labels stay clean."""
+        noisy = copy.copy(self)
+        labels = noisy_labels(self.train_y.cpu(), fraction, seed, self.num_classes)
+        noisy.train_y = labels.to(self.device)
+        return noisy
+
     def _finish(self, x: torch.Tensor) -> torch.Tensor:
         if not self.image:
             return x
@@ -199,6 +210,25 @@ class DeviceData:
         x, y = self.split(name, limit)
         for start in range(0, len(y), batch_size):
             yield self._finish(x[start : start + batch_size]), y[start : start + batch_size]
+
+
+def noisy_labels(labels: torch.Tensor, fraction: float, seed: int, num_classes: int) -> torch.Tensor:
+    """``labels`` with round(fraction * n) of them replaced by a different class.
+
+    Which samples and which wrong class come from ``seed`` alone (a CPU generator, the same on
+    every device), drawn once for the whole set: the samples are the first ones of one seeded
+    permutation, so every label that is wrong at a smaller fraction is wrong, with the same class,
+    at a larger one. The new class is uniform over the other ``num_classes - 1`` classes, so the
+    fraction is exactly the fraction of wrong labels.
+    """
+    generator = torch.Generator().manual_seed(int(seed))
+    n = len(labels)
+    order = torch.randperm(n, generator=generator)
+    shift = torch.randint(1, num_classes, (n,), generator=generator)
+    chosen = order[: round(fraction * n)]
+    out = labels.clone()
+    out[chosen] = (labels[chosen] + shift[chosen].to(labels.dtype)) % num_classes
+    return out
 
 
 def data_generator(device: torch.device, *seed_parts: int) -> torch.Generator:

@@ -206,11 +206,24 @@ def top_eigenvalue(op: HessianOperator, max_iter: int, tol: float, seed: int) ->
 
 @dataclass(frozen=True)
 class KrylovBasis:
-    """Orthonormal Lanczos vectors (rows of ``vectors``, flat, zero on pruned weights) and the
-    exact tr(Q^T H Q) over them (the sum of the Lanczos diagonal)."""
+    """Orthonormal Lanczos vectors (rows of ``vectors``, flat, zero on pruned weights), the
+    exact tr(Q^T H Q) over them (the sum of the Lanczos diagonal), and the tridiagonal matrix
+    T = Q^T H Q itself (``diagonal``, ``off_diagonal``)."""
 
     vectors: torch.Tensor
     trace: float
+    diagonal: tuple[float, ...] = ()
+    off_diagonal: tuple[float, ...] = ()
+
+    def spectral_density(self) -> tuple[list[float], list[float]]:
+        """Stochastic Lanczos quadrature (Golub & Meurant; Ghorbani et al. 2019) from this run:
+        nodes = eigenvalues of T, weights = squared first components of its eigenvectors. The
+        weights sum to 1 and sum_k w_k f(node_k) = q^T f(H) q for the random unit start q,
+        exactly for polynomials f up to degree 2m - 1 after m steps; over random q its mean is
+        tr f(H) / n, so the nodes and weights estimate the eigenvalue density of P H P (the
+        Hessian on the kept weights). One run is one probe."""
+        nodes, vectors = torch.linalg.eigh(_tridiagonal(list(self.diagonal), list(self.off_diagonal)))
+        return nodes.tolist(), (vectors[0] ** 2).tolist()
 
     def deflate(self, vs: Vector) -> Vector:
         """Project a batch of vectors stacked on dim 0 off the basis: v - Q^T (Q v)."""
@@ -274,7 +287,8 @@ def lanczos(
         betas.append(float(beta))
         q = w / beta
         basis.append(q)
-    return estimate, len(alphas), KrylovBasis(torch.stack(basis), math.fsum(alphas))
+    off = tuple(betas[: len(alphas) - 1])
+    return estimate, len(alphas), KrylovBasis(torch.stack(basis), math.fsum(alphas), tuple(alphas), off)
 
 
 def _tridiagonal(alphas: list[float], betas: list[float]) -> torch.Tensor:
@@ -322,20 +336,26 @@ def hessian_summary(
     eig_method: str = "lanczos",
     mode: str = "reverse",
     deflation: int = 0,
+    density: bool = False,
 ) -> dict:
     """Top eigenvalue (``eig_method``: "lanczos" or "power") and Hutchinson trace of P H P,
-    the trace deflated by at least ``deflation`` Lanczos vectors (0: plain, as PyHessian)."""
+    the trace deflated by at least ``deflation`` Lanczos vectors (0: plain, as PyHessian); with
+    ``density``, also the eigenvalue density's quadrature nodes and weights from the same
+    Lanczos run (:meth:`KrylovBasis.spectral_density`, no extra Hessian products)."""
     if eig_method not in ("lanczos", "power"):
         raise ValueError(f"unknown eigenvalue method {eig_method!r}")
-    if deflation and eig_method != "lanczos":
-        raise ValueError("a deflated trace needs eig_method='lanczos' (its basis)")
+    if (deflation or density) and eig_method != "lanczos":
+        raise ValueError("a deflated trace and the density need eig_method='lanczos' (its basis)")
     op = HessianOperator(model, x, y, masks, mode=mode)
-    basis = None
+    basis, quadrature = None, {}
     if eig_method == "power":
         eigenvalue, iterations = top_eigenvalue(op, max_iter, tol, seed)
     else:
         eigenvalue, iterations, krylov = lanczos(op, max_iter, tol, seed, min_products=deflation)
         basis = krylov if deflation else None
+        if density:
+            nodes, weights = krylov.spectral_density()
+            quadrature = {"hessian_esd_nodes": nodes, "hessian_esd_weights": weights}
     trace_value, trace_stderr = trace(op, probes, probe_batch, seed + 1, basis)
     return {
         "hessian_top_eigenvalue": eigenvalue,
@@ -346,7 +366,7 @@ def hessian_summary(
         "hessian_trace_deflation": 0 if basis is None else len(basis.vectors),
         "hessian_products": iterations + probes,
         "hessian_samples": len(y),
-    }
+    } | quadrature
 
 
 def pyhessian_reference(

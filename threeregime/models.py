@@ -7,14 +7,16 @@ final Linear layer is never pruned, as in the paper. Channel plans come from
 
 from __future__ import annotations
 
+import importlib
+
 import torch
 from torch import nn
 
-from threeregime.catalog import CNN1D_PLANES, PRERESNET_PLANES, VGG16_LAYOUT
+from threeregime.catalog import CNN1D_PLANES, MODELS, PRERESNET_PLANES, VGG16_LAYOUT
 from threeregime.catalog import scaled as _scaled
 from threeregime.config import ModelConfig
 
-MODEL_NAMES = ("cnn1d", "preresnet20", "vgg16_bn")
+MODEL_NAMES = tuple(MODELS)
 
 
 class CNN1d(nn.Module):
@@ -127,14 +129,17 @@ class VGG(nn.Module):
         return self.fc(self.features(x).mean(dim=(2, 3)))
 
 
+def preresnet20(in_channels: int, num_classes: int, width: float = 1.0) -> PreResNet:
+    return PreResNet(in_channels, num_classes, depth=20, width=width)
+
+
 def build_model(cfg: ModelConfig, in_channels: int, num_classes: int) -> nn.Module:
-    if cfg.name == "cnn1d":
-        return CNN1d(in_channels, num_classes, cfg.width)
-    if cfg.name == "preresnet20":
-        return PreResNet(in_channels, num_classes, depth=20, width=cfg.width)
-    if cfg.name == "vgg16_bn":
-        return VGG(in_channels, num_classes, cfg.width)
-    raise ValueError(f"model.name: unknown model {cfg.name!r}; choose one of {', '.join(MODEL_NAMES)}")
+    """The registered model's builder (threeregime.catalog.MODELS)."""
+    entry = MODELS.get(cfg.name)
+    if entry is None:
+        raise ValueError(f"model.name: unknown model {cfg.name!r}; choose one of {', '.join(MODELS)}")
+    module, _, function = entry.builder.partition(":")
+    return getattr(importlib.import_module(module), function)(in_channels, num_classes, cfg.width)
 
 
 def init_model(cfg: ModelConfig, in_channels: int, num_classes: int, seed: int) -> nn.Module:

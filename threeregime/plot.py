@@ -19,23 +19,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib import patheffects  # noqa: E402
-from matplotlib.colors import ListedColormap  # noqa: E402
+from matplotlib.colors import ListedColormap, LogNorm  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from threeregime.config import KNOBS, PlotConfig, fmt_value  # noqa: E402
+from threeregime.config import PlotConfig, fmt_value  # noqa: E402
 from threeregime.io import save_figure  # noqa: E402
+from threeregime.knobs import KNOBS  # noqa: E402
+from threeregime.metric_registry import panels as registered_panels  # noqa: E402
 from threeregime.regimes import REGIMES, knob_action, temperature_order  # noqa: E402
 
-# (column, panel title, colour-bar label)
-PANELS = (
-    ("test_error_mean", "Test error", "test error (fraction misclassified)"),
-    ("normalized_test_error", "Normalized test error", "test error - column minimum"),
-    ("mc_mean", "LMC: mc = m - e(u)", "mc (train-error units; < 0: barrier)"),
-    ("cka_softmax_mean", "CKA (softmax outputs)", "linear CKA of the two retrainings"),
-    ("hessian_top_eigenvalue_mean", "Hessian top eigenvalue", "top eigenvalue of the train loss"),
-    ("hessian_trace_mean", "Hessian trace", "trace of the train loss Hessian"),
-)
 REGIME_COLORS = {"I": "#d62728", "II-A": "#ff9f1c", "II-B": "#2ca02c"}
 BOUNDARY_STYLE = {
     "I": {"color": "black", "lw": 2.4, "ls": "-"},
@@ -127,23 +120,24 @@ def phase_figure(regimes: pd.DataFrame, cfg: PlotConfig):
     """Figure 2: one heatmap per metric in a grid of ``cfg.ncols`` columns, boundaries drawn."""
     knob = regimes["knob"].iloc[0]
     regime_grid, temps, densities = cell_grid(regimes, "regime")
-    panels = [p for p in PANELS if p[0] in regimes and regimes[p[0]].notna().any()]
+    panels = [p for p in registered_panels() if p[0] in regimes and regimes[p[0]].notna().any()]
     ncols = min(cfg.ncols, len(panels))
     nrows = math.ceil(len(panels) / ncols)
     width = 2.2 + 0.75 * len(densities)
     height = 1.9 + 0.42 * len(temps)
     fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * width, nrows * height + 0.8), squeeze=False)
-    for ax, (column, title, unit) in zip(axes.flat, panels):
+    for ax, (column, panel) in zip(axes.flat, panels):
         values = cell_grid(regimes, column)[0].astype(float)
-        image = ax.imshow(values, origin="lower", cmap=cfg.cmap, aspect="auto")
-        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04).set_label(unit, fontsize=8)
+        norm = LogNorm() if panel.log and np.nanmin(values) > 0 else None
+        image = ax.imshow(values, origin="lower", cmap=panel.cmap or cfg.cmap, norm=norm, aspect="auto")
+        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04).set_label(panel.label, fontsize=8)
         if cfg.annotate and values.size <= 200:
             _annotate(ax, values)
         if column == "test_error_mean":
             _mark_best(ax, values)
         draw_boundaries(ax, regime_grid)
         _axes_labels(ax, knob, temps, densities)
-        ax.set_title(title)
+        ax.set_title(panel.title)
         ax.set_gid(column)
     for ax in list(axes.flat)[len(panels) :]:
         ax.remove()
@@ -216,6 +210,64 @@ def regime_map(
     regimes: pd.DataFrame, cfg: PlotConfig, outputs: list[str], selection: pd.DataFrame | None = None
 ) -> None:
     fig = regime_figure(regimes, cfg, selection)
+    for path in outputs:
+        save_figure(fig, path, cfg.dpi)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- Hessian density
+ESD_COLUMNS = ("hessian_esd_nodes_mean", "hessian_esd_weights_mean")
+
+
+def broadened_density(nodes, weights, grid: np.ndarray, sigma: float) -> np.ndarray:
+    """sum_k w_k N(x; node_k, sigma^2) on ``grid``: quadrature nodes drawn as a smooth density
+    (the Gaussian broadening of Ghorbani et al. 2019 and PyHessian)."""
+    nodes, weights = np.asarray(nodes, float), np.asarray(weights, float)
+    z = (grid[:, None] - nodes[None, :]) / sigma
+    return (np.exp(-0.5 * z**2) * weights[None, :]).sum(axis=1) / (sigma * math.sqrt(2 * math.pi))
+
+
+def esd_figure(regimes: pd.DataFrame, cfg: PlotConfig):
+    """The Hessian eigenvalue density of every cell (metrics.hessian_esd), laid out like the phase
+    diagram: hottest temperature on top, densities left to right, one shared eigenvalue axis."""
+    from threeregime.metric_registry import parse_vector
+
+    knob = regimes["knob"].iloc[0]
+    temps = temperature_order(regimes)
+    densities = sorted(regimes["density"].unique())
+    cells = regimes.set_index(["temperature", "density"])
+    spectra = {
+        key: (parse_vector(row[ESD_COLUMNS[0]]), parse_vector(row[ESD_COLUMNS[1]]))
+        for key, row in cells.iterrows()
+    }
+    everything = np.concatenate([nodes for nodes, _ in spectra.values()])
+    low, high = float(everything.min()), float(everything.max())
+    sigma = max(high - low, 1e-12) / 100
+    grid = np.linspace(low - 5 * sigma, high + 5 * sigma, 600)
+    fig, axes = plt.subplots(
+        len(temps), len(densities), figsize=(1.9 * len(densities) + 1.2, 1.3 * len(temps) + 1.2),
+        sharex=True, sharey=True, squeeze=False,
+    )  # fmt: skip
+    for r, temperature in enumerate(reversed(temps)):  # hottest on top
+        for c, density in enumerate(densities):
+            ax = axes[r, c]
+            nodes, weights = spectra[(temperature, density)]
+            ax.semilogy(grid, np.maximum(broadened_density(nodes, weights, grid, sigma), 1e-8), lw=1)
+            ax.set_ylim(1e-6 / sigma, None)
+            ax.set_gid(f"esd-{fmt_value(temperature)}-{fmt_value(density)}")
+            if r == 0:
+                ax.set_title(f"density {fmt_value(density)}", fontsize=8)
+            if c == 0:
+                ax.set_ylabel(f"{fmt_value(temperature)}", fontsize=8)
+    fig.supxlabel("Hessian eigenvalue (training loss, kept weights)")
+    fig.supylabel(f"{temperature_label(knob)}\ndensity of eigenvalues (log)", fontsize=9)
+    fig.suptitle(f"Hessian eigenvalue density per cell (stochastic Lanczos quadrature, sigma = {sigma:.3g})")
+    fig.tight_layout()
+    return fig
+
+
+def esd_diagram(regimes: pd.DataFrame, cfg: PlotConfig, outputs: list[str]) -> None:
+    fig = esd_figure(regimes, cfg)
     for path in outputs:
         save_figure(fig, path, cfg.dpi)
     plt.close(fig)

@@ -52,21 +52,11 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
-from threeregime.config import KNOBS, RegimeConfig
+from threeregime.config import RegimeConfig
+from threeregime.knobs import KNOBS
+from threeregime.metric_registry import as_cell, combine, observed, parse_vector
 
 CELL = ["knob", "temperature", "density"]
-METRIC_COLUMNS = [
-    "test_error",
-    "test_error_final",
-    "train_loss",
-    "train_error",
-    "mc",
-    "barrier",
-    "cka_softmax",
-    "cka_logits",
-    "hessian_top_eigenvalue",
-    "hessian_trace",
-]
 REGIMES = ("I", "II-A", "II-B")
 ACTIONS = {"I": "raise", "II-A": "lower", "II-B": "keep"}
 ROBUSTNESS_FACTORS = (0.5, 0.75, 1.0, 1.5, 2.0)
@@ -79,9 +69,10 @@ def temperature_order(cells: pd.DataFrame) -> list[float]:
 
 
 def aggregate_cells(observations: pd.DataFrame) -> pd.DataFrame:
-    """Mean, std and count of every metric per (temperature, density) cell, plus the paper's
-    normalised test error (each density column minus its minimum over temperatures)."""
-    present = [c for c in METRIC_COLUMNS if c in observations]
+    """Mean, std and count of every scalar metric per (temperature, density) cell, the paper's
+    normalised test error (each density column minus its minimum over temperatures), and every
+    registered vector metric combined by its entry's rule (JSON text, ``<name>_mean``)."""
+    present = [c for c in observed("scalar") if c in observations]  # in registry order
     grouped = observations.groupby(CELL, sort=True)[present]
     cells = grouped.mean().add_suffix("_mean")
     cells = cells.join(grouped.std(ddof=1).add_suffix("_std"))
@@ -92,6 +83,11 @@ def aggregate_cells(observations: pd.DataFrame) -> pd.DataFrame:
     cells = cells.reset_index()
     column_min = cells.groupby("density")["test_error_mean"].transform("min")
     cells["normalized_test_error"] = cells["test_error_mean"] - column_min
+    for name in [c for c in observed("vector") if c in observations]:
+        column = observations.groupby(CELL, sort=True)[name].agg(
+            lambda texts, name=name: as_cell(combine(name, [parse_vector(t) for t in texts]))
+        )
+        cells[f"{name}_mean"] = column.to_numpy()
     return cells
 
 
@@ -237,12 +233,8 @@ def knob_action(knob: str, action: str) -> str:
     """'raise temperature' in the knob's own words (e.g. 'fewer epochs')."""
     if action == "keep":
         return "keep"
-    larger = (action == "raise") == (KNOBS[knob].hotter > 0)
-    words = {
-        "epochs": ("more epochs", "fewer epochs"),
-        "batch_size": ("larger batch", "smaller batch"),
-    }
-    return words.get(knob, ("larger rho", "smaller rho"))[0 if larger else 1]
+    entry = KNOBS[knob]
+    return entry.advice(larger=(action == "raise") == (entry.hotter > 0))
 
 
 def _column(regimes: pd.DataFrame, density: float) -> pd.DataFrame:

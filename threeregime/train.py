@@ -209,6 +209,8 @@ def train_runs(
     tags = tags or [f"train {r}" for r in range(runs)]
     if not len(streams) == len(masks) == len(states) == len(tags) == runs:
         raise ValueError(f"train_runs: {runs} models need as many streams, masks, states and tags")
+    if recipe.label_noise:
+        data = data.with_label_noise(recipe.label_noise, recipe.label_noise_seed)
     device = data.device
     schedule = make_schedule(recipe, data.num_train)
     memory_format = torch.channels_last if data.channels_last else None

@@ -149,8 +149,35 @@ rule plot:
         ENV
     params:
         spec=to_json(CFG.plot_spec()),
+        # the report caption's panel list (threeregime.metric_registry); a function of the
+        # output, so not compared between runs
+        panels=lambda wildcards, output: panel_caption(),
     shell:
         "python -m threeregime plot --spec {params.spec:q} --regimes {input.regimes}"
         " --selection {input.selection}"
         " --phase {output.phase_png} {output.phase_other}"
         " --map {output.map_png} {output.map_other} > {log} 2>&1"
+
+
+if "esd" in FIGURES:
+
+    rule plot_esd:
+        input:
+            regimes=ANALYSIS["regimes"],
+        output:
+            esd_png=report(
+                FIGURES["esd"][0],
+                caption=f"{CAPTIONS}/hessian_esd.rst",
+                category=FIGURES_CAT,
+                labels={"name": "Hessian eigenvalue density"},
+            ),
+            esd_other=FIGURES["esd"][1:],
+        log:
+            f"{LOGS}/plot_esd.log",
+        conda:
+            ENV
+        params:
+            spec=to_json(CFG.plot_spec()),
+        shell:
+            "python -m threeregime plot-esd --spec {params.spec:q} --regimes {input.regimes}"
+            " --out {output.esd_png} {output.esd_other} > {log} 2>&1"

@@ -9,6 +9,7 @@ from snakemake.logging import logger
 
 from threeregime import locks
 from threeregime.config import ConfigError, grid_cells, load_config, to_json
+from threeregime.metric_registry import panel_caption
 
 try:
     CFG = load_config(
@@ -150,6 +151,8 @@ FIGURES = {
     "phase": [f"{RES}/phase_diagram.png", f"{RES}/phase_diagram.pdf"],
     "map": [f"{RES}/regime_map.png", f"{RES}/regime_map.pdf"],
 }
+if CFG.metrics.hessian_esd:  # an optional metric's figure (rule plot_esd)
+    FIGURES["esd"] = [f"{RES}/hessian_esd.png", f"{RES}/hessian_esd.pdf"]
 
 
 def intermediates():
@@ -174,5 +177,6 @@ def final_outputs():
         + list(ANALYSIS.values())
         + FIGURES["phase"]
         + FIGURES["map"]
+        + FIGURES.get("esd", [])
         + [f"{RES}/summary.json"]
     )

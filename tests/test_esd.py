@@ -1,0 +1,83 @@
+"""Hessian eigenvalue density by stochastic Lanczos quadrature: the quadrature's exactness on the
+exact Hessian of a tiny model, and the optional metric through the workflow to its figure."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from threeregime.hessian import HessianOperator, hessian_summary, lanczos
+from threeregime.plot import broadened_density
+
+from .conftest import TINY_CONFIG, snakemake, write_config
+from .test_metrics import _exact_hessian, _tiny_problem
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_quadrature_reproduces_the_moments_of_the_exact_hessian(masked):
+    """After m Lanczos steps from unit q: sum_k w_k node_k^j = q^T H^j q for j <= 2m - 1."""
+    model, x, y, masks = _tiny_problem(masked, random_bn=True)
+    hessian = _exact_hessian(model, x, y, masks)
+    _, steps, basis = lanczos(HessianOperator(model, x, y, masks), 6, 0.0, seed=0, min_products=6)
+    assert steps == 6
+    nodes, weights = (torch.tensor(v, dtype=torch.float64) for v in basis.spectral_density())
+    q = basis.vectors[0].double()
+    assert float(weights.sum()) == pytest.approx(1.0, abs=1e-12)
+    power = q.clone()
+    for j in range(1, 2 * steps):
+        power = hessian @ power
+        exact = float(q @ power)
+        assert float((weights * nodes**j).sum()) == pytest.approx(
+            exact, rel=1e-6, abs=1e-9 * abs(exact) + 1e-12
+        ), j
+
+
+def test_a_closed_krylov_space_gives_the_exact_eigenvalues():
+    model, x, y, masks = _tiny_problem(True)
+    hessian = _exact_hessian(model, x, y, masks)
+    summary = hessian_summary(
+        model, x, y, masks, 200, 0.0, probes=2, probe_batch=2, deflation=200, density=True
+    )
+    nodes = np.array(summary["hessian_esd_nodes"])
+    weights = np.array(summary["hessian_esd_weights"])
+    eigenvalues = torch.linalg.eigvalsh(hessian).numpy()
+    for node in nodes[weights > 1e-10]:  # every node with weight is an eigenvalue of P H P
+        assert np.min(np.abs(eigenvalues - node)) < 1e-8 * max(1.0, abs(node))
+    assert summary["hessian_top_eigenvalue"] == pytest.approx(nodes[np.abs(nodes).argmax()], rel=1e-10)
+    plain = hessian_summary(model, x, y, masks, 200, 0.0, probes=2, probe_batch=2, deflation=200)
+    assert "hessian_esd_nodes" not in plain
+    assert {
+        k: v for k, v in summary.items() if not k.startswith("hessian_esd")
+    } == plain  # nothing else moves
+
+
+def test_broadened_density_integrates_to_one():
+    grid = np.linspace(-5, 15, 20001)
+    density = broadened_density([0.0, 10.0], [0.25, 0.75], grid, sigma=0.3)
+    assert np.trapezoid(density, grid) == pytest.approx(1.0, rel=1e-6)
+    assert density[np.argmin(np.abs(grid - 10))] == pytest.approx(0.75 / (0.3 * np.sqrt(2 * np.pi)), rel=1e-4)
+
+
+@pytest.mark.slow
+def test_the_density_metric_through_the_workflow(tmp_path):
+    config = json.loads(json.dumps(TINY_CONFIG))
+    config["prune"]["densities"] = [0.5]
+    config["metrics"]["hessian_esd"] = True
+    write_config(tmp_path, config)
+    plan = snakemake(tmp_path, "-n").stdout
+    assert any(line.split() == ["plot_esd", "1"] for line in plan.splitlines()), plan[-1500:]
+    snakemake(tmp_path)
+    results = tmp_path / "results" / "tiny"
+    cells = pd.read_csv(results / "cells.csv")
+    for _, cell in cells.iterrows():
+        nodes = json.loads(cell["hessian_esd_nodes_mean"])
+        weights = json.loads(cell["hessian_esd_weights_mean"])
+        assert len(nodes) == len(weights) >= 2 * 4  # two models, >= 4 Lanczos steps each
+        assert sum(weights) == pytest.approx(1.0, abs=1e-9)
+        assert max(nodes) == pytest.approx(cell["hessian_top_eigenvalue_mean"], rel=0.5)
+    assert (results / "hessian_esd.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (results / "hessian_esd.pdf").stat().st_size > 1000
