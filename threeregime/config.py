@@ -87,6 +87,7 @@ class MetricsConfig:
     test_error_last: int = 5
     lmc_points: int = 11
     lmc_bn_samples: int = 0
+    lmc_bn_batch_size: int | None = None  # None: eval_batch_size
     cka_samples: int = 6464
     hessian_samples: int = 200
     hessian_max_iter: int = 100
@@ -284,7 +285,12 @@ class ExperimentConfig:
         return {"recipe": recipe_spec(self.retrain_recipe()), "performance": self.performance_spec()}
 
     def metrics_spec(self) -> dict:
-        return asdict(self.metrics) | {"performance": self.performance_spec()}
+        """lmc_bn_batch_size appears only when set, so that metrics made before the key existed
+        (BN recomputed in eval_batch_size batches) keep their specs."""
+        spec = asdict(self.metrics)
+        if spec["lmc_bn_batch_size"] is None:
+            del spec["lmc_bn_batch_size"]
+        return spec | {"performance": self.performance_spec()}
 
     def analysis_spec(self) -> dict:
         """Regime settings with the advice's reference temperature resolved to a grid value."""
