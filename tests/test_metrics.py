@@ -10,7 +10,7 @@ from torch import nn
 
 from threeregime.config import ModelConfig
 from threeregime.data import DeviceData
-from threeregime.hessian import HessianOperator, hessian_summary, pyhessian_reference, top_eigenvalue, trace
+from threeregime.hessian import HessianOperator, hessian_summary, top_eigenvalue, trace
 from threeregime.metrics import (
     barrier_height,
     linear_cka,
@@ -23,6 +23,7 @@ from threeregime.models import init_model
 from threeregime.prune import compute_masks
 
 from .conftest import vector_payload
+from .reference import pyhessian_reference
 
 
 def test_mode_connectivity_sign_convention():
