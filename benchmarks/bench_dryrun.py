@@ -6,8 +6,8 @@ CIFAR-10 files (config validation only checks that they exist), twice: a cold ru
 ``--quiet`` are timed, as whole processes from start to exit. Each preset is planned as shipped
 and with ``runtime.retrain_pack: none`` (one job per retraining: its largest DAG).
 
-    python benchmarks/bench_dryrun.py                       # every presets/*.yaml
-    python benchmarks/bench_dryrun.py presets/cifar10-preresnet20-epochs.yaml
+    python benchmarks/bench_dryrun.py                       # presets/base.yaml + each knob overlay
+    python benchmarks/bench_dryrun.py presets/epochs.yaml
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ CIFAR_FILES = {
     "cifar-100-python": ["train", "test", "meta"],
 }
 GOAL_S = 15.0
+BASE = REPO / "presets" / "base.yaml"
 
 
 def scratch() -> Path:
@@ -36,7 +37,7 @@ def scratch() -> Path:
 
 
 def dry_run(preset: Path, folder: Path, *extra: str, overlays: tuple[Path, ...] = ()) -> tuple[float, int]:
-    configs = [str(preset.resolve()), *map(str, overlays)]
+    configs = [str(BASE), str(preset.resolve()), *map(str, overlays)]
     seconds, done, jobs = run_snakemake(folder, "--configfile", *configs, "-n", "--cores", "2", *extra)
     if done.returncode != 0:
         sys.exit(f"{preset}: snakemake -n failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
@@ -45,9 +46,9 @@ def dry_run(preset: Path, folder: Path, *extra: str, overlays: tuple[Path, ...] 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("presets", nargs="*", type=Path, help="preset files (default: presets/*.yaml)")
+    p.add_argument("presets", nargs="*", type=Path, help="knob overlays (default: all)")
     args = p.parse_args()
-    presets = args.presets or sorted((REPO / "presets").glob("*.yaml"))
+    presets = args.presets or sorted(set((REPO / "presets").glob("*.yaml")) - {BASE})
     if not presets:
         sys.exit("no presets found; pass preset paths")
     rows = []

@@ -29,7 +29,7 @@ from pathlib import Path
 from bench_train import BATCH, paper_style_pass
 from common import REPO, parser, report, setup, synthetic_cifar, table
 
-PRESET = REPO / "presets" / "cifar10-preresnet20-epochs.yaml"
+PRESET = [REPO / "presets" / "base.yaml", REPO / "presets" / "epochs.yaml"]  # merged in order
 EPOCH_LINE = re.compile(r": epoch \d+/\d+ iter .*\((\d+(?:\.\d+)?)s\)$", re.MULTILINE)
 JOBS = {  # label: (runs, amp, channels_last, compile)
     "27 runs (temperature), bf16 + channels_last + compile": (27, "bf16", True, True),
@@ -96,9 +96,15 @@ def main() -> None:
     p.add_argument("--jobs", nargs="+", choices=list(JOBS), default=list(JOBS), metavar="JOB")
     args = p.parse_args()
     setup(args)
+    import yaml
+    from snakemake.utils import update_config
+
     from threeregime.config import load_config
 
-    cfg = load_config(PRESET, check_paths=False)
+    raw: dict = {}
+    for layer in PRESET:
+        update_config(raw, yaml.safe_load(layer.read_text()))
+    cfg = load_config(raw, source=" + ".join(p.name for p in PRESET), check_paths=False)
     full_epochs = cfg.retrain_recipe().epochs
     cfg = replace(cfg, train=replace(cfg.train, epochs=args.epochs))
     args.steps, args.density = args.train_images // BATCH - 1, 0.1

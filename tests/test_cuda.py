@@ -20,12 +20,13 @@ from torch._dynamo.utils import counters  # inductor counts each CUDA-graph fall
 
 from threeregime.config import Recipe
 from threeregime.data import DeviceData
-from threeregime.hessian import hessian_summary, pyhessian_reference
+from threeregime.hessian import hessian_summary
 from threeregime.metrics import linear_mode_connectivity, model_outputs, output_similarity
 from threeregime.prune import compute_masks
 from threeregime.runtime import Performance, set_tf32
 from threeregime.train import train, train_runs
 
+from .reference import pyhessian_reference
 from .test_fastpaths import _losses, cifar_payload, small_resnet
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

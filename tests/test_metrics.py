@@ -10,7 +10,7 @@ from torch import nn
 
 from threeregime.config import ModelConfig
 from threeregime.data import DeviceData
-from threeregime.hessian import HessianOperator, hessian_summary, pyhessian_reference, top_eigenvalue, trace
+from threeregime.hessian import HessianOperator, hessian_summary, top_eigenvalue, trace
 from threeregime.metrics import (
     barrier_height,
     linear_cka,
@@ -23,6 +23,7 @@ from threeregime.models import init_model
 from threeregime.prune import compute_masks
 
 from .conftest import vector_payload
+from .reference import pyhessian_reference
 
 
 def test_mode_connectivity_sign_convention():
@@ -176,3 +177,33 @@ def test_hessian_agrees_with_pyhessian():
     assert deflated["hessian_top_eigenvalue"] == pytest.approx(reference["hessian_top_eigenvalue"], rel=1e-3)
     spread = math.hypot(deflated["hessian_trace_stderr"], ours["hessian_trace_stderr"])
     assert abs(deflated["hessian_trace"] - reference["hessian_trace"]) < 6 * spread
+
+
+def _two_bn_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(2, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2), nn.BatchNorm1d(2))
+
+
+def test_lmc_recomputes_batchnorm_in_bn_batch_size_batches():
+    """metrics.lmc_bn_batch_size: train-mode passes use it, evaluation keeps eval_batch_size; a
+    second BN sees inputs normalised per batch, so its recomputed statistics depend on it."""
+    torch.manual_seed(1)
+    x = torch.randn(200, 2) * 3 + 1
+    data = DeviceData(vector_payload(x, (x[:, 0] > 1).long(), 2), "cpu")
+    model = _two_bn_net()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    seen: list[tuple[bool, int]] = []
+    model[1].register_forward_hook(lambda m, inputs, out: seen.append((m.training, len(inputs[0]))))
+
+    default = linear_mode_connectivity(model, state, state, data, points=3, bn_samples=0, batch_size=100)
+    assert set(seen) == {(True, 100), (False, 100)}
+    same = linear_mode_connectivity(model, state, state, data, 3, 0, 100, bn_batch_size=100)
+    assert same == default
+    seen.clear()
+    small = linear_mode_connectivity(model, state, state, data, 3, 0, 100, bn_batch_size=30)
+    assert [n for training, n in seen if training] == ([30] * 6 + [20]) * 3
+    assert {n for training, n in seen if not training} == {100}
+    stats_small = model[4].running_mean.clone()
+    linear_mode_connectivity(model, state, state, data, 3, 0, 100)
+    assert not torch.allclose(stats_small, model[4].running_mean, atol=1e-4)
+    assert small["lmc_train_loss"] != default["lmc_train_loss"]

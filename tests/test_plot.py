@@ -3,6 +3,8 @@ puts them (checked on the drawn line segments); HTML table pages."""
 
 from __future__ import annotations
 
+import re
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -171,10 +173,15 @@ def test_figures_are_written_as_png_and_pdf(tmp_path):
 
 
 def test_html_tables(tmp_path):
-    frame = pd.DataFrame({"density": [0.1], "regime": ["II-A"], "agree": [True], "x": [np.nan]})
+    frame = pd.DataFrame(
+        {"density": [0.1], "regime": ["II-A"], "agree": [True], "x": [np.nan], "a<b>": ["<i>&"]}
+    )
     page = html_table(frame, "Title <1>", "note & more")
-    assert '<td class="regime-II-A">II-A</td>' in page and "<td>yes</td>" in page
-    assert "Title &lt;1&gt;" in page and "note &amp; more" in page and "<td></td>" in page
+    cells = re.findall(r'<td [^>]*class="([^"]*)"[^>]*>(.*?)</td>', page)
+    assert [text for _, text in cells] == ["0.1", "II-A", "yes", "", "&lt;i&gt;&amp;"]  # escaped
+    assert [("regime-II-A" in classes.split()) for classes, _ in cells] == [False, True, False, False, False]
+    assert ">a&lt;b&gt;</th>" in page and "<i>" not in page
+    assert "Title &lt;1&gt;" in page and "note &amp; more" in page
     tables = {name: frame for name in ("regimes", "advice", "advice_cells", "selection", "robustness")}
     paths = write_html_tables(tables | {"summary": {"thresholds": {"eps": 0.02}}}, tmp_path)
     assert len(paths) == 6

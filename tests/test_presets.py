@@ -1,9 +1,11 @@
 """The paper's experiments as presets: settings, isolation from config.yaml, and their DAGs.
 
-There is no real CIFAR here. Each test writes a tiny fake CIFAR-10 in torchvision's on-disk
-format into ``<working directory>/data``, where a preset's ``data.root: data`` finds it (or into
-any folder named by an overlay file, ``--configfile preset.yaml overlay.yaml``), so config
-validation and ``snakemake -n`` run exactly as they would on a cluster with the real files.
+A preset is presets/base.yaml (the shared setup) plus one knob overlay (presets/<knob>.yaml),
+run as ``snakemake --configfile presets/base.yaml presets/<knob>.yaml``. There is no real CIFAR
+here. Each test writes a tiny fake CIFAR-10 in torchvision's on-disk format into
+``<working directory>/data``, where the base's ``data.root: data`` finds it (or into any folder
+named by one more overlay file), so config validation and ``snakemake -n`` run exactly as they
+would on a cluster with the real files.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from .conftest import REPO, snakemake, write_config
 from .test_cifar import write_fake_cifar
 
 PRESETS = REPO / "presets"
-NAMES = ["cifar10-preresnet20-epochs", "cifar10-preresnet20-batchsize", "cifar10-preresnet20-sam"]
+BASE = PRESETS / "base.yaml"
+NAMES = ["epochs", "batchsize", "sam"]  # knob overlays over BASE
 PAPER_DENSITIES = [0.05, 0.06, 0.07, 0.08, 0.10, 0.14, 0.20, 0.40, 0.80]
 PAPER_GRIDS = {
     "epochs": list(range(10, 161, 10)),
@@ -34,8 +37,13 @@ PAPER_GRIDS = {
 DRY_RUN_LIMIT_S = 15.0
 
 
+def _files(name: str) -> list[str]:
+    """The --configfile arguments of a preset: the base, then its knob overlay."""
+    return [str(BASE), str(PRESETS / f"{name}.yaml")]
+
+
 def _raw(name: str) -> dict:
-    return yaml.safe_load((PRESETS / f"{name}.yaml").read_text())
+    return _merged(*(yaml.safe_load(Path(f).read_text()) for f in _files(name)))
 
 
 def _merged(*layers: dict) -> dict:
@@ -58,13 +66,22 @@ def _load(name: str, root: Path):
 
 
 def test_every_preset_is_present():
-    assert sorted(p.stem for p in PRESETS.glob("*.yaml")) == sorted(NAMES)
+    assert sorted(p.stem for p in PRESETS.glob("*.yaml")) == sorted([*NAMES, "base"])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_knob_overlays_are_short_and_the_base_holds_the_rest(name):
+    overlay = yaml.safe_load((PRESETS / f"{name}.yaml").read_text())
+    assert overlay["run_name"] == f"cifar10-preresnet20-{name}" and "knob" in overlay
+    assert set(overlay) <= {"run_name", "knob", "train", "retrain"}
+    base = yaml.safe_load(BASE.read_text())
+    assert "knob" not in base and "run_name" not in base
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_preset_is_the_papers_setup(name, fake_root):
     cfg = _load(name, fake_root)
-    assert cfg.run_name == name
+    assert cfg.run_name == f"cifar10-preresnet20-{name}"
     assert (cfg.data.name, cfg.data.root, cfg.data.download, cfg.data.augment) == (
         "cifar10",
         str(fake_root),
@@ -78,6 +95,7 @@ def test_preset_is_the_papers_setup(name, fake_root):
     assert cfg.retrain_pairs == [(1, 2), (1, 3), (2, 3)]
     m = cfg.metrics
     assert (m.lmc_points, m.lmc_bn_samples, m.cka_samples, m.test_error_last) == (11, 0, 6464, 5)
+    assert m.lmc_bn_batch_size == 64  # BN recomputed in batches of 64, as the paper's LMC code
     assert (m.hessian_samples, m.hessian_max_iter, m.hessian_tol) == (200, 100, 1e-3)
     assert (m.hessian_probes, m.hessian_trace_deflation) == (20, 10)  # deflated Hutchinson
     assert cfg.regimes.cka_metric == "cka_softmax"
@@ -120,7 +138,7 @@ def test_preset_is_the_papers_setup(name, fake_root):
 
 
 def test_finetune_mode_is_a_small_constant_lr_for_fewer_epochs(fake_root):
-    raw = _merged(_raw("cifar10-preresnet20-epochs"), {"data": {"root": str(fake_root)}})
+    raw = _merged(_raw("epochs"), {"data": {"root": str(fake_root)}})
     raw["retrain"] = {"mode": "finetune"}
     recipe = load_config(raw).retrain_recipe()
     assert (recipe.lr, recipe.lr_milestones, recipe.epochs, recipe.optimizer) == (0.001, (), 40, "sgd")
@@ -178,11 +196,12 @@ def _job_stats(text: str) -> dict[str, int]:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_dry_run_plans_the_papers_jobs(name, tmp_path, fake_root, capsys):
-    """`snakemake -n --configfile presets/<name>.yaml` from a folder holding data/ and config.yaml."""
+    """`snakemake -n --configfile presets/base.yaml presets/<name>.yaml` from a folder holding data/
+    and config.yaml."""
     write_fake_cifar(tmp_path / "data")
     shutil.copy(REPO / "config.yaml", tmp_path / "config.yaml")  # as when run from the checkout
     started = time.perf_counter()
-    result = snakemake(tmp_path, "-n", "--configfile", str(PRESETS / f"{name}.yaml"))
+    result = snakemake(tmp_path, "-n", "--configfile", *_files(name))
     seconds = time.perf_counter() - started
     stats = _job_stats(result.stdout)
     expected = _expected_jobs(_load(name, fake_root))
@@ -196,12 +215,12 @@ def test_dry_run_plans_the_papers_jobs(name, tmp_path, fake_root, capsys):
 
 def test_gpu_fast_overlay_packs_each_dense_models_retrainings_into_one_job(tmp_path, fake_root):
     """presets/overlays/gpu-fast.yaml: bf16 + channels_last + compile, 27 retrainings per job."""
-    preset, fast = PRESETS / "cifar10-preresnet20-epochs.yaml", PRESETS / "overlays" / "gpu-fast.yaml"
+    fast = PRESETS / "overlays" / "gpu-fast.yaml"
     data = {"data": {"root": str(fake_root)}}
-    cfg = load_config(_merged(yaml.safe_load(preset.read_text()), yaml.safe_load(fast.read_text()), data))
+    cfg = load_config(_merged(_raw("epochs"), yaml.safe_load(fast.read_text()), data))
     assert (cfg.runtime.amp, cfg.runtime.channels_last, cfg.runtime.compile) == ("bf16", True, True)
     assert cfg.runtime.retrain_pack == "temperature" and cfg.runtime.device == "cuda"
-    overlays = [str(preset), str(fast), str(write_config(tmp_path, data, "my-data.yaml"))]
+    overlays = [*_files("epochs"), str(fast), str(write_config(tmp_path, data, "my-data.yaml"))]
     result = snakemake(tmp_path, "-n", "--quiet", "rules", "--configfile", *overlays)
     stats = _job_stats(result.stdout)
     assert stats["retrain"] == 16 * 3, "one job per dense model (16 epochs x 3 seeds)"
@@ -210,17 +229,12 @@ def test_gpu_fast_overlay_packs_each_dense_models_retrainings_into_one_job(tmp_p
 
 def test_overlay_points_a_preset_at_another_data_folder(tmp_path, fake_root):
     overlay = write_config(tmp_path, {"data": {"root": str(fake_root)}}, "my-data.yaml")
-    name = "cifar10-preresnet20-sam"
-    result = snakemake(
-        tmp_path, "-n", "--quiet", "rules", "--configfile", str(PRESETS / f"{name}.yaml"), str(overlay)
-    )
+    result = snakemake(tmp_path, "-n", "--quiet", "rules", "--configfile", *_files("sam"), str(overlay))
     assert _job_stats(result.stdout)["dense_train"] == 8 * 3
 
 
 def test_preset_without_data_fails_before_any_job_naming_path_and_remedy(tmp_path):
-    result = snakemake(
-        tmp_path, "-n", "--configfile", str(PRESETS / "cifar10-preresnet20-epochs.yaml"), check=False
-    )
+    result = snakemake(tmp_path, "-n", "--configfile", *_files("epochs"), check=False)
     assert result.returncode != 0
     output = result.stdout + result.stderr
     assert "invalid configuration:" in output
@@ -250,7 +264,7 @@ def test_a_preset_runs_end_to_end_on_fake_cifar(tmp_path):
         "runtime": {"device": "cpu", "require_gpu": False, "threads": 1},
     }
     overlay = write_config(tmp_path, tiny, "tiny.yaml")
-    snakemake(tmp_path, "--configfile", str(PRESETS / "cifar10-preresnet20-epochs.yaml"), str(overlay))
+    snakemake(tmp_path, "--configfile", *_files("epochs"), str(overlay))
     import pandas as pd
 
     results = tmp_path / "results" / "tiny-cifar"

@@ -435,7 +435,7 @@ def cmd_metrics(args) -> None:
     state_b = {k: v.to(device) for k, v in b["model"].items()}
     result |= linear_mode_connectivity(
         model_a, state_a, state_b, data, spec["lmc_points"], spec["lmc_bn_samples"],
-        spec["eval_batch_size"], perf,
+        spec["eval_batch_size"], perf, bn_batch_size=spec.get("lmc_bn_batch_size"),
     )  # fmt: skip
     result["seconds"] = time.perf_counter() - started
     result["environments"] = lineage

@@ -116,6 +116,7 @@ class MetricsConfig:
     test_error_last: int = 5
     lmc_points: int = 11
     lmc_bn_samples: int = 0
+    lmc_bn_batch_size: int | None = None  # None: eval_batch_size
     cka_samples: int = 6464
     hessian_samples: int = 200
     hessian_max_iter: int = 100
@@ -310,11 +311,14 @@ class ExperimentConfig:
         return spec | {"rewind_step": self.retrain.rewind_step} if self.retrain.rewinds_weights else spec
 
     def metrics_spec(self) -> dict:
-        """Optional metrics appear only when on, so specs written before they existed stay."""
+        """Optional metrics, and lmc_bn_batch_size, appear only when on or set, so that specs
+        written before they existed stay."""
         spec = asdict(self.metrics)
         for optional in ("weight_alpha", "hessian_esd"):
             if not spec[optional]:
                 del spec[optional]
+        if spec["lmc_bn_batch_size"] is None:
+            del spec["lmc_bn_batch_size"]
         return spec | {"performance": self.performance_spec()}
 
     def analysis_spec(self) -> dict:
@@ -420,7 +424,7 @@ def validate_schema(raw: Any, source: str) -> None:
         raise ConfigError(f"{source}: {_key_path(error)}: {error.message}{hint}")
 
 
-def _resolve(node: dict, root: dict) -> dict:
+def resolve_ref(node: dict, root: dict) -> dict:
     """A schema node with its local ``$ref`` followed (the node's own keys win)."""
     while "$ref" in node:
         target = root
@@ -433,7 +437,7 @@ def _resolve(node: dict, root: dict) -> dict:
 def _matching_branch(node: dict, value, root: dict) -> dict:
     """For a ``oneOf`` node, the branch whose type fits ``value`` (the schema accepted it)."""
     for branch in node.get("oneOf", []):
-        branch = _resolve(branch, root)
+        branch = resolve_ref(branch, root)
         kind = branch.get("type")
         if kind == "null" and value is None:
             return branch
@@ -448,7 +452,9 @@ MAX_SEED = 2**32
 GRID_KEYS = ("knob.values", "prune.densities")
 
 
-def canonical_values(raw: Any, source: str, node: dict | None = None, key: str = "") -> Any:
+def canonical_values(
+    raw: Any, source: str, node: dict | None = None, key: str = "", root: dict | None = None
+) -> Any:
     """The config with numbers as the schema types them, checked where a JSON schema cannot.
 
     ``5.0`` for an integer key becomes ``5`` and ``1`` for a number key ``1.0``, so that equal
@@ -456,19 +462,19 @@ def canonical_values(raw: Any, source: str, node: dict | None = None, key: str =
     NaN and infinity are refused; a ``pattern`` must match the whole string (Python's ``$``
     also matches before a final newline).
     """
-    root = _schema()
-    node = _resolve(node if node is not None else root, root)
+    root = _schema() if root is None else root
+    node = resolve_ref(node if node is not None else root, root)
     node = _matching_branch(node, raw, root)
     where = key or "<top level>"
     if isinstance(raw, dict):
         properties = node.get("properties", {})
         return {
-            k: canonical_values(v, source, properties.get(k, {}), f"{key}.{k}".lstrip("."))
+            k: canonical_values(v, source, properties.get(k, {}), f"{key}.{k}".lstrip("."), root)
             for k, v in raw.items()
         }
     if isinstance(raw, list):
         items = node.get("items", {})
-        return [canonical_values(v, source, items, f"{key}[{i}]") for i, v in enumerate(raw)]
+        return [canonical_values(v, source, items, f"{key}[{i}]", root) for i, v in enumerate(raw)]
     if isinstance(raw, float) and not math.isfinite(raw):
         raise ConfigError(f"{source}: {where}: {raw} is not a finite number")
     if isinstance(raw, bool) or not isinstance(raw, (int, float)):

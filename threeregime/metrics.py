@@ -1,6 +1,6 @@
 """Loss-landscape metrics of retrained sparse models: test/train error, LMC, CKA.
 
-Definitions follow the paper (see BRIEF.md): LMC interpolates two retrainings of the same pruned
+Definitions follow the paper (docs/method.md): LMC interpolates two retrainings of the same pruned
 model at evenly spaced points, recomputes BatchNorm statistics at each point on the (unaugmented)
 training set, and reports mc = m - e(u) with m the mean endpoint training error and u the point
 farthest from m. mc < 0 is a barrier; mc ~ 0 is a connected pair. CKA is linear CKA of the two
@@ -96,13 +96,18 @@ def linear_mode_connectivity(
     bn_samples: int,
     batch_size: int,
     perf: Performance = Performance(),
+    bn_batch_size: int | None = None,
 ) -> dict:
-    """Training error/loss along the straight line between two models, BN recalibrated at each t."""
+    """Training error/loss along the straight line between two models, BN recalibrated at each t
+    in batches of ``bn_batch_size`` (None: ``batch_size``, the evaluation batch). In train mode
+    each batch normalises with its own statistics, so the batch size changes what deeper layers
+    see and hence the recomputed statistics; the paper's code uses 64."""
     ts = np.linspace(0.0, 1.0, points)
     errors, losses = [], []
+    bn_batch = bn_batch_size or batch_size
     for t in ts:
         model.load_state_dict(interpolate_states(state_a, state_b, float(t)))
-        recalibrate_batchnorm(model, data.eval_batches("train", batch_size, bn_samples), perf)
+        recalibrate_batchnorm(model, data.eval_batches("train", bn_batch, bn_samples), perf)
         loss, error = evaluate(model, data.eval_batches("train", batch_size), perf)
         errors.append(error)
         losses.append(loss)

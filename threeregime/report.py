@@ -23,29 +23,33 @@ td.regime-II-B { background: #b9e3b9; }
 """
 
 
-def _cell_html(value) -> str:
+def _cell_text(value) -> str:
     if isinstance(value, (bool, np.bool_)):
         return "yes" if value else "no"
     if isinstance(value, (float, np.floating)):
         return "" if math.isnan(value) else f"{value:.4g}"
-    return html.escape(str(value))
+    return str(value)
 
 
 def html_table(frame: pd.DataFrame, title: str, note: str = "") -> str:
-    """A self-contained HTML page with one table; regime cells are coloured."""
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
-    body = []
-    for _, row in frame.iterrows():
-        cells = []
-        for column, value in row.items():
-            klass = f' class="regime-{value}"' if column.endswith("regime") and value in REGIMES else ""
-            cells.append(f"<td{klass}>{_cell_html(value)}</td>")
-        body.append("<tr>" + "".join(cells) + "</tr>")
+    """A self-contained HTML page with one table (pandas' Styler, every cell and header
+    HTML-escaped); regime cells carry the class ``regime-<name>`` that colours them."""
+    classes = pd.DataFrame("", index=frame.index, columns=frame.columns)
+    for column in frame.columns:
+        if str(column).endswith("regime"):
+            classes[column] = [f"regime-{v}" if v in REGIMES else "" for v in frame[column]]
+    styler = (
+        frame.style.format(_cell_text, escape="html")
+        .format_index(escape="html", axis=1)
+        .hide(axis="index")
+        .set_td_classes(classes)
+        .set_uuid("table")
+    )
     note_html = f"<p>{html.escape(note)}</p>" if note else ""
     return (
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         f"<style>{TABLE_CSS}</style></head><body><h2>{html.escape(title)}</h2>{note_html}"
-        f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></body></html>\n"
+        f"{styler.to_html()}</body></html>\n"
     )
 
 

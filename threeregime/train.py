@@ -344,10 +344,9 @@ def _epoch_record(
 
 
 def _compiled(model: nn.Module, device: torch.device) -> nn.Module:
-    """torch.compile; on a GPU in "reduce-overhead" mode (CUDA graphs). At batch 64 a
-    PreResNet-20 step is bound by kernel launches, which graphs remove: 2.9-3.0x the eager
-    bf16 + channels_last step on an H200, where the default mode gave 0.9-1.0x
-    (benchmarks/README.md)."""
+    """torch.compile; on a GPU in "reduce-overhead" mode (CUDA graphs): at batch 64 a
+    PreResNet-20 step is bound by kernel launches, which graphs remove and the default mode
+    does not (measurements: benchmarks/README.md)."""
     return torch.compile(model, mode="reduce-overhead" if device.type == "cuda" else None)
 
 
