@@ -82,10 +82,14 @@ def test_configuration_page_is_up_to_date():
 
 
 def test_page_rows_show_type_default_and_description():
+    from threeregime.knobs import KNOBS
+
     page = schema_docs.render()
     assert "| `metrics.lmc_bn_batch_size` | null or positive integer | `null` |" in page
     assert "| `train.lr_milestones` | list of number > 0, < 1, no repeats | `[0.5, 0.75]` |" in page
-    assert "| `knob.name` | one of `epochs`, `batch_size`, `sam_rho` | required |" in page
+    knobs = ", ".join(f"`{name}`" for name in KNOBS)  # the enum comes from the knob registry
+    assert f"| `knob.name` | one of {knobs} | required |" in page
+    assert knobs.startswith("`epochs`, `batch_size`, `sam_rho`, `lr`")
     assert "| `data.name` | one of `mnist1d`, `cifar10`, `cifar100` | `mnist1d` |" in page
 
 
