@@ -18,21 +18,25 @@ import pytest
 import yaml
 
 from threeregime.config import load_config
+from threeregime.overlays import merge
 
 from .conftest import REPO
 from .test_cifar import write_fake_cifar
+from .test_presets import _job_stats
 
 PRESETS = REPO / "presets"
 SLURM_PROFILE = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
 LOCAL_RULES = {"prepare_data", "collect", "classify", "plot"}
 # Submissions of each preset before grouping (one sbatch per job, local rules included), for the
 # comparison in docs/cluster.md; they equal the preset tests' dry-run totals less the `all` rule.
-UNGROUPED = {"epochs": 2212, "batchsize": 832, "sam": 1108}
+UNGROUPED = {"epochs": 2212, "batchsize": 832, "sam": 1108, "epochs+gpu-fast": 1828}
 PRESET_LIMIT = {"epochs": 500}  # the goal: the Figure-2 preset submits at most 500 Slurm jobs
 
 
 def preset_configfiles(name: str) -> list[Path]:
     """The --configfile list of one preset (the only place tests name preset files here)."""
+    if name == "epochs+gpu-fast":
+        return [*preset_configfiles("epochs"), PRESETS / "overlays" / "gpu-fast.yaml"]
     return [PRESETS / f"cifar10-preresnet20-{name}.yaml"]
 
 
@@ -95,7 +99,7 @@ def test_grouped_gpu_jobs_do_ten_minutes_of_work_at_paper_scale():
     assert not {"groups", "group-components"} & set(default)
 
 
-@pytest.mark.parametrize("name", ["epochs", "batchsize", "sam"])
+@pytest.mark.parametrize("name", list(UNGROUPED))
 def test_slurm_profile_groups_each_preset_into_few_full_jobs(name, tmp_path, capsys):
     from .test_incremental import snakemake
 
@@ -106,11 +110,12 @@ def test_slurm_profile_groups_each_preset_into_few_full_jobs(name, tmp_path, cap
     assert result.returncode == 0, result.stderr[-3000:]
     plan = result.stdout + result.stderr
     got = submissions(plan)
-    raw = {}
+    raw: dict = {}
     for path in preset_configfiles(name):
-        raw |= yaml.safe_load(path.read_text())
-    cfg = load_config(raw | {"data": raw["data"] | {"root": str(tmp_path / "data")}})
+        merge(raw, yaml.safe_load(path.read_text()))
+    cfg = load_config(merge(raw, {"data": {"root": str(tmp_path / "data")}}))
     assert got == expected_submissions(cfg)
+    assert _job_stats(plan)["total"] - 1 == UNGROUPED[name]  # every job but `all`, one sbatch each
     total = sum(got.values())
     assert total <= PRESET_LIMIT.get(name, UNGROUPED[name])
     assert not (tmp_path / "results").exists()
