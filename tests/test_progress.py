@@ -2,8 +2,9 @@
 (`threeregime status`) of a run, checked on a real tiny run that is watched while it computes.
 
 The run: the tiny config with longer retraining (so a retrain job can be caught running), one job
-at a time. `status` is called before anything ran, while a retrain job runs, and after that job
-was killed (the run goes on with --keep-going, so the other cells finish).
+at a time. `status` is called before anything ran, while a retrain job runs (frozen with SIGSTOP
+for the look, so the test does not race its end), and after that job was killed with SIGKILL
+(the run goes on with --keep-going, so the other cells finish).
 """
 
 from __future__ import annotations
@@ -129,6 +130,16 @@ def _retrain_process(folder: Path) -> int | None:
     return None
 
 
+def _stopped(pid: int | None) -> int | None:
+    if pid is None:
+        return None
+    try:
+        os.kill(pid, signal.SIGSTOP)
+    except ProcessLookupError:  # it ended in the meantime: wait for the next one
+        return None
+    return pid
+
+
 @pytest.fixture(scope="module")
 def watched(tmp_path_factory):
     folder = tmp_path_factory.mktemp("watched")
@@ -138,7 +149,8 @@ def watched(tmp_path_factory):
     log = (folder / "run.log").open("w")
     run = subprocess.Popen(command, cwd=folder, stdout=log, stderr=subprocess.STDOUT)
     try:
-        pid = _wait(lambda: _retrain_process(folder), 300, "a retrain job with a saved epoch")
+        # Freeze a running retrain job (SIGSTOP), look, then kill it: no race with its end.
+        pid = _wait(lambda: _stopped(_retrain_process(folder)), 300, "a retrain job with a saved epoch")
         during = cli(folder, "status")
         os.kill(pid, signal.SIGKILL)
         run.wait(timeout=600)
