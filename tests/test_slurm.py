@@ -9,6 +9,12 @@ workflow profile profiles/default is loaded too.
 One sequence is checked: a first run whose dense_train job is cancelled with scancel half way
 through training (reported as failed, no model left behind), then a rerun that resumes the
 training from its checkpoint and completes the workflow.
+
+A second one checks the profile's job grouping on a grid of two cells: the sbatch submissions of
+a whole run without the grouping (a copy of the profile without `groups`) and with it; a `cell`
+group job (prune + retrainings) cancelled half way through its retraining, and the rerun, which
+redoes exactly that group's unfinished retrainings (resuming them; its prune stays done) and the
+metrics group waiting for them, nothing else.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ HARNESS = REPO / "tests" / "slurm"
 PROFILE = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
 GPU_RULES = {"dense_train", "retrain", "metrics"}
 RULES = ["prepare_data", "dense_train", "prune", "retrain", "metrics", "collect", "classify", "plot"]
+GROUP_JOBS = {"cell_prune_retrain": "cell", "cell_retrain": "cell", "metrics_metrics": "metrics"}
 
 # One dense run of 30 epochs (~0.5 s each on the 2-core dev machine, a checkpoint after each) so it
 # is still training when cancelled; short retraining; one cell, whose two retrainings (GPU jobs)
@@ -101,17 +108,26 @@ def slurm(cluster: Cluster, *args: str) -> str:
     return subprocess.run(args, env=cluster.env, capture_output=True, text=True, check=True).stdout
 
 
-def checkout(folder: Path) -> Path:
-    """A folder laid out like the repository, with its own config.yaml, results and logs."""
+def checkout(folder: Path, config: dict = CONFIG) -> Path:
+    """A folder laid out like the repository, with its own config.yaml, results and logs.
+    profiles/ holds the repository's profiles and `ungrouped`: profiles/slurm without its job
+    grouping (every job its own sbatch), to count what the grouping saves."""
     folder.mkdir(parents=True, exist_ok=True)
-    for name in ("workflow", "profiles", "threeregime", "envs"):
+    for name in ("workflow", "threeregime", "envs"):
         (folder / name).symlink_to(REPO / name)
-    write_config(folder, CONFIG)
+    for name in ("default", "slurm"):
+        (folder / "profiles").mkdir(exist_ok=True)
+        (folder / "profiles" / name).symlink_to(REPO / "profiles" / name)
+    ungrouped = {k: v for k, v in PROFILE.items() if k not in ("groups", "group-components")}
+    write_config(folder / "profiles" / "ungrouped", ungrouped)
+    write_config(folder, config)
     return folder
 
 
-def profile_run(cluster: Cluster, folder: Path, *args: str, **popen) -> subprocess.Popen:
-    command = [sys.executable, "-m", "snakemake", "--profile", "profiles/slurm"]
+def profile_run(
+    cluster: Cluster, folder: Path, *args: str, profile: str = "profiles/slurm", **popen
+) -> subprocess.Popen:
+    command = [sys.executable, "-m", "snakemake", "--profile", profile]
     # Poll Slurm 2 s after each submission instead of the profile's 20 s (MinJobAge is 600 s).
     command += ["--slurm-init-seconds-before-status-checks", "2", *args]
     return subprocess.Popen(command, cwd=folder, env=cluster.env, text=True, **popen)
@@ -127,15 +143,21 @@ def finish(process: subprocess.Popen, log: Path, timeout: float) -> tuple[int, s
     return process.returncode, log.read_text()
 
 
-def job_records(cluster: Cluster) -> list[dict]:
-    """Every job slurmctld still remembers (finished ones for MinJobAge), as key=value dicts."""
+def job_records(cluster: Cluster, folder: Path) -> list[dict]:
+    """Every job submitted from ``folder`` that slurmctld still remembers (finished ones for
+    MinJobAge), as key=value dicts."""
     lines = slurm(cluster, "scontrol", "show", "job", "--oneliner").splitlines()
-    return [dict(token.split("=", 1) for token in line.split() if "=" in token) for line in lines if line]
+    records = [dict(token.split("=", 1) for token in line.split() if "=" in token) for line in lines if line]
+    return [r for r in records if r.get("WorkDir") == str(folder)]
 
 
 def rule_of(record: dict) -> str:
+    """The rule of a Slurm job, or the group's name for a group job (profiles/slurm: cell, metrics;
+    Snakemake names a group job <group>_<its rules>)."""
     comment = record.get("Comment", "")
-    return max((r for r in RULES if re.fullmatch(rf"rule_{r}(_wildcards_.*)?", comment)), key=len)
+    names = [*RULES, *GROUP_JOBS]
+    name = max((r for r in names if re.fullmatch(rf"rule_{r}(_wildcards_.*)?", comment)), key=len)
+    return GROUP_JOBS.get(name, name)
 
 
 @dataclass
@@ -182,7 +204,14 @@ def runs(cluster, tmp_path_factory) -> Runs:
             profile_run(cluster, folder, "-n", stdout=out, stderr=subprocess.STDOUT), folder / "dry.log", 120
         )
     return Runs(
-        folder, jobid, first_result, dense_after, resume_after, second_result, dry[1], job_records(cluster)
+        folder,
+        jobid,
+        first_result,
+        dense_after,
+        resume_after,
+        second_result,
+        dry[1],
+        job_records(cluster, folder),
     )
 
 
@@ -225,16 +254,21 @@ def _minutes(limit: str) -> int:
 
 def test_jobs_ask_slurm_for_the_profile_resources(runs):
     ours = [r for r in runs.records if r.get("Comment", "").startswith("rule_")]
-    assert Counter(rule_of(r) for r in ours) == {
-        "prepare_data": 1, "dense_train": 2, "prune": 1, "retrain": 2, "metrics": 1,
-        "collect": 1, "classify": 1, "plot": 1,
-    }  # fmt: skip
-    default = PROFILE["default-resources"]
+    # prepare_data, collect, classify and plot are local rules; prune and the two retrainings are
+    # one `cell` group job; the metrics job is a `metrics` group job.
+    assert Counter(rule_of(r) for r in ours) == {"dense_train": 2, "cell": 1, "metrics": 1}
+    default, rules = PROFILE["default-resources"], PROFILE["set-resources"]
+    # A group asks for the largest memory of its members and the sum of their time limits (run
+    # one after another: one GPU per job).
+    cell = {
+        "mem_mb": rules["retrain"]["mem_mb"],
+        "runtime": rules["prune"]["runtime"] + 2 * rules["retrain"]["runtime"],
+    }
     for record in ours:
         rule = rule_of(record)
-        wanted = default | PROFILE["set-resources"].get(rule, {})
+        wanted = default | {"cell": cell}.get(rule, rules.get(rule, {}))
         asks_gpu = "gpu" in record.get("TresPerJob", "")
-        assert asks_gpu == (rule in GPU_RULES), (rule, record.get("TresPerJob"))
+        assert asks_gpu == (rule in GPU_RULES | {"cell"}), (rule, record.get("TresPerJob"))
         if asks_gpu:
             assert record["TresPerJob"] == "gres:gpu:1"
         assert _minutes(record["TimeLimit"]) == wanted["runtime"], (rule, record["TimeLimit"])
@@ -243,12 +277,160 @@ def test_jobs_ask_slurm_for_the_profile_resources(runs):
         assert record["Partition"] == "debug"  # no partition in the profile: the cluster default
 
 
-def test_gpu_jobs_run_side_by_side_on_slurm(runs):
+# Two cells (densities 0.3 and 0.6) of one short dense run, two retrain seeds each; retraining
+# long enough (20 epochs of ~0.5 s, a checkpoint after each) to be cancelled half way.
+GRID = copy.deepcopy(CONFIG)
+GRID["run_name"] = "grid"
+GRID["train"].update(epochs=2)
+GRID["knob"]["values"] = [2]
+GRID["prune"]["densities"] = [0.3, 0.6]
+GRID["retrain"] = {"recipe": {"epochs": 20}}
+GRID_RESULTS = Path("results/grid")
+
+
+@dataclass
+class Grid:
+    ungrouped: list[dict]  # Slurm jobs of a whole run without the profile's grouping
+    planned: Counter  # submissions the grouped dry run plans
+    folder: Path  # the grouped runs
+    cancelled: str  # Slurm job id of the cancelled `cell` group job
+    density: str  # its cell
+    first: tuple[int, str]
+    first_records: list[dict]
+    after_cancel: dict[str, bool]  # outputs of the cancelled cell present after the first run
+    rerun_plan: set  # jobs `snakemake -n` plans after the cancellation
+    second: tuple[int, str]
+    second_records: list[dict]
+
+
+def _running_retrain(folder: Path) -> tuple[str, str] | None:
+    """(Slurm job id, density) of a retraining of ``folder`` that has passed its 3rd epoch."""
+    for log in sorted((folder / GRID_RESULTS / "logs/retrain").rglob("*.log")):
+        if re.search(r"epoch ([3-9]|1\d)/20", log.read_text()) and "done at epoch" not in log.read_text():
+            density = re.search(r"density-([\d.]+)", str(log)).group(1)
+            for proc in Path("/proc").glob("[0-9]*"):
+                try:
+                    command = (proc / "cmdline").read_bytes().decode(errors="replace")
+                    if "threeregime\0retrain" not in command or f"density-{density}/" not in command:
+                        continue
+                    if Path(os.readlink(proc / "cwd")) != folder:
+                        continue
+                    environ = dict(
+                        item.split("=", 1)
+                        for item in (proc / "environ").read_bytes().decode().split("\0")
+                        if "=" in item
+                    )
+                except OSError:
+                    continue
+                if "SLURM_JOB_ID" in environ:
+                    return environ["SLURM_JOB_ID"], density
+    return None
+
+
+@pytest.fixture(scope="module")
+def grid(cluster, tmp_path_factory) -> Grid:
+    from .test_cluster import submissions
+    from .test_incremental import jobs_in
+
+    # The ungrouped run only counts submissions: the same grid with 2-epoch retraining.
+    short = copy.deepcopy(GRID) | {"retrain": {"recipe": {"epochs": 2}}}
+    plain = checkout(tmp_path_factory.mktemp("ungrouped") / "checkout", short)
+    with (plain / "run.log").open("w") as out:
+        run = profile_run(cluster, plain, profile="profiles/ungrouped", stdout=out, stderr=subprocess.STDOUT)
+    returncode, output = finish(run, plain / "run.log", 900)
+    assert returncode == 0, output[-4000:]
+    ungrouped = job_records(cluster, plain)
+
+    folder = checkout(tmp_path_factory.mktemp("grouped") / "checkout", GRID)
+    with (folder / "dry.log").open("w") as out:
+        dry = finish(
+            profile_run(cluster, folder, "-n", stdout=out, stderr=subprocess.STDOUT), folder / "dry.log", 120
+        )
+    planned = submissions(dry[1])
+    log1 = folder / "first.log"
+    with log1.open("w") as out:
+        first = profile_run(cluster, folder, stdout=out, stderr=subprocess.STDOUT)
+    deadline, found = time.monotonic() + 300, None
+    while time.monotonic() < deadline and first.poll() is None and not found:
+        found = _running_retrain(folder)
+        time.sleep(0.2)
+    assert found, f"no retraining reached epoch 3 under Slurm:\n{log1.read_text()[-4000:]}"
+    jobid, density = found
+    slurm(cluster, "scancel", jobid)
+    first_result = finish(first, log1, 600)
+    first_records = job_records(cluster, folder)
+    cell = f"epochs-2/density-{density}/seed1"
+    after = {
+        "pruned": (folder / GRID_RESULTS / "pruned" / cell / "model.pt").exists(),
+        "retrained": any((folder / GRID_RESULTS / "retrain" / cell).rglob("model.pt")),
+        "resume": any((folder / GRID_RESULTS / "retrain" / cell).rglob("model.pt.resume")),
+    }
+    plan = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n"], cwd=folder, env=cluster.env, capture_output=True, text=True
+    )
+    log2 = folder / "second.log"
+    with log2.open("w") as out:
+        second = profile_run(cluster, folder, stdout=out, stderr=subprocess.STDOUT)
+    second_result = finish(second, log2, 900)
+    seen = {r["JobId"] for r in first_records}
+    second_records = [r for r in job_records(cluster, folder) if r["JobId"] not in seen]
+    return Grid(
+        ungrouped, planned, folder, jobid, density, first_result, first_records, after,
+        jobs_in(plan.stdout), second_result, second_records,
+    )  # fmt: skip
+
+
+def test_grouping_cuts_the_sbatch_submissions_of_a_grid(grid):
+    """Without grouping every job is one sbatch (local rules aside): 1 dense, 2 prune, 4 retrain
+    and 2 metrics jobs = 9; grouped: 1 dense, 2 cells (prune + retrainings), 1 metrics = 4."""
+    assert Counter(rule_of(r) for r in grid.ungrouped) == {
+        "dense_train": 1, "prune": 2, "retrain": 4, "metrics": 2,
+    }  # fmt: skip
+    assert grid.planned == {"dense_train": 1, "cell": 2, "metrics": 1}
+    first = Counter(rule_of(r) for r in grid.first_records)
+    # The metrics group waits for both cells, so the first run (one cell cancelled) never
+    # submitted it. The rerun submits the cancelled cell's two unfinished retrainings (its prune
+    # is done, so they are no longer connected: one `cell` job each) and the metrics group.
+    assert first == {"dense_train": 1, "cell": 2}
+    assert Counter(rule_of(r) for r in grid.second_records) == {"cell": 2, "metrics": 1}
+
+
+def test_gpu_jobs_run_side_by_side_on_slurm(grid):
     """The one-machine cap (profiles/default: gpu=1) does not throttle Slurm submissions."""
     spans = sorted(
-        (r["StartTime"], r["EndTime"]) for r in runs.records if r["Comment"].startswith("rule_retrain")
+        (r["StartTime"], r["EndTime"]) for r in grid.ungrouped if r["Comment"].startswith("rule_retrain")
     )
     assert any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:])), spans
+
+
+def test_cancelled_group_job_reruns_exactly_its_cell(grid):
+    returncode, output = grid.first
+    assert returncode != 0
+    # A failed group job is reported by group, with its sbatch log (named after its Slurm id).
+    assert "Error in group cell" in output
+    assert f"logs/slurm/group_cell_prune_retrain/{grid.cancelled}.log" in output
+    record = next(r for r in grid.first_records if r["JobId"] == grid.cancelled)
+    assert rule_of(record) == "cell" and record["JobState"] == "CANCELLED"
+    # keep-incomplete (profiles/slurm): the group's finished prune keeps its model; the killed
+    # retrainings left only their resume checkpoints (outputs are written atomically).
+    assert grid.after_cancel == {"pruned": True, "retrained": False, "resume": True}, grid.after_cancel
+    cell = {"temperature": "2", "density": grid.density, "seed": "1"}
+    other = {**cell, "density": ({"0.3", "0.6"} - {grid.density}).pop()}
+    expected = {("retrain", frozenset((cell | {"rseed": r}).items())) for r in ("1", "2")}
+    expected |= {("metrics", frozenset((c | {"a": "1", "b": "2"}).items())) for c in (cell, other)}
+    expected |= {(rule, frozenset()) for rule in ("collect", "classify", "plot")}
+    assert grid.rerun_plan == expected
+
+
+def test_rerun_after_group_cancel_resumes_and_completes(grid):
+    returncode, output = grid.second
+    assert returncode == 0, output[-4000:]
+    logs = grid.folder / GRID_RESULTS / "logs/retrain/epochs-2" / f"density-{grid.density}" / "seed1"
+    resumed = [log for log in logs.glob("*.log") if "resuming from" in log.read_text()]
+    assert resumed, "the cancelled retraining started over instead of resuming"
+    metrics = pd.read_csv(grid.folder / GRID_RESULTS / "metrics.csv")
+    assert sorted(metrics["density"]) == [0.3, 0.6]
+    assert metrics[["mc", "cka_softmax", "test_error"]].notna().all().all()
 
 
 def test_down_never_signals_a_process_it_did_not_start(tmp_path):

@@ -486,6 +486,40 @@ def cmd_collect(args) -> None:
             "the table mixes %d numeric environments (see its environment column): %s",
             len(environments), " | ".join(environments),
         )  # fmt: skip
+    if args.cost:
+        from threeregime.cost import write_cost
+
+        costs = write_cost(Path(args.results), json.loads(args.grid), args.cost, args.cost_html)
+        log.info("cost of %d benchmarked jobs -> %s", len(costs), args.cost)
+
+
+def cmd_cost(args) -> None:
+    """Project the whole target config's GPU-hours from the jobs measured so far."""
+    from threeregime.cost import project, projection_report, read_costs
+    from threeregime.overlays import load_overlays, results_dir
+
+    target = load_overlays(args.configfile)
+    measured_cfg = load_overlays(args.measured_configfile) if args.measured_configfile else target
+    folder = results_dir(measured_cfg)
+    costs = read_costs(folder, len(measured_cfg.seeds.retrain), len(measured_cfg.densities))
+    if costs.empty:
+        raise ConfigError(f"{folder}: no benchmarked job yet (benchmarks/ is empty or missing)")
+    table = project(costs, measured_cfg, target)
+    print(projection_report(table, f"{folder} ({len(costs)} jobs)", target.run_name))
+
+
+def cmd_status(args) -> None:
+    """Cells done / running / failed / not started, progress.png and partial figures; reads
+    files only, so it works while snakemake runs (no lock)."""
+    from threeregime.overlays import load_overlays, results_dir
+    from threeregime.status import draw, read_status, terminal_grid
+
+    cfg = load_overlays(args.configfile)
+    cells = read_status(cfg)
+    print(terminal_grid(cfg, cells))
+    folder = Path(args.out) if args.out else results_dir(cfg)
+    for path in draw(cfg, cells, Path("."), folder):
+        print(f"wrote {path}")
 
 
 def cmd_classify(args) -> None:
@@ -595,11 +629,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models-csv", required=True)
     p.add_argument("--metrics", required=True)
     p.add_argument("--cells", required=True)
+    p.add_argument("--results", default="", help="run folder holding benchmarks/ and logs/")
+    p.add_argument("--cost", default="", help="cost.csv: every job's benchmark (needs --results)")
+    p.add_argument("--cost-html", default="", help="per-rule cost page for the report")
     p = command("classify", cmd_classify)
     p.add_argument("--cells", required=True)
     for name in ("regimes", "robustness", "advice", "advice-cells", "selection", "summary"):
         p.add_argument(f"--{name}", required=True)
     p.add_argument("--html-dir", default="", help="also write <dir>/<table>.html views")
+    p = command("cost", cmd_cost, spec=False)
+    p.add_argument(
+        "--configfile", nargs="*", default=[], help="overlays on config.yaml, as for snakemake (the target)"
+    )
+    p.add_argument(
+        "--measured-configfile", nargs="*", default=None,
+        help="overlays naming the run whose jobs were measured (default: the target's own run)",
+    )  # fmt: skip
+    p = command("status", cmd_status, spec=False)
+    p.add_argument("--configfile", nargs="*", default=[], help="overlays on config.yaml, as for snakemake")
+    p.add_argument("--out", default="", help="folder for progress.png, partial figures (default: the run's)")
     p = command("plot", cmd_plot)
     p.add_argument("--regimes", required=True)
     p.add_argument("--selection", default="", help="selection.csv: mark best and picked cells")

@@ -11,6 +11,9 @@ TABLES = {
         "summary",
     )
 }
+COST_PAGE = (
+    f"{RES}/tables/cost.html"  # written by collect (threeregime.cost), not classify
+)
 # The PNG of each figure goes into the report; the other formats (PDF) are plain outputs.
 PHASE_PNG, *PHASE_OTHER = FIGURES["phase"]
 MAP_PNG, *MAP_OTHER = FIGURES["map"]
@@ -19,6 +22,7 @@ FIGURES_CAT = "1. Figures"
 REGIMES_CAT = "2. Regimes"
 ADVICE_CAT = "3. Advice and model selection"
 DATA_CAT = "4. Data (CSV downloads)"
+COST_CAT = "5. Cost"
 
 
 rule collect:
@@ -43,6 +47,19 @@ rule collect:
             category=DATA_CAT,
             labels={"name": "cells.csv"},
         ),
+        # every job's measured cost (its benchmark file), and the per-rule summary
+        cost=report(
+            f"{RES}/cost.csv",
+            caption=f"{CAPTIONS}/cost_csv.rst",
+            category=DATA_CAT,
+            labels={"name": "cost.csv"},
+        ),
+        cost_html=report(
+            COST_PAGE,
+            caption=f"{CAPTIONS}/cost.rst",
+            category=COST_CAT,
+            labels={"name": "cost per rule"},
+        ),
     log:
         f"{LOGS}/collect.log",
     conda:
@@ -52,9 +69,11 @@ rule collect:
         # argument limit
         pattern=lambda wildcards: METRICS,
         grid=to_json(CFG.metrics_axes()),
+        results=RES,
     shell:
         "python -m threeregime collect --pattern {params.pattern:q} --grid {params.grid:q}"
         " --models-csv {output.models} --metrics {output.metrics} --cells {output.cells}"
+        " --results {params.results} --cost {output.cost} --cost-html {output.cost_html}"
         " > {log} 2>&1"
 
 

@@ -36,6 +36,9 @@ onstart:
 
 RES = f"results/{CFG.run_name}"
 LOGS = f"{RES}/logs"
+# Snakemake's benchmark of every compute job (wall and CPU seconds, max RSS): one TSV per job,
+# at benchmarks/<rule>/<the job's log path under logs/<folder>/>.tsv (threeregime.cost reads them).
+BENCH = f"{RES}/benchmarks"
 KNOB = CFG.knob.name
 DATA = f"{RES}/data/dataset.pt"
 CELL = f"{KNOB}-{{temperature}}/density-{{density}}/seed{{seed}}"
@@ -87,11 +90,13 @@ RETRAIN_JOB = {
         "pruned": PRUNED,
         "outputs": [RETRAINED],
         "log": f"{LOGS}/retrain/{CELL}/retrain{{rseed}}.log",
+        "benchmark": f"{BENCH}/retrain/{CELL}/retrain{{rseed}}.tsv",
     },
     "cell": {
         "pruned": PRUNED,
         "outputs": expand(RETRAINED, rseed=RETRAIN_SEEDS, allow_missing=True),
         "log": f"{LOGS}/retrain/{CELL}/retrain.log",
+        "benchmark": f"{BENCH}/retrain/{CELL}/retrain.tsv",
     },
     "temperature": {
         "pruned": expand(PRUNED, density=CFG.densities, allow_missing=True),
@@ -99,6 +104,7 @@ RETRAIN_JOB = {
             RETRAINED, density=CFG.densities, rseed=RETRAIN_SEEDS, allow_missing=True
         ),
         "log": f"{LOGS}/retrain/{KNOB}-{{temperature}}/seed{{seed}}/retrain.log",
+        "benchmark": f"{BENCH}/retrain/{KNOB}-{{temperature}}/seed{{seed}}/retrain.tsv",
     },
 }[CFG.runtime.retrain_pack]
 

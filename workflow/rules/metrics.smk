@@ -7,6 +7,8 @@ rule metrics:
         METRICS,
     log:
         f"{LOGS}/metrics/{CELL}/pair{{a}}-{{b}}.log",
+    benchmark:
+        f"{BENCH}/metrics/{CELL}/pair{{a}}-{{b}}.tsv"
     conda:
         ENV
     threads: CFG.runtime.threads

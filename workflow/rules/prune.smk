@@ -5,6 +5,8 @@ rule prune:
         PRUNED,
     log:
         f"{LOGS}/prune/{CELL}.log",
+    benchmark:
+        f"{BENCH}/prune/{CELL}.tsv"
     conda:
         ENV
     params:

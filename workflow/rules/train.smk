@@ -3,6 +3,8 @@ rule prepare_data:
         DATA,
     log:
         f"{LOGS}/prepare_data.log",
+    benchmark:
+        f"{BENCH}/prepare_data.tsv"
     conda:
         ENV
     params:
@@ -19,6 +21,8 @@ rule dense_train:
         DENSE,
     log:
         f"{LOGS}/dense/{KNOB}-{{temperature}}/seed{{seed}}.log",
+    benchmark:
+        f"{BENCH}/dense_train/{KNOB}-{{temperature}}/seed{{seed}}.tsv"
     conda:
         ENV
     threads: CFG.runtime.threads
@@ -40,6 +44,8 @@ rule retrain:
         RETRAIN_JOB["outputs"],
     log:
         RETRAIN_JOB["log"],
+    benchmark:
+        RETRAIN_JOB["benchmark"]
     conda:
         ENV
     threads: CFG.runtime.threads

@@ -1,0 +1,209 @@
+"""Measured cost (benchmark files -> cost.csv, `threeregime cost`) and live progress
+(`threeregime status`) of a run, checked on a real tiny run that is watched while it computes.
+
+The run: the tiny config with longer retraining (so a retrain job can be caught running), one job
+at a time. `status` is called before anything ran, while a retrain job runs (frozen with SIGSTOP
+for the look, so the test does not race its end), and after that job was killed with SIGKILL
+(the run goes on with --keep-going, so the other cells finish).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from threeregime.config import load_config
+from threeregime.cost import job_keys, job_units, project, read_costs, target_units, train_samples
+
+from .conftest import SNAKEFILE, TINY_CONFIG, write_config
+
+CONFIG = copy.deepcopy(TINY_CONFIG)
+CONFIG["retrain"] = {"recipe": {"epochs": 12}}
+CONFIG["runtime"] = {"device": "cpu", "threads": 1, "checkpoint_every": 1}
+RESULTS = Path("results/tiny")
+
+
+def cli(folder: Path, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(SNAKEFILE.parents[1]))
+    return subprocess.run(
+        [sys.executable, "-m", "threeregime", *args], cwd=folder, capture_output=True, text=True, env=env
+    )
+
+
+# ----------------------------------------------------------------------------- units, projection
+def test_job_keys_read_the_workflow_paths():
+    assert job_keys(Path("epochs-10/density-0.05/seed2/pair1-3.tsv")) == {
+        "temperature": "10", "density": "0.05", "seed": "2", "a": "1", "b": "3",
+    }  # fmt: skip
+    assert job_keys(Path("sam_rho-0.1/density-0.8/seed1/retrain2.tsv"))["rseed"] == "2"
+    packed = {"temperature": "16", "seed": "3", "rseed": ""}
+    assert job_keys(Path("batch_size-16/seed3/retrain.tsv")) == packed
+
+
+def test_projection_scales_measured_seconds_per_unit_to_the_target():
+    small = load_config(CONFIG)  # MNIST-1D, 600 samples: 480 training samples
+    big = copy.deepcopy(CONFIG)
+    big["prune"]["densities"] = [0.2, 0.4, 0.6]
+    big["metrics"]["lmc_points"] = 11
+    big["retrain"] = {"recipe": {"epochs": 24}}
+    target = load_config(big)
+    assert train_samples(small) == 480
+    costs = pd.DataFrame(
+        [
+            {
+                "rule": "metrics",
+                "temperature": "1",
+                "density": "0.2",
+                "seed": "1",
+                "a": "1",
+                "b": "2",
+                "wall_s": 10.0,
+                "device": "cpu",
+            },
+            {
+                "rule": "metrics",
+                "temperature": "3",
+                "density": "0.6",
+                "seed": "1",
+                "a": "1",
+                "b": "2",
+                "wall_s": 20.0,
+                "device": "cpu",
+            },
+            {
+                "rule": "retrain",
+                "temperature": "3",
+                "density": "0.6",
+                "seed": "1",
+                "rseed": "1",
+                "wall_s": 6.0,
+                "device": "cuda",
+            },
+            {"rule": "dense_train", "temperature": "3", "seed": "1", "wall_s": 4.0, "device": "cuda"},
+        ]
+    ).reindex(columns=["rule", "temperature", "density", "seed", "rseed", "a", "b", "wall_s", "device"])
+    table = project(costs, small, target).set_index("rule")
+    # metrics: 30 s over 2 jobs x 5 points x 480 samples; the target has 2 x 3 x 1 pairs x 11 x 480
+    assert table.loc["metrics", "s_per_unit"] == pytest.approx(30 / (2 * 5 * 480))
+    assert table.loc["metrics", "projected_h"] == pytest.approx(30 / 2 * 11 / 5 * 6 / 3600)
+    # retrain: one run of 12 epochs in 6 s; the target: 2 x 3 cells x 2 runs x 24 epochs
+    assert table.loc["retrain", "projected_h"] == pytest.approx(6 / 12 * 24 * 12 / 3600)
+    # dense (epochs knob): the measured job trained epochs 1..3 (2 epochs); the target 3 in all
+    assert job_units(small, "dense_train", {"temperature": "3"}) == 2 * 480
+    assert table.loc["dense_train", "projected_h"] == pytest.approx(4 / 2 * 3 / 3600)
+    assert math.isnan(table.loc["prune", "projected_h"])  # nothing measured: not guessed
+    assert target_units(target)["metrics"][0] == 6
+
+
+# ----------------------------------------------------------------------------- a watched run
+def _wait(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _retrain_process(folder: Path) -> int | None:
+    """pid of a retrain job of this run that has saved at least one epoch."""
+    if not list((folder / RESULTS / "retrain").rglob("model.pt.resume")):
+        return None
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            command = (proc / "cmdline").read_bytes().split(b"\0")
+            ours = Path(os.readlink(proc / "cwd")) == folder
+            if ours and b"threeregime" in command and b"retrain" in command:
+                return int(proc.name)
+        except OSError:
+            continue
+    return None
+
+
+def _stopped(pid: int | None) -> int | None:
+    if pid is None:
+        return None
+    try:
+        os.kill(pid, signal.SIGSTOP)
+    except ProcessLookupError:  # it ended in the meantime: wait for the next one
+        return None
+    return pid
+
+
+@pytest.fixture(scope="module")
+def watched(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("watched")
+    write_config(folder, CONFIG)
+    before = cli(folder, "status")
+    command = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--cores", "1", "--keep-going"]
+    log = (folder / "run.log").open("w")
+    run = subprocess.Popen(command, cwd=folder, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        # Freeze a running retrain job (SIGSTOP), look, then kill it: no race with its end.
+        pid = _wait(lambda: _stopped(_retrain_process(folder)), 300, "a retrain job with a saved epoch")
+        during = cli(folder, "status")
+        os.kill(pid, signal.SIGKILL)
+        run.wait(timeout=600)
+    finally:
+        if run.poll() is None:
+            run.send_signal(signal.SIGINT)
+            run.wait(timeout=60)
+        log.close()
+    after = cli(folder, "status")
+    cost = cli(folder, "cost")
+    return folder, before, during, after, cost, (folder / "run.log").read_text()
+
+
+@pytest.mark.slow
+def test_status_before_the_run_shows_nothing_started(watched):
+    _, before, *_ = watched
+    assert before.returncode == 0, before.stderr
+    assert "cells: # done 0, > running 0, X failed 0, ~ partial 0, . not started 4" in before.stdout
+
+
+@pytest.mark.slow
+def test_status_during_the_run_shows_the_running_job(watched):
+    folder, _, during, *_ = watched
+    assert during.returncode == 0, during.stderr
+    jobs = next(line for line in during.stdout.splitlines() if line.startswith("jobs:"))
+    assert ", running 1, failed 0," in jobs, during.stdout  # one job at a time (--cores 1)
+    assert "> running 1" in during.stdout  # its cell
+    assert "wrote results/tiny/progress.png" in during.stdout
+
+
+@pytest.mark.slow
+def test_status_after_a_killed_job_names_it_failed_and_draws_partial_figures(watched):
+    folder, _, _, after, _, run_log = watched
+    assert "Error in rule retrain" in run_log or "error" in run_log.lower()
+    out = after.stdout
+    assert after.returncode == 0, after.stderr
+    assert "cells: # done 3, > running 0, X failed 1, ~ partial 0, . not started 0" in out, out
+    failed = [line for line in out.splitlines() if line.startswith("failed retrain")]
+    assert len(failed) == 1 and "killed?" in failed[0], out
+    for name in ("progress.png", "partial_phase_diagram.png", "partial_regime_map.png"):
+        assert (folder / RESULTS / name).read_bytes()[:4] == b"\x89PNG", name
+    assert "wrote results/tiny/partial_phase_diagram.png" in out
+
+
+@pytest.mark.slow
+def test_cost_is_measured_per_job_and_projected(watched):
+    folder, *_, cost, _ = watched
+    costs = read_costs(folder / RESULTS, retrain_seeds=2, densities=2)
+    # every finished job has a benchmark: 1 + 2 dense + 4 prune + 8 retrain - 1 killed + 3 metrics
+    counts = costs["rule"].value_counts().to_dict()
+    assert counts == {"prepare_data": 1, "dense_train": 2, "prune": 4, "retrain": 7, "metrics": 3}
+    assert (costs["wall_s"] > 0).all() and (costs["max_rss_mb"] > 10).all()
+    assert set(costs.loc[costs["rule"] == "retrain", "device"]) == {"cpu"}
+    assert cost.returncode == 0, cost.stderr
+    assert "projected from the jobs measured in results/tiny (17 jobs)" in cost.stdout
+    assert "assumes: each rule's time is linear in its units" in cost.stdout
