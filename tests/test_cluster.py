@@ -21,6 +21,7 @@ from threeregime.config import load_config, merge_configs, read_config_file
 
 from .conftest import REPO
 from .test_cifar import write_fake_cifar
+from .test_presets import _files as preset_files
 from .test_presets import _job_stats
 
 PRESETS = REPO / "presets"
@@ -36,7 +37,7 @@ def preset_configfiles(name: str) -> list[Path]:
     """The --configfile list of one preset (the only place tests name preset files here)."""
     if name == "epochs+gpu-fast":
         return [*preset_configfiles("epochs"), PRESETS / "overlays" / "gpu-fast.yaml"]
-    return [PRESETS / f"cifar10-preresnet20-{name}.yaml"]
+    return [Path(f) for f in preset_files(name)]
 
 
 GROUP_HEADER = re.compile(r"^\[.*\] Group job (\w+) ")
