@@ -95,6 +95,7 @@ def measure(perf, args, payload, spec) -> tuple[list, dict, tuple]:
     epoch_s = train_s / args.steps * (args.train_images / 64)
     saved = (args.epochs - args.test_error_last) * eval_s / (args.epochs * (epoch_s + eval_s))
     eval_row = [args.runs, epoch_s, eval_s, eval_s / (epoch_s + eval_s), saved]
+    print(f"  training epoch {epoch_s:.2f} s, test evaluation {eval_s:.2f} s ({args.runs} runs)", flush=True)
     # --- one metrics job's pieces on two models ---
     a, b = preresnet20(device, 1), preresnet20(device, 2)
     if perf.channels_last:
@@ -122,9 +123,11 @@ def measure(perf, args, payload, spec) -> tuple[list, dict, tuple]:
     pieces["CKA"], _ = best(lambda: output_similarity(outputs(a), outputs(b)), device, args.repeats)
     lmc_s, serial = best(lambda: linear_mode_connectivity(a, *lmc_args), device, args.repeats)
     pieces[f"LMC ({spec.lmc_points} points)"] = lmc_s
+    print("  metrics job pieces: " + ", ".join(f"{k} {v:.2f} s" for k, v in pieces.items()), flush=True)
     # --- LMC: the points packed into one model ---
     packed_s, errors = best(lambda: packed_lmc(a, *lmc_args), device, args.repeats)
     diff = max(abs(e - s) for e, s in zip(errors, serial["lmc_train_error"]))
+    print(f"  LMC packed {packed_s:.2f} s vs {lmc_s:.2f} s, max error difference {diff:.2g}", flush=True)
     return eval_row, pieces, (lmc_s, packed_s, lmc_s / packed_s, diff)
 
 

@@ -32,7 +32,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -97,7 +100,29 @@ def run_workflow(folder: Path, grid: dict, name: str, overlay: dict, args) -> su
     command += ["--directory", str(folder), "--configfile", str(folder / "config.yaml")]
     command += ["--cores", str(args.cores_each), "--resources", f"gpu={args.cores_each}"]
     log = open(folder / "snakemake.log", "w")
-    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=folder)
+    # its own process group, so that a stop (a time limit) ends its jobs too: see stop_on_term
+    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=folder, start_new_session=True)
+
+
+def stop_on_term(running: dict[str, subprocess.Popen]) -> None:
+    """On SIGTERM (``timeout``), end every snakemake and its jobs before exiting, so that nothing
+    keeps running into the next benchmark's timings."""
+
+    def stop(signum, frame):
+        for process in running.values():
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in running.values():
+            process.wait()
+        sys.exit(f"stopped by signal {signum}; snakemake runs ended")
+
+    signal.signal(signal.SIGTERM, stop)
+
+
+def progress(folder: Path) -> str:
+    """The last "k of n steps (p%) done" line of a run's snakemake log."""
+    lines = re.findall(r"\d+ of \d+ steps \(\d+%\) done", (folder / "snakemake.log").read_text())
+    return lines[-1] if lines else "starting"
 
 
 def results(folder: Path, name: str):
@@ -222,6 +247,7 @@ def main() -> None:
         running = {
             name: run_workflow(root / name, grid, name, overlay, args) for name, overlay in chosen.items()
         }
+        stop_on_term(running)
         walls = {}
         while len(walls) < len(running):
             for name, process in running.items():
@@ -231,6 +257,8 @@ def main() -> None:
                         f"  {name}: snakemake exit {process.returncode} after {walls[name]:.0f} s", flush=True
                     )
             time.sleep(1)
+            if int(time.perf_counter() - started) % 30 == 0:  # progress: each run's "k of n steps"
+                print("  " + "; ".join(f"{n}: {progress(root / n)}" for n in running), flush=True)
         failed = [name for name, process in running.items() if process.returncode != 0]
         if failed:
             tails = {name: (root / name / "snakemake.log").read_text()[-2000:] for name in failed}
@@ -248,6 +276,9 @@ def main() -> None:
         f"snakemake wall s per setting (all at once, {args.cores_each} cores each): {walls_line}"
     )
     print("\nregime counts: " + "; ".join(f"{n} {r['counts']}" for n, r in runs.items()))
+    present = [r for r, count in runs[reference]["counts"].items() if count]
+    print(f"regimes present in {reference}: {', '.join(present)}" + ("" if len(present) == 3 else
+          " (NOT all three: widen the grid for a full test)"))  # fmt: skip
     all_rows, verdicts = [], {}
     for name in others:
         result = compare(runs[reference], runs[name], args.z_cell, args.z_bias)
