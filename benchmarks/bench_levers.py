@@ -175,6 +175,8 @@ def main() -> None:
         f"from {args.steps} timed steps of batch 64 (eager, no CUDA graphs: with graphs the share of "
         f"evaluation is larger); best of {args.repeats} after a warm-up."
     )
+    if args.hessian_samples:
+        body += f" Hessian cut to {args.hessian_samples} samples, 20 iterations, 2 probes (a test size)."
     report("Levers: test evaluation, metrics job pieces, packed LMC", args, body)
 
 
