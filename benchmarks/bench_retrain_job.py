@@ -12,7 +12,13 @@ dense PreResNet-20 (random weights: the speed does not depend on them), so 27 ru
 The paper-style loop is benchmarks/bench_train.py's, timed over one epoch after its first batch:
 no start-up and no evaluation, so its rate is an upper bound and the ratios are lower bounds.
 
+With ``--metrics`` it also times whole ``python -m threeregime metrics`` jobs (the preset's metrics
+spec: 11 LMC points with BN recomputed on the whole training set, CKA, two Hessians) on two
+retrain seeds made by the first retrain job, one process per runtime setting.
+
     python benchmarks/bench_retrain_job.py --device cuda --epochs 2      # on a GPU, ~6 minutes
+    python benchmarks/bench_retrain_job.py --device cuda --epochs 2 --jobs fast-27 fp32-compile-27 \\
+        tf32-compile-27 --metrics fp32 tf32 fast                      # the compiled contenders
 """
 
 from __future__ import annotations
@@ -31,13 +37,30 @@ from common import REPO, parser, report, setup, synthetic_cifar, table
 
 PRESET = [REPO / "presets" / "base.yaml", REPO / "presets" / "epochs.yaml"]  # merged in order
 EPOCH_LINE = re.compile(r": epoch \d+/\d+ iter .*\((\d+(?:\.\d+)?)s\)$", re.MULTILINE)
-JOBS = {  # label: (runs, amp, channels_last, compile)
-    "27 runs (temperature), bf16 + channels_last + compile": (27, "bf16", True, True),
-    "27 runs (temperature), fp32": (27, "none", False, False),
-    "3 runs (cell), bf16 + channels_last + compile": (3, "bf16", True, True),
-    "3 runs (cell), fp32": (3, "none", False, False),
-    "1 run, bf16 + channels_last + compile": (1, "bf16", True, True),
-    "1 run, fp32 (the preset)": (1, "none", False, False),
+JOBS = {  # name: (label, runs, amp, channels_last, compile, tf32)
+    "fast-27": ("27 runs (temperature), bf16 + channels_last + compile", 27, "bf16", True, True, False),
+    "fp32-27": ("27 runs (temperature), fp32", 27, "none", False, False, False),
+    "fp32-compile-27": (
+        "27 runs (temperature), fp32 + compile (CUDA graphs)",
+        27,
+        "none",
+        False,
+        True,
+        False,
+    ),
+    "tf32-compile-27": ("27 runs (temperature), TF32 + compile (CUDA graphs)", 27, "none", False, True, True),
+    "fast-3": ("3 runs (cell), bf16 + channels_last + compile", 3, "bf16", True, True, False),
+    "fp32-3": ("3 runs (cell), fp32", 3, "none", False, False, False),
+    "fast-1": ("1 run, bf16 + channels_last + compile", 1, "bf16", True, True, False),
+    "fp32-1": ("1 run, fp32 (the preset)", 1, "none", False, False, False),
+}
+# Metrics jobs: name: (label, amp, channels_last, compile, tf32), the runtime as the workflow
+# would pass it (a metrics job trains nothing, so compile changes nothing in it). Its inputs are
+# two retrain seeds of one pruned model, made by the run's first retrain job of several runs.
+METRICS_JOBS = {
+    "fp32": ("metrics, fp32 (the preset)", "none", False, False, False),
+    "tf32": ("metrics, TF32", "none", False, False, True),
+    "fast": ("metrics, bf16 + channels_last (gpu-fast overlay)", "bf16", True, True, False),
 }
 
 
@@ -63,28 +86,63 @@ def prepare(folder: Path, cfg, train_images: int, test_images: int) -> tuple[Pat
     return data, runs
 
 
-def retrain_job(folder: Path, cfg, data: Path, runs: list, setting: tuple, args) -> tuple[float, float]:
-    """One ``retrain`` process over ``runs``, with the spec and runtime settings the workflow
-    would pass for ``setting``: (wall seconds, seconds of its last epoch)."""
-    _, amp, channels_last, compile_ = setting
-    fast = {"amp": amp, "channels_last": channels_last, "compile": compile_}
-    job = replace(
-        cfg, runtime=replace(cfg.runtime, device=args.device, require_gpu=args.device != "cpu", **fast)
-    )
-    command = [sys.executable, "-m", "threeregime", "retrain", "--data", str(data), "--threads"]
-    command += [str(args.threads), "--spec", json.dumps(job.retrain_spec())]
-    command += ["--runtime", json.dumps(asdict(job.runtime))]
-    for i, (pruned, seed) in enumerate(runs):
-        command += ["--run", pruned, str(folder / f"out-{len(runs)}-{amp}-{compile_}-{i}.pt"), str(seed)]
+def job_config(cfg, args, amp: str, channels_last: bool, compile_: bool, tf32: bool):
+    """The preset config with the runtime settings a job of this setting would get."""
+    fast = {"amp": amp, "channels_last": channels_last, "compile": compile_, "tf32": tf32}
+    runtime = replace(cfg.runtime, device=args.device, require_gpu=args.device != "cpu", **fast)
+    return replace(cfg, runtime=runtime)
+
+
+def timed_process(command: list[str], what: str) -> tuple[float, str]:
+    """Run one ``python -m threeregime`` process: (wall seconds, its log); raise if it failed."""
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
     seconds = time.perf_counter() - start
     log = done.stdout + done.stderr
     if done.returncode != 0:
-        raise RuntimeError(f"retrain job failed ({done.returncode}): {' | '.join(log.splitlines()[-3:])}")
-    epochs = EPOCH_LINE.findall(log)  # every run logs each epoch with the same duration
+        raise RuntimeError(f"{what} failed ({done.returncode}): {' | '.join(log.splitlines()[-3:])}")
     print(f"    {log.strip().splitlines()[-1][-150:]}", flush=True)
-    return seconds, float(epochs[-1]) if epochs else float("nan")
+    return seconds, log
+
+
+def retrain_job(
+    folder: Path, cfg, data: Path, runs: list, name: str, args
+) -> tuple[float, float, list[Path]]:
+    """One ``retrain`` process over ``runs``, with the spec and runtime settings the workflow
+    would pass for job ``name``: (wall seconds, seconds of its last epoch, output files)."""
+    _, _, *setting = JOBS[name]
+    job = job_config(cfg, args, *setting)
+    command = [sys.executable, "-m", "threeregime", "retrain", "--data", str(data), "--threads"]
+    command += [str(args.threads), "--spec", json.dumps(job.retrain_spec())]
+    command += ["--runtime", json.dumps(asdict(job.runtime))]
+    outs = [folder / f"out-{name}-{i}.pt" for i in range(len(runs))]
+    for (pruned, seed), out in zip(runs, outs):
+        command += ["--run", pruned, str(out), str(seed)]
+    seconds, log = timed_process(command, "retrain job")
+    epochs = EPOCH_LINE.findall(log)  # every run logs each epoch with the same duration
+    return seconds, float(epochs[-1]) if epochs else float("nan"), outs
+
+
+def metrics_job(folder: Path, cfg, data: Path, pair: list[Path], name: str, args) -> float:
+    """One ``metrics`` process on a retrain pair, with the preset's metrics spec (11 LMC points,
+    BN recomputed on the whole training set, CKA, both Hessians) and job ``name``'s runtime: wall
+    seconds."""
+    _, *setting = METRICS_JOBS[name]
+    job = job_config(cfg, args, *setting)
+    command = [sys.executable, "-m", "threeregime", "metrics", "--data", str(data), "--threads"]
+    command += [str(args.threads), "--spec", json.dumps(job.metrics_spec())]
+    command += ["--runtime", json.dumps(asdict(job.runtime)), "--a", str(pair[0]), "--b", str(pair[1])]
+    labels = {"knob": cfg.knob.name, "temperature": cfg.temperatures[0], "density": cfg.densities[0]}
+    seeds = cfg.seeds
+    labels |= {"dense_seed": seeds.dense[0], "seed_a": seeds.retrain[0], "seed_b": seeds.retrain[1]}
+    command += [f"--label={key}={value}" for key, value in labels.items()]
+    command += ["--out", str(folder / f"metrics-{name}.json")]
+    seconds, _ = timed_process(command, "metrics job")
+    result = json.loads((folder / f"metrics-{name}.json").read_text())
+    print(
+        f"    mc {result['mc']:.4f}, CKA {result['cka_softmax']:.4f}, in-job seconds {result['seconds']:.1f}"
+    )
+    return seconds
 
 
 def main() -> None:
@@ -93,37 +151,44 @@ def main() -> None:
     p.add_argument("--train-images", type=int, default=50_000)
     p.add_argument("--test-images", type=int, default=10_000)
     p.add_argument("--workers", type=int, default=4, help="paper-style DataLoader workers")
-    p.add_argument("--jobs", nargs="+", choices=list(JOBS), default=list(JOBS), metavar="JOB")
+    p.add_argument("--jobs", nargs="+", choices=list(JOBS), default=list(JOBS), metavar="JOB",
+                   help=f"retrain jobs, in this order (default all: {' '.join(JOBS)})")  # fmt: skip
+    p.add_argument("--metrics", nargs="*", choices=list(METRICS_JOBS), default=[], metavar="SETTING",
+                   help=f"also time whole metrics jobs ({' '.join(METRICS_JOBS)}) on the first "
+                   "retrain job's outputs (needs a job of 3 or 27 runs)")  # fmt: skip
+    p.add_argument("--no-paper", action="store_true", help="skip the paper-style baseline (ratios n/a)")
     args = p.parse_args()
+    if args.metrics and not any(JOBS[name][1] >= 2 for name in args.jobs):
+        p.error("--metrics: no job of --jobs has the two retrain seeds a metrics job compares")
     setup(args)
-    import yaml
-    from snakemake.utils import update_config
+    from threeregime.config import grid_cells, load_config, merge_configs, read_config_file
 
-    from threeregime.config import load_config
-
-    raw: dict = {}
-    for layer in PRESET:
-        update_config(raw, yaml.safe_load(layer.read_text()))
+    raw = merge_configs(*(read_config_file(layer) for layer in PRESET))
     cfg = load_config(raw, source=" + ".join(p.name for p in PRESET), check_paths=False)
     full_epochs = cfg.retrain_recipe().epochs
     cfg = replace(cfg, train=replace(cfg.train, epochs=args.epochs))
-    args.steps, args.density = args.train_images // BATCH - 1, 0.1
-    paper = paper_style_pass(args, masked=True)
-    paper()  # warm-up
-    base = max(paper() for _ in range(args.repeats))
-    print(f"  paper-style loop: {base:.0f} images/s", flush=True)
+    base = float("nan")
+    if not args.no_paper:
+        args.steps, args.density = args.train_images // BATCH - 1, 0.1
+        paper = paper_style_pass(args, masked=True)
+        paper()  # warm-up
+        base = max(paper() for _ in range(args.repeats))
+        print(f"  paper-style loop: {base:.0f} images/s", flush=True)
     rows = [["paper-style loop (steady state, no start-up or evaluation)", 1, "", "", base, 1.0, base, 1.0]]
+    metric_rows, pair = [], None
+    pairs = len(grid_cells(cfg.metrics_axes()))  # metrics jobs of the preset
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         data, runs = prepare(folder, cfg, args.train_images, args.test_images)
-        for label in args.jobs:
-            setting = JOBS[label]
-            subset = runs[: setting[0]]  # 3: the seeds of density 0.05, one cell
+        for name in args.jobs:
+            label, count = JOBS[name][:2]
+            subset = runs[:count]  # 3: the seeds of density 0.05, one cell
             try:
-                seconds, last_epoch = retrain_job(folder, cfg, data, subset, setting, args)
+                seconds, last_epoch, outs = retrain_job(folder, cfg, data, subset, name, args)
             except RuntimeError as error:
                 rows.append([label, len(subset), f"failed: {str(error)[:200]}", "", "", "", "", ""])
                 continue
+            pair = pair or (outs[:2] if len(outs) >= 2 else None)
             images = len(subset) * args.train_images
             rate = images * args.epochs / seconds
             full_rate = images * full_epochs / (seconds + (full_epochs - args.epochs) * last_epoch)
@@ -133,6 +198,14 @@ def main() -> None:
             )
             row = [label, len(subset), round(seconds, 1), round(last_epoch, 1), rate, rate / base]
             rows.append(row + [full_rate, full_rate / base])
+        for name in args.metrics if pair else []:
+            try:
+                seconds = metrics_job(folder, cfg, data, pair, name, args)
+            except RuntimeError as error:
+                metric_rows.append([METRICS_JOBS[name][0], f"failed: {str(error)[:200]}", ""])
+                continue
+            print(f"  {METRICS_JOBS[name][0]}: {seconds:.1f} s", flush=True)
+            metric_rows.append([METRICS_JOBS[name][0], round(seconds, 1), seconds * pairs / 3600])
     headers = ["job", "runs", "wall s (whole process)", "last epoch s", "images/s", "vs paper-style"]
     headers += [f"images/s over {full_epochs} epochs", "vs paper-style"]
     body = table(headers, rows)
@@ -143,6 +216,21 @@ def main() -> None:
         f"epochs of its last epoch's duration; paper-style DataLoader workers: {args.workers}; job "
         f"threads: {args.threads}."
     )
+    if metric_rows:
+        spec = cfg.metrics
+        headers = [
+            "metrics job",
+            "wall s (whole process)",
+            f"GPU-hours for the preset's {pairs} (one at a time)",
+        ]
+        body += "\n\n" + table(headers, metric_rows)
+        body += (
+            f"\n\nOne `python -m threeregime metrics` process on two retrain seeds of one pruned model "
+            f"(outputs of the first retrain job above), timed from start to exit: {spec.lmc_points} LMC "
+            f"points with BN recomputed on {spec.lmc_bn_samples or args.train_images} training images, "
+            f"CKA on {min(spec.cka_samples, args.train_images)} images, both models' train error and "
+            f"Hessian ({spec.hessian_samples} samples)."
+        )
     report("Whole retrain jobs, PreResNet-20, CIFAR-10-shaped data", args, body)
 
 
