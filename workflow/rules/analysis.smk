@@ -23,7 +23,7 @@ DATA_CAT = "4. Data (CSV downloads)"
 
 rule collect:
     input:
-        all_metrics(),
+        collected_metrics,
     output:
         metrics=report(
             ANALYSIS["metrics"],
@@ -55,12 +55,14 @@ rule collect:
     shell:
         "python -m threeregime collect --pattern {params.pattern:q} --grid {params.grid:q}"
         " --models-csv {output.models} --metrics {output.metrics} --cells {output.cells}"
-        " > {log} 2>&1"
+        + COLLECT_FLAGS
+        + " > {log} 2>&1"
 
 
 rule classify:
     input:
         cells=ANALYSIS["cells"],
+        metrics=ANALYSIS["metrics"],
     output:
         regimes=report(
             ANALYSIS["regimes"],
@@ -121,7 +123,9 @@ rule classify:
         " --regimes {output.regimes} --robustness {output.robustness}"
         " --advice {output.advice} --advice-cells {output.advice_cells}"
         " --selection {output.selection} --summary {output.summary}"
-        " --html-dir {params.html_dir} > {log} 2>&1"
+        " --html-dir {params.html_dir} --metrics {input.metrics}"
+        + CLASSIFY_FLAGS
+        + " > {log} 2>&1"
 
 
 rule plot:
