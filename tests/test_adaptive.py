@@ -3,12 +3,18 @@ inferred rows of the regimes table."""
 
 from __future__ import annotations
 
+import copy
+import json
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from threeregime.adaptive import Grid, coarse_cells, infer_labels, next_cells, plan_round, with_inferred
 from threeregime.config import RegimeConfig, fmt_value
+
+from .conftest import write_config
 
 # 5 temperatures (coldest first) x 5 densities; reference = the coldest
 GRID = Grid(("160", "120", "80", "40", "20"), ("0.05", "0.1", "0.2", "0.4", "0.8"), "160")
@@ -115,3 +121,94 @@ def test_regimes_table_gets_flagged_inferred_rows():
     off_grid = regimes.assign(density=regimes["density"].replace(0.8, 0.9))
     with pytest.raises(ValueError, match="not on the configured grid"):
         with_inferred(off_grid, GRID)
+
+
+# ----------------------------------------------------------------------------- the workflow
+def _adaptive_config(densities=(0.2, 0.4, 0.6)) -> dict:
+    """3 temperatures x 3 densities; every cell connected (eps 1) and the CKA cut an Otsu split,
+    so the coarse cells always fall in two regimes and a round has boundary cells to add."""
+    from .conftest import TINY_CONFIG
+
+    config = copy.deepcopy(TINY_CONFIG)
+    config["knob"]["values"] = [1, 2, 3]
+    config["prune"]["densities"] = list(densities)
+    config["regimes"] = {"eps_mode": "fixed", "eps": 1.0, "cka_cut_mode": "split", "bootstrap": 20}
+    config["adaptive"] = {"enabled": True, "rounds": 2, "budget": 1.0}
+    return config
+
+
+def _plan_cells(results: Path, round_number: int) -> set:
+    plan = json.loads((results / f"adaptive/round{round_number}.json").read_text())
+    return {tuple(c) for c in plan["cells"]}
+
+
+def _cell_jobs(cells) -> set:
+    from .test_incremental import job
+
+    out = set()
+    for t, d in cells:
+        wildcards = {"temperature": t, "density": d, "seed": "1"}
+        out |= {job("prune", **wildcards), job("metrics", **wildcards, a="1", b="2")}
+        out |= {job("retrain", **wildcards, rseed=r) for r in ("1", "2")}
+    return out
+
+
+def test_dry_run_plans_the_coarse_grid_and_the_checkpoints(tmp_path):
+    from .test_incremental import job, plan
+
+    write_config(tmp_path, _adaptive_config())
+    jobs = plan(tmp_path)
+    coarse = {("3", "0.2"), ("3", "0.6"), ("1", "0.2"), ("1", "0.6")}
+    expected = _cell_jobs(coarse) | {job("prepare_data")}
+    expected |= {job("dense_train", temperature=t, seed="1") for t in ("1", "2", "3")}
+    expected |= {job("adaptive_round", round=r) for r in ("1", "2")}
+    expected |= {job("collect"), job("classify"), job("plot")}
+    assert jobs == expected  # what the rounds add is known only once they have run
+
+
+@pytest.mark.slow
+def test_adaptive_run_then_a_new_density_reuses_every_measured_cell(tmp_path):
+    from .test_incremental import job, jobs_in, plan, run
+
+    write_config(tmp_path, _adaptive_config())
+    results = tmp_path / "results" / "tiny"
+    first = jobs_in(run(tmp_path))
+    measured = _plan_cells(results, 2)
+    coarse = {("3", "0.2"), ("3", "0.6"), ("1", "0.2"), ("1", "0.6")}
+    assert coarse < measured and _plan_cells(results, 1) <= measured
+    assert {j for j in first if j[0] in ("prune", "retrain", "metrics")} == _cell_jobs(measured)
+    regimes = pd.read_csv(results / "regimes.csv")
+    assert len(regimes) == 9 and (regimes["label_source"] == "measured").sum() == len(measured)
+    inferred = regimes[regimes["label_source"] == "inferred"]
+    assert inferred["mc_mean"].isna().all() and (inferred["confidence"] == "inferred").all()
+    assert len(pd.read_csv(results / "metrics.csv")) == len(measured)
+    assert plan(tmp_path) == set()  # nothing left to do
+
+    write_config(tmp_path, _adaptive_config(densities=(0.2, 0.4, 0.6, 0.8)))
+    second = jobs_in(run(tmp_path))
+    remeasured = _plan_cells(results, 2)
+    expected = _cell_jobs(remeasured - measured)
+    expected |= {job("adaptive_round", round=r) for r in ("1", "2")}
+    expected |= {job("collect"), job("classify"), job("plot")}
+    assert second == expected  # no cell measured before runs again
+    assert len(pd.read_csv(results / "regimes.csv")) == 12
+
+
+def test_compare_maps_counts_agreement_by_label_source():
+    from threeregime.adaptive import compare_maps
+
+    cells = [(t, d) for t in (1.0, 2.0) for d in (0.1, 0.2)]
+    full = pd.DataFrame(
+        {"temperature": [t for t, _ in cells], "density": [d for _, d in cells],
+         "regime": ["I", "II-A", "II-B", "II-B"], "p_label": [1.0, 0.55, 0.9, np.nan]}
+    )  # fmt: skip
+    adaptive = full[["temperature", "density"]].assign(
+        regime=["I", "II-B", "II-A", "II-B"], label_source=["measured", "measured", "inferred", "inferred"]
+    )
+    table, summary = compare_maps(full, adaptive.iloc[::-1])
+    assert summary["agreement"] == 0.5 and summary["measured"] == 2
+    assert summary["agreement_measured"] == 0.5 and summary["agreement_inferred"] == 0.5
+    assert summary["disagreements"] == 2 and summary["disagreements_uncertain_in_full"] == 1
+    assert table.set_index(["temperature", "density"]).loc[(1.0, 0.2), "full_uncertain"]
+    with pytest.raises(ValueError, match="different grids"):
+        compare_maps(full, adaptive.iloc[:3])

@@ -210,3 +210,39 @@ def with_inferred(regimes: pd.DataFrame, grid: Grid) -> pd.DataFrame:
     out["label_source"], out["inferred_from"] = "measured", ""
     out = pd.concat([out, inferred], ignore_index=True)
     return out.sort_values(CELL[1:]).reset_index(drop=True)
+
+
+def compare_maps(full: pd.DataFrame, adaptive: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """An adaptive regimes table against the full grid's: per cell both labels, whether the
+    adaptive label was measured or inferred, and the full grid's own confidence there; and the
+    agreement overall, on measured and on inferred cells, with the disagreements the full grid's
+    bootstrap already called uncertain (p_label below CONFIDENT, or unmeasured)."""
+    from threeregime.confidence import CONFIDENT
+
+    keep = ["temperature", "density", "regime", "p_label", "confidence"]
+    base = full[[c for c in keep if c in full]].rename(columns={"regime": "full_regime"})
+    base = base.rename(columns={"p_label": "full_p_label", "confidence": "full_confidence"})
+    other = adaptive[["temperature", "density", "regime", "label_source"]]
+    merged = base.merge(other.rename(columns={"regime": "adaptive_regime"}), on=["temperature", "density"],
+                        how="outer", validate="one_to_one", indicator=True)  # fmt: skip
+    if (merged["_merge"] != "both").any():
+        raise ValueError("the full and adaptive tables cover different grids")
+    merged = merged.drop(columns="_merge")
+    merged["agree"] = merged["full_regime"] == merged["adaptive_regime"]
+    p = merged.get("full_p_label", pd.Series(np.nan, index=merged.index))
+    merged["full_uncertain"] = ~(p >= CONFIDENT)  # NaN (unmeasured) counts as uncertain
+
+    def share(rows):
+        return float(rows["agree"].mean()) if len(rows) else None
+
+    disagree = merged[~merged["agree"]]
+    summary = {
+        "cells": len(merged),
+        "agreement": share(merged),
+        "agreement_measured": share(merged[merged["label_source"] == "measured"]),
+        "agreement_inferred": share(merged[merged["label_source"] == "inferred"]),
+        "measured": int((merged["label_source"] == "measured").sum()),
+        "disagreements": len(disagree),
+        "disagreements_uncertain_in_full": int(disagree["full_uncertain"].sum()),
+    }
+    return merged, summary

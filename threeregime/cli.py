@@ -426,7 +426,8 @@ def cmd_adaptive_plan(args) -> None:
         previous = [tuple(c) for c in read_json(args.previous)["cells"]]
     else:
         previous = coarse_cells(grid, adaptive["step"])
-    observations = pd.DataFrame([pair_observation(read_json(path), cfg.cka_metric) for path in args.metrics])
+    metrics = [path for path in args.metrics if path != args.previous]  # the plan is an input too
+    observations = pd.DataFrame([pair_observation(read_json(path), cfg.cka_metric) for path in metrics])
     plan = plan_round(args.round, previous, observations, grid, cfg, adaptive["budget"],
                       adaptive["min_confidence"])  # fmt: skip
     write_json(args.out, plan)

@@ -37,12 +37,12 @@ def planned_cells(round_number):
 
 
 def adaptive_round_input(wildcards):
-    """A round reads the metrics of every cell the previous round planned."""
+    """A round reads the previous round's plan and the metrics of every cell it planned (one
+    plain list: while a checkpoint is pending Snakemake replaces an input function's result by
+    the checkpoint's output, so named inputs would not exist)."""
     previous = int(wildcards.round) - 1
-    inputs = {"metrics": cell_metrics(planned_cells(previous))}
-    if previous > 0:
-        inputs["previous"] = PLAN.format(round=previous)
-    return inputs
+    metrics = cell_metrics(planned_cells(previous))
+    return metrics if previous == 0 else [PLAN.format(round=previous)] + metrics
 
 
 def collected_metrics(wildcards):
@@ -67,7 +67,7 @@ if ADAPTIVE:
 
     checkpoint adaptive_round:
         input:
-            unpack(adaptive_round_input),
+            adaptive_round_input,
         output:
             PLAN,
         log:
@@ -83,4 +83,4 @@ if ADAPTIVE:
             ),
         shell:
             "python -m threeregime adaptive-plan --spec {params.spec:q} --round {wildcards.round}"
-            " --previous '{params.previous}' --metrics {input.metrics} --out {output} > {log} 2>&1"
+            " --previous '{params.previous}' --metrics {input} --out {output} > {log} 2>&1"
