@@ -61,7 +61,7 @@ SMALL = copy.deepcopy(FULL) | {
     "seeds": {"dense": [1], "retrain": [1, 2, 3]},
     "metrics": FULL["metrics"] | {"cka_samples": 200, "lmc_points": 5},
 }
-SMALL["adaptive"] = FULL["adaptive"] | {"budget": 1.0, "rounds": 2}
+SMALL["adaptive"] = FULL["adaptive"] | {"budget": 0.7, "rounds": 2}
 JOB = re.compile(r"^(?:local)?(?:rule|checkpoint) (\w+):$", re.MULTILINE)
 COUNTED = ("retrain", "metrics")
 
