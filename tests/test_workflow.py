@@ -105,6 +105,9 @@ def test_regime_analysis_and_html_report(tiny_run):
     assert selection["rule_rank"].between(1, 2).all() and len(selection) == 2
     summary = json.loads((results / "summary.json").read_text())
     assert summary["thresholds"]["eps_measured"] is None  # one retrain pair: no replicates
+    regimes = pd.read_csv(results / "regimes.csv")  # ... and so no bootstrap confidence either
+    assert (regimes["confidence"] == "unmeasured").all() and regimes["p_label"].isna().all()
+    assert summary["confidence"]["levels"] == {"unmeasured": 4}
     assert summary["advice"]["per_density"]["total"] == 2
     for name in ("regimes", "advice", "advice_cells", "selection", "robustness", "summary"):
         assert "<table" in (results / "tables" / f"{name}.html").read_text(), name

@@ -457,7 +457,11 @@ def cmd_collect(args) -> None:
 
     keys = ["knob", "temperature", "density", "dense_seed"]
     rows, models = [], {}
-    paths = [args.pattern.format(**cell) for cell in grid_cells(json.loads(args.grid))]
+    cells = grid_cells(json.loads(args.grid))
+    if args.plan:  # adaptive refinement: only the planned cells were measured
+        planned = {tuple(c) for c in read_json(args.plan)["cells"]}
+        cells = [c for c in cells if (c["temperature"], c["density"]) in planned]
+    paths = [args.pattern.format(**cell) for cell in cells]
     for path in paths:
         record = read_json(path)
         try:
@@ -526,6 +530,7 @@ def cmd_classify(args) -> None:
     """Regimes, robustness, advice and model selection of the cells table (+ HTML views)."""
     import pandas as pd
 
+    from threeregime.confidence import add_confidence
     from threeregime.config import RegimeConfig
     from threeregime.regimes import analyse
     from threeregime.report import write_html_tables
@@ -534,6 +539,15 @@ def cmd_classify(args) -> None:
     raw = spec["regimes"]
     cfg = RegimeConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
     result = analyse(pd.read_csv(args.cells), cfg)
+    observations = pd.read_csv(args.metrics) if args.metrics else None
+    add_confidence(result, observations, cfg, cfg.bootstrap)
+    if args.grid:  # adaptive refinement: unmeasured cells get inferred labels
+        from threeregime.adaptive import Grid, with_inferred
+
+        grid = json.loads(args.grid)
+        result["regimes"] = with_inferred(result["regimes"], Grid(**grid))
+        sources = result["regimes"]["label_source"].value_counts()
+        result["summary"]["label_source"] = {k: int(v) for k, v in sources.items()}
     for name in ("regimes", "robustness", "advice", "advice_cells", "selection"):
         write_csv(getattr(args, name), result[name])
     write_json(args.summary, result["summary"])
@@ -544,6 +558,33 @@ def cmd_classify(args) -> None:
     log.info("regimes: %s", summary["regime_counts"])
     log.info("advice: %s", summary["advice"])
     log.info("selection: %s", summary["selection"])
+
+
+def cmd_adaptive_plan(args) -> None:
+    """One round of adaptive refinement: classify the cells measured so far, add the cells
+    that could change the map (threeregime.adaptive)."""
+    import pandas as pd
+
+    from threeregime.adaptive import Grid, coarse_cells, pair_observation, plan_round
+    from threeregime.config import RegimeConfig
+
+    spec = json.loads(args.spec)
+    grid = Grid(tuple(spec["temperatures"]), tuple(spec["densities"]), spec["reference"])
+    raw = spec["regimes"]
+    cfg = RegimeConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+    adaptive = spec["adaptive"]
+    if args.previous:
+        previous = [tuple(c) for c in read_json(args.previous)["cells"]]
+    else:
+        previous = coarse_cells(grid, adaptive["step"])
+    metrics = [path for path in args.metrics if path != args.previous]  # the plan is an input too
+    observations = pd.DataFrame([pair_observation(read_json(path), cfg.cka_metric) for path in metrics])
+    plan = plan_round(args.round, previous, observations, grid, cfg, adaptive["budget"],
+                      adaptive["min_confidence"])  # fmt: skip
+    write_json(args.out, plan)
+    log.info("round %d: %d cells measured, %d added (%s), %d of %d planned", args.round,
+             plan["measured_before"], len(plan["added"]), ", ".join("/".join(a) for a in plan["added"]),
+             len(plan["cells"]), plan["grid_cells"])  # fmt: skip
 
 
 def cmd_plot(args) -> None:
@@ -632,11 +673,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", default="", help="run folder holding benchmarks/ and logs/")
     p.add_argument("--cost", default="", help="cost.csv: every job's benchmark (needs --results)")
     p.add_argument("--cost-html", default="", help="per-rule cost page for the report")
+    p.add_argument("--plan", default="", help="adaptive plan JSON: collect only its cells")
     p = command("classify", cmd_classify)
     p.add_argument("--cells", required=True)
     for name in ("regimes", "robustness", "advice", "advice-cells", "selection", "summary"):
         p.add_argument(f"--{name}", required=True)
     p.add_argument("--html-dir", default="", help="also write <dir>/<table>.html views")
+    p.add_argument("--metrics", default="", help="metrics.csv: per-pair rows for the bootstrap")
+    p.add_argument("--grid", default="", help="JSON temperatures, densities, reference: infer the rest")
     p = command("cost", cmd_cost, spec=False)
     p.add_argument(
         "--configfile", nargs="*", default=[], help="overlays on config.yaml, as for snakemake (the target)"
@@ -648,6 +692,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("status", cmd_status, spec=False)
     p.add_argument("--configfile", nargs="*", default=[], help="overlays on config.yaml, as for snakemake")
     p.add_argument("--out", default="", help="folder for progress.png, partial figures (default: the run's)")
+    p = command("adaptive-plan", cmd_adaptive_plan)
+    p.add_argument("--round", type=int, required=True)
+    p.add_argument("--previous", default="", help="the previous round's plan (none: the coarse grid)")
+    p.add_argument("--metrics", nargs="*", default=[], help="metrics files of the planned cells")
+    p.add_argument("--out", required=True)
     p = command("plot", cmd_plot)
     p.add_argument("--regimes", required=True)
     p.add_argument("--selection", default="", help="selection.csv: mark best and picked cells")

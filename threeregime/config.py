@@ -136,7 +136,8 @@ class RegimeConfig:
     ``reference_temperature``: the dense model you would train anyway, from which the per-density
     advice says "raise" or "lower"; None = the base recipe's own knob value when it is on the
     grid, else the coldest grid value. ``advice_tol``: test-error differences up to this size
-    count as ties when the advice is checked against test error.
+    count as ties when the advice is checked against test error. ``bootstrap``: resamples of
+    the seeds behind each cell's label probabilities (threeregime.confidence); 0 = off.
     """
 
     eps_mode: str = "noise"
@@ -149,6 +150,18 @@ class RegimeConfig:
     cka_cut_range: tuple[float, ...] = ()
     reference_temperature: float | None = None
     advice_tol: float = 0.0
+    bootstrap: int = 200
+
+
+@dataclass(frozen=True)
+class AdaptiveConfig:
+    """Adaptive refinement of the grid (threeregime.adaptive); off by default."""
+
+    enabled: bool = False
+    step: int = 2
+    rounds: int = 3
+    budget: float = 0.5
+    min_confidence: float = 0.8
 
 
 @dataclass(frozen=True)
@@ -192,6 +205,7 @@ class ExperimentConfig:
     retrain: RetrainConfig = RetrainConfig()
     metrics: MetricsConfig = MetricsConfig()
     regimes: RegimeConfig = RegimeConfig()
+    adaptive: AdaptiveConfig = AdaptiveConfig()
     plot: PlotConfig = PlotConfig()
     runtime: RuntimeConfig = RuntimeConfig()
 
@@ -331,6 +345,18 @@ class ExperimentConfig:
             reference = own if own in grid else grid[0]
         regimes["reference_temperature"] = float(reference)
         return {"knob": self.knob.name, "regimes": regimes}
+
+    def adaptive_spec(self) -> dict:
+        """What an adaptive planning round depends on: the grid, the regime settings and the
+        refinement settings (threeregime.adaptive)."""
+        analysis = self.analysis_spec()
+        return {
+            "temperatures": self.temperatures,
+            "densities": self.densities,
+            "reference": fmt_value(analysis["regimes"]["reference_temperature"]),
+            "regimes": analysis["regimes"],
+            "adaptive": asdict(self.adaptive),
+        }
 
     def plot_spec(self) -> dict:
         return {"knob": self.knob.name, "plot": asdict(self.plot)}
@@ -567,6 +593,7 @@ def load_config(raw: dict | str | Path, source: str | None = None, check_paths: 
         "retrain": RetrainConfig,
         "metrics": MetricsConfig,
         "regimes": RegimeConfig,
+        "adaptive": AdaptiveConfig,
         "plot": PlotConfig,
         "runtime": RuntimeConfig,
         "knob": KnobConfig,

@@ -293,3 +293,11 @@ register(
         aggregate="elementwise",
     )
 )
+_scalar(
+    "p_label",
+    "cell",
+    "threeregime.confidence.add_confidence (regimes.bootstrap)",
+    "probability that the cell's regime label is right: the share of bootstrap resamples (dense "
+    "seeds, retrain seeds, thresholds re-derived) that give it the same regime.",
+    Panel("Label confidence (bootstrap)", "P(regime label is right)"),
+)

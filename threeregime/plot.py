@@ -37,6 +37,8 @@ BOUNDARY_STYLE = {
 # Markers: white star = lowest test error of a density; open circle = the model-selection pick.
 STAR = {"marker": "*", "color": "white", "mec": "black"}
 PICK = {"marker": "o", "ms": 8, "mfc": "none", "mec": "black", "mew": 1.6}
+# The bootstrap's probability that each label is right: with the boundaries drawn over it, this
+# panel shows which stretches of a boundary are uncertain.
 BOUNDARY_LABEL = {
     "I": "boundary Regime I | II (LMC: mc = -eps)",
     "II": "boundary II-A | II-B (CKA = cut)",
@@ -181,6 +183,7 @@ def regime_figure(regimes: pd.DataFrame, cfg: PlotConfig, selection: pd.DataFram
     draw_boundaries(ax, regime_grid)
     _axes_labels(ax, knob, temps, densities)
     handles = [Patch(color=REGIME_COLORS[r], label=f"Regime {r}") for r in REGIMES]
+    handles += mark_uncertain(ax, regimes)
     handles += [Line2D([], [], label=BOUNDARY_LABEL[k], **BOUNDARY_STYLE[k]) for k in ("I", "II")]
     if selection is not None:
         row_of = {t: i for i, t in enumerate(temps)}
@@ -271,3 +274,35 @@ def esd_diagram(regimes: pd.DataFrame, cfg: PlotConfig, outputs: list[str]) -> N
     for path in outputs:
         save_figure(fig, path, cfg.dpi)
     plt.close(fig)
+
+
+def mark_uncertain(ax, regimes: pd.DataFrame) -> list:
+    """Hatch every cell whose label is right in fewer than CONFIDENT of the bootstrap resamples
+    (gid ``uncertain``, with its p), and fade and hatch differently the cells whose label was
+    inferred from neighbours rather than measured (gid ``inferred``). Returns legend handles."""
+    from matplotlib.patches import Rectangle
+
+    from threeregime.confidence import CONFIDENT
+
+    handles = []
+    marks = {
+        "uncertain": {"hatch": "///", "fill": False, "lw": 0, "ec": "black"},
+        "inferred": {"hatch": "..", "fc": (1, 1, 1, 0.55), "lw": 0, "ec": "grey"},
+    }
+    p = cell_grid(regimes, "p_label")[0].astype(float) if "p_label" in regimes else None
+    inferred = None
+    if "label_source" in regimes:
+        inferred = cell_grid(regimes, "label_source")[0] == "inferred"
+    for (r, c), _ in np.ndenumerate(cell_grid(regimes, "regime")[0]):
+        if inferred is not None and inferred[r, c]:
+            ax.add_patch(Rectangle((c - 0.5, r - 0.5), 1, 1, gid="inferred", **marks["inferred"]))
+        elif p is not None and p[r, c] < CONFIDENT:
+            ax.add_patch(Rectangle((c - 0.5, r - 0.5), 1, 1, gid="uncertain", **marks["uncertain"]))
+            ax.text(c, r - 0.36, f"p={p[r, c]:.2f}", ha="center", va="center", fontsize=7)
+    if p is not None and (p < CONFIDENT).any():
+        handles.append(
+            Patch(label=f"label right in < {CONFIDENT:.0%} of bootstrap resamples", **marks["uncertain"])
+        )
+    if inferred is not None and inferred.any():
+        handles.append(Patch(label="not run: label inferred from measured neighbours", **marks["inferred"]))
+    return handles

@@ -27,7 +27,7 @@ COST_CAT = "5. Cost"
 
 rule collect:
     input:
-        all_metrics(),
+        collected_metrics,
     output:
         metrics=report(
             ANALYSIS["metrics"],
@@ -74,12 +74,14 @@ rule collect:
         "python -m threeregime collect --pattern {params.pattern:q} --grid {params.grid:q}"
         " --models-csv {output.models} --metrics {output.metrics} --cells {output.cells}"
         " --results {params.results} --cost {output.cost} --cost-html {output.cost_html}"
-        " > {log} 2>&1"
+        + COLLECT_FLAGS
+        + " > {log} 2>&1"
 
 
 rule classify:
     input:
         cells=ANALYSIS["cells"],
+        metrics=ANALYSIS["metrics"],
     output:
         regimes=report(
             ANALYSIS["regimes"],
@@ -140,7 +142,9 @@ rule classify:
         " --regimes {output.regimes} --robustness {output.robustness}"
         " --advice {output.advice} --advice-cells {output.advice_cells}"
         " --selection {output.selection} --summary {output.summary}"
-        " --html-dir {params.html_dir} > {log} 2>&1"
+        " --html-dir {params.html_dir} --metrics {input.metrics}"
+        + CLASSIFY_FLAGS
+        + " > {log} 2>&1"
 
 
 rule plot:

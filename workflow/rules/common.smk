@@ -177,9 +177,9 @@ def final_outputs():
     # Intermediates and per-pair metrics are targets too: Snakemake does not rebuild a missing
     # input of an up-to-date job, so a deleted (e.g. corrupted) model would otherwise stay
     # deleted. As targets they are rebuilt, and what was computed from them reruns (mtime).
+    # (Adaptive refinement runs only the planned cells: collect asks for their metrics itself.)
     return (
-        intermediates()
-        + all_metrics()
+        ([] if CFG.adaptive.enabled else intermediates() + all_metrics())
         + list(ANALYSIS.values())
         + FIGURES["phase"]
         + FIGURES["map"]

@@ -1,0 +1,86 @@
+# Adaptive refinement (adaptive.enabled): a coarse sub-grid, then rounds of planning checkpoints
+# that each add the cells that could change the regime map (threeregime.adaptive). A cell's files
+# are the same whichever round asked for it, so reruns and grid edits reuse every measured cell.
+# Without adaptive.enabled nothing here adds a job: collect takes the whole grid as before.
+import json
+
+from threeregime.adaptive import Grid, coarse_cells
+
+ADAPTIVE = CFG.adaptive.enabled
+ADAPTIVE_SPEC = CFG.adaptive_spec()
+ADAPTIVE_GRID = Grid(
+    tuple(ADAPTIVE_SPEC["temperatures"]),
+    tuple(ADAPTIVE_SPEC["densities"]),
+    ADAPTIVE_SPEC["reference"],
+)
+PLAN = f"{RES}/adaptive/round{{round}}.json"
+FINAL_PLAN = PLAN.format(round=CFG.adaptive.rounds)
+
+
+def cell_metrics(cells):
+    """The per-pair metrics files of some (temperature, density) cells."""
+    axes = CFG.metrics_axes()
+    return [
+        METRICS.format(temperature=t, density=d, seed=s, a=a, b=b)
+        for t, d in cells
+        for s in axes["seed"]
+        for a, b in axes["pair"]
+    ]
+
+
+def planned_cells(round_number):
+    """The cells measured after a round (0: the coarse sub-grid)."""
+    if round_number == 0:
+        return coarse_cells(ADAPTIVE_GRID, CFG.adaptive.step)
+    plan = checkpoints.adaptive_round.get(round=str(round_number)).output[0]
+    return [tuple(cell) for cell in json.loads(Path(plan).read_text())["cells"]]
+
+
+def adaptive_round_input(wildcards):
+    """A round reads the previous round's plan and the metrics of every cell it planned (one
+    plain list: while a checkpoint is pending Snakemake replaces an input function's result by
+    the checkpoint's output, so named inputs would not exist)."""
+    previous = int(wildcards.round) - 1
+    metrics = cell_metrics(planned_cells(previous))
+    return metrics if previous == 0 else [PLAN.format(round=previous)] + metrics
+
+
+def collected_metrics(wildcards):
+    """collect's inputs: the whole grid, or the cells of the last adaptive round and its plan."""
+    if not ADAPTIVE:
+        return all_metrics()
+    return cell_metrics(planned_cells(CFG.adaptive.rounds)) + [FINAL_PLAN]
+
+
+# Extra command-line flags of collect and classify under adaptive refinement ("" otherwise, so
+# their commands stay as they are). Braces doubled: the strings go through shell formatting.
+COLLECT_FLAGS = f" --plan {FINAL_PLAN}" if ADAPTIVE else ""
+_GRID = {key: ADAPTIVE_SPEC[key] for key in ("temperatures", "densities", "reference")}
+CLASSIFY_FLAGS = (
+    f" --grid {shlex.quote(to_json(_GRID))}".replace("{", "{{").replace("}", "}}")
+    if ADAPTIVE
+    else ""
+)
+
+
+if ADAPTIVE:
+
+    checkpoint adaptive_round:
+        input:
+            adaptive_round_input,
+        output:
+            PLAN,
+        log:
+            f"{LOGS}/adaptive/round{{round}}.log",
+        wildcard_constraints:
+            round=r"\d+",
+        conda:
+            ENV
+        params:
+            spec=to_json(ADAPTIVE_SPEC),
+            previous=lambda wc: (
+                PLAN.format(round=int(wc.round) - 1) if int(wc.round) > 1 else ""
+            ),
+        shell:
+            "python -m threeregime adaptive-plan --spec {params.spec:q} --round {wildcards.round}"
+            " --previous '{params.previous}' --metrics {input} --out {output} > {log} 2>&1"
