@@ -36,6 +36,14 @@ TINY_CONFIG = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _cpu_convolutions_restored():
+    """A channels_last run turns oneDNN off process-wide (runtime.set_cpu_convolutions), as a
+    job would; tests share one process, so each starts from PyTorch's default."""
+    yield
+    torch.backends.mkldnn.enabled = True
+
+
 @pytest.fixture
 def tiny_config() -> dict:
     return copy.deepcopy(TINY_CONFIG)

@@ -59,13 +59,15 @@ def _load_data(path: str, device, channels_last: bool):
     return DeviceData(load_checkpoint(path, "dataset"), device, channels_last)
 
 
-def _performance(spec: dict, runtime: RuntimeConfig):
-    """The job's numeric fast paths; also sets the process-wide TF32 flags to match."""
-    from threeregime.runtime import Performance, set_tf32
+def _performance(spec: dict, runtime: RuntimeConfig, device):
+    """The job's numeric fast paths; also sets the process-wide TF32 and CPU convolution flags
+    to match."""
+    from threeregime.runtime import Performance, set_cpu_convolutions, set_tf32
 
     perf = spec.get("performance", {})
     tf32 = perf.get("tf32", False)
     set_tf32(tf32)
+    set_cpu_convolutions(device, perf.get("channels_last", False))
     return Performance(perf.get("amp", "none"), perf.get("channels_last", False), runtime.compile, tf32)
 
 
@@ -212,7 +214,7 @@ def cmd_dense(args) -> None:
 
     runtime, device = _runtime(args)
     spec = json.loads(args.spec)
-    perf = _performance(spec, runtime)
+    perf = _performance(spec, runtime, device)
     data = _load_data(args.data, device, perf.channels_last)
     model = init_model(ModelConfig(**spec["model"]), data.in_channels, data.num_classes, spec["seed"])
     model = _place(model, device, perf, data.image)
@@ -324,7 +326,7 @@ def cmd_retrain(args) -> None:
         raise ConfigError(f"two --run flags write the same output ({args.run})")
     runtime, device = _runtime(args)
     spec = json.loads(args.spec)
-    perf = _performance(spec, runtime)
+    perf = _performance(spec, runtime, device)
     data = _load_data(args.data, device, perf.channels_last)
     sources = {path: load_checkpoint(path, "pruned") for path, _, _ in runs}  # each file read once
     pruned_of_run = [sources[path] for path, _, _ in runs]
@@ -403,7 +405,7 @@ def cmd_metrics(args) -> None:
 
     runtime, device = _runtime(args)
     spec = json.loads(args.spec)
-    perf = _performance(spec, runtime)
+    perf = _performance(spec, runtime, device)
     data = _load_data(args.data, device, perf.channels_last)
     a, b = load_checkpoint(args.a, "retrain"), load_checkpoint(args.b, "retrain")
     environment = numeric_environment(device, args.threads, perf)

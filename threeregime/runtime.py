@@ -118,6 +118,15 @@ def set_tf32(enabled: bool) -> None:
     torch.backends.cuda.matmul.allow_tf32 = enabled
 
 
+def set_cpu_convolutions(device: torch.device, channels_last: bool) -> None:
+    """oneDNN's backward pass of a strided 1x1 convolution in channels_last memory crashes the
+    process (SIGSEGV) on some CPUs (seen: AMD EPYC, AVX2, torch 2.14.1 with oneDNN 3.12, one
+    thread). channels_last is a GPU fast path; on the CPU such runs use PyTorch's native
+    convolutions instead (same numbers to rounding). Process-wide, like set_tf32: every
+    training job and train_runs call sets it for its own run."""
+    torch.backends.mkldnn.enabled = not (device.type == "cpu" and channels_last)
+
+
 def setup(threads: int, device: torch.device) -> None:
     """Fixed thread count: with it, the same config and seeds give the same numbers on CPU."""
     torch.set_num_threads(threads)

@@ -23,7 +23,7 @@ from threeregime.config import Recipe
 from threeregime.data import DeviceData, data_generator
 from threeregime.pack import Packed
 from threeregime.prune import MaskApplier
-from threeregime.runtime import Performance
+from threeregime.runtime import Performance, set_cpu_convolutions
 
 log = logging.getLogger("threeregime")
 
@@ -213,6 +213,7 @@ def train_runs(
         data = data.with_label_noise(recipe.label_noise, recipe.label_noise_seed)
     device = data.device
     schedule = make_schedule(recipe, data.num_train)
+    set_cpu_convolutions(device, data.channels_last)
     memory_format = torch.channels_last if data.channels_last else None
     packed = models if isinstance(models, Packed) else Packed(models, memory_format)
     model = packed.model
