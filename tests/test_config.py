@@ -136,7 +136,7 @@ def test_tf32_enters_the_specs_only_when_on_and_sets_the_backend_flags(tiny_conf
     saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     try:
         for cfg, expected in ((on, True), (off, False)):
-            perf = _performance(cfg.retrain_spec(), cfg.runtime)
+            perf = _performance(cfg.retrain_spec(), cfg.runtime, torch.device("cpu"))
             assert perf.tf32 is expected
             assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (expected,) * 2
     finally:

@@ -120,7 +120,7 @@ def test_panels_are_the_registry_entries_with_a_panel():
     columns = [column for column, _ in panels()]
     assert columns == [
         "test_error_mean", "normalized_test_error", "mc_mean", "cka_softmax_mean",
-        "hessian_top_eigenvalue_mean", "hessian_trace_mean", "weight_alpha_mean",
+        "hessian_top_eigenvalue_mean", "hessian_trace_mean", "weight_alpha_mean", "p_label",
     ]  # fmt: skip
 
 

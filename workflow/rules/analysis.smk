@@ -69,7 +69,7 @@ rule collect:
         # argument limit
         pattern=lambda wildcards: METRICS,
         grid=to_json(CFG.metrics_axes()),
-        results=RES,
+        results=lambda wildcards, output: str(Path(output.cost).parent),
     shell:
         "python -m threeregime collect --pattern {params.pattern:q} --grid {params.grid:q}"
         " --models-csv {output.models} --metrics {output.metrics} --cells {output.cells}"
