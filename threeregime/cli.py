@@ -22,7 +22,6 @@ from threeregime.io import (
     file_digest,
     load_checkpoint,
     read_json,
-    remove_stale_temporaries,
     save_checkpoint,
     write_csv,
     write_json,
@@ -104,9 +103,7 @@ def _train_resumable(
     from threeregime.runtime import environment_label
     from threeregime.train import train_runs
 
-    resume = _resume_file(outs)
-    for stale in [p for path in (resume, *outs) for p in remove_stale_temporaries(path)]:
-        log.warning("removed %s, left by an interrupted write", stale)
+    resume = _resume_file(outs)  # temporaries of a killed write go at the next write (atomic_path)
     if resume.exists():
         try:
             saved = load_checkpoint(resume, "resume")
@@ -454,7 +451,7 @@ def cmd_collect(args) -> None:
 
     from threeregime.config import grid_cells
     from threeregime.metric_registry import as_cell, pair_row
-    from threeregime.regimes import aggregate_cells
+    from threeregime.regimes import aggregate_cells, environments_of
     from threeregime.runtime import environment_label
 
     keys = ["knob", "temperature", "density", "dense_seed"]
@@ -486,7 +483,7 @@ def cmd_collect(args) -> None:
     write_csv(args.metrics, metrics)
     write_csv(args.cells, aggregate_cells(metrics))
     log.info("collected %d models and %d pairs into %s", len(models_table), len(metrics), args.metrics)
-    environments = sorted({e for joined in metrics["environment"] for e in joined.split("; ")})
+    environments = environments_of(metrics)
     if len(environments) > 1:
         log.warning(
             "the table mixes %d numeric environments (see its environment column): %s",

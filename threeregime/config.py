@@ -66,6 +66,11 @@ class Recipe:
     optimizer: str = "sgd"
     sam_rho: float = 0.05
     drop_last: bool = True
+
+    def steps_per_epoch(self, num_train: int) -> int:
+        """SGD steps in one pass over ``num_train`` samples (0: no full batch under drop_last)."""
+        return num_train // self.batch_size if self.drop_last else -(-num_train // self.batch_size)
+
     label_noise: float = 0.0
     label_noise_seed: int = 0
 
@@ -687,7 +692,7 @@ def check_batch_sizes(cfg: ExperimentConfig, fail) -> None:
         recipes = {f"knob.values[{i}]": cfg.dense_recipe(fmt_value(v)) for i, v in enumerate(cfg.knob.values)}
     recipes["retrain.recipe.batch_size"] = cfg.retrain_recipe()
     for key, recipe in recipes.items():
-        if recipe.drop_last and recipe.batch_size > samples:
+        if recipe.steps_per_epoch(samples) < 1:
             fail(
                 key,
                 f"batch size {recipe.batch_size} exceeds the {samples} training samples of "
@@ -730,7 +735,7 @@ def check_rewind_step(cfg: ExperimentConfig, fail) -> None:
 
 
 def _iterations(recipe: Recipe, samples: int, stop_epoch: int | None) -> int:
-    steps = samples // recipe.batch_size if recipe.drop_last else -(-samples // recipe.batch_size)
+    steps = recipe.steps_per_epoch(samples)
     total = recipe.iterations or recipe.epochs * steps
     return total if stop_epoch is None else min(total, stop_epoch * steps)
 

@@ -54,7 +54,7 @@ class Schedule:
 
 
 def make_schedule(recipe: Recipe, num_train: int) -> Schedule:
-    steps = num_train // recipe.batch_size if recipe.drop_last else -(-num_train // recipe.batch_size)
+    steps = recipe.steps_per_epoch(num_train)
     if steps < 1:
         raise ValueError(f"batch_size {recipe.batch_size} exceeds the {num_train} training samples")
     return Schedule(recipe, steps)
