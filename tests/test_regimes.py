@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from threeregime.confidence import add_confidence
 from threeregime.config import ConfigError, RegimeConfig, load_config
 from threeregime.regimes import (
     aggregate_cells,
@@ -338,11 +339,12 @@ def test_demo_output_reclassifies_consistently():
     cfg_spec = load_config(REPO / "config.yaml").analysis_spec()["regimes"]
     cfg = RegimeConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg_spec.items()})
     cells = pd.read_csv(DEMO / "cells.csv")
-    result = analyse(cells, cfg)
+    result = add_confidence(analyse(cells, cfg), pd.read_csv(DEMO / "metrics.csv"), cfg, cfg.bootstrap)
     written = pd.read_csv(DEMO / "regimes.csv")
     key = ["temperature", "density"]
     merged = written.merge(result["regimes"], on=key, suffixes=("_written", ""))
     assert len(merged) == len(cells) and (merged["regime_written"] == merged["regime"]).all()
+    assert np.allclose(merged["p_label_written"], merged["p_label"], equal_nan=True)
     if (cells["n"] == 1).all():  # 1 dense seed x 1 retrain pair: no noise to measure
         assert result["thresholds"].eps == cfg.eps and result["thresholds"].eps_measured is None
         assert "cannot be measured" in result["thresholds"].eps_source
