@@ -277,13 +277,17 @@ def _save_model(out: str, kind: str, state: dict, model_cfg: dict, data, **extra
 
 
 def cmd_prune(args) -> None:
-    from threeregime.prune import apply_masks, compute_masks, layer_densities, mask_density
+    from threeregime.prune import apply_masks, check_nested, compute_masks, layer_densities, mask_density
     from threeregime.tickets import control_seed, fresh_weights, random_masks
 
     spec = json.loads(args.spec)
     dense = load_checkpoint(args.dense, "dense")
-    model = _model_from(dense)
+    source = load_checkpoint(args.source, "retrain") if args.source else dense  # iterative: level l-1
+    model = _model_from(source)
     masks = compute_masks(model, spec["density"], spec["method"], spec)
+    if args.source:
+        check_nested(masks, source["masks"], spec["method"])
+        log.info("level %d: pruning %s (level %d)", spec["level"], args.source, spec["level"] - 1)
     rewind = dense["state"].get("rewind")
     control = spec.get("control", "none")
     seed = control_seed(dense["spec"]["seed"], spec["density"])
@@ -303,7 +307,7 @@ def cmd_prune(args) -> None:
     payload = {key: dense[key] for key in ("model_cfg", "in_channels", "num_classes")}
     payload |= {
         "model": model.state_dict(),
-        "environments": _environments(dense),
+        "environments": _environments(source),
         "rewind": rewind,
         "masks": masks,
         "spec": spec,
@@ -652,6 +656,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p = command("prune", cmd_prune)
     p.add_argument("--dense", required=True)
+    p.add_argument("--source", default="", help="iterative pruning: the previous level's retrained model")
     p.add_argument("--out", required=True)
     p = command("retrain", cmd_retrain, compute=True)
     p.add_argument(

@@ -91,6 +91,26 @@ class PruneConfig:
     method: str = "uniform"
     alpha_epsilon: float = 0.2
     control: str = "none"
+    schedule: str = "oneshot"
+    rate: float = 0.2
+
+    @property
+    def iterative(self) -> bool:
+        """Iterative magnitude pruning (Frankle & Carbin 2019): level l prunes ``rate`` of what
+        level l-1 kept, from level l-1's retrained weights, so level l keeps (1 - rate)**l."""
+        return self.schedule == "iterative"
+
+    def level_of(self, density: float) -> int:
+        """The level whose density (1 - rate)**level is closest to ``density`` in log scale."""
+        return round(math.log(density) / math.log(1 - self.rate))
+
+    def level_density(self, level: int) -> float:
+        return (1 - self.rate) ** level
+
+    def level_label(self, level: int) -> str:
+        """A level's density to 4 significant digits: its wildcard and table value (the prune
+        spec holds the exact density)."""
+        return fmt_value(float(f"{self.level_density(level):.4g}"))
 
 
 # Retraining after pruning (Renda et al. 2020): fine-tuning at a small constant lr; LR rewinding
@@ -224,7 +244,39 @@ class ExperimentConfig:
 
     @property
     def densities(self) -> list[str]:
-        return [fmt_value(d) for d in sorted(self.prune.densities)]
+        """The measured densities: the requested ones, or under iterative pruning the density of
+        the level closest to each (every level above the deepest is pruned and retrained too, as
+        the chain's links: :attr:`pruned_densities`)."""
+        if not self.prune.iterative:
+            return [fmt_value(d) for d in sorted(self.prune.densities)]
+        levels = sorted({self.prune.level_of(d) for d in self.prune.densities}, reverse=True)
+        return [self.prune.level_label(level) for level in levels]
+
+    @property
+    def pruned_densities(self) -> list[str]:
+        """Every density a prune job makes: the measured ones, and under iterative pruning all
+        the levels down to the deepest."""
+        if not self.prune.iterative:
+            return self.densities
+        deepest = max(self.prune.level_of(d) for d in self.prune.densities)
+        return [self.prune.level_label(level) for level in range(deepest, 0, -1)]
+
+    def prune_level(self, density: str) -> int | None:
+        """The iterative level of a pruned density (None for one-shot pruning)."""
+        if not self.prune.iterative:
+            return None
+        return len(self.pruned_densities) - self.pruned_densities.index(density)
+
+    def prune_parent(self, density: str) -> str | None:
+        """Iterative pruning: the density of the previous level, whose retrained model
+        (retrain seed :attr:`chain_seed`) this level prunes; None at level 1 and for one-shot."""
+        level = self.prune_level(density)
+        return None if level is None or level == 1 else self.prune.level_label(level - 1)
+
+    @property
+    def chain_seed(self) -> int:
+        """The retrain seed whose model continues an iterative chain to the next level."""
+        return min(self.seeds.retrain)
 
     def metrics_axes(self) -> dict:
         """The axes of the per-pair metrics files (expanded by :func:`grid_cells`)."""
@@ -321,6 +373,10 @@ class ExperimentConfig:
         method = PRUNING_METHODS[self.prune.method]
         settings = {key: getattr(self.prune, key) for key in method.settings}
         spec = {"method": self.prune.method, "density": float(density)} | settings
+        if self.prune.iterative:  # the exact level density, not its printed label
+            level = self.prune_level(density)
+            spec |= {"density": self.prune.level_density(level), "schedule": "iterative"}
+            spec |= {"rate": self.prune.rate, "level": level}
         return spec | {"control": self.prune.control} if self.prune.control != "none" else spec
 
     def retrain_spec(self) -> dict:
@@ -667,6 +723,8 @@ def check_semantics(cfg: ExperimentConfig, source: str, check_paths: bool = True
             f"{cfg.metrics.hessian_trace_deflation} Lanczos vectors exceed hessian_max_iter="
             f"{cfg.metrics.hessian_max_iter}, the most Lanczos products allowed",
         )
+    if cfg.prune.iterative:
+        check_iterative(cfg, fail)
     if cfg.prune.method == "uniform":
         check_uniform_density(cfg, fail)
     check_rewind_step(cfg, fail)
@@ -752,13 +810,54 @@ def _recipe_value_problem(field_name: str, value) -> str | None:
     return None if error is None else error.message
 
 
+def check_iterative(cfg: ExperimentConfig, fail) -> None:
+    """Iterative pruning: each requested density names its own level (level 1 or deeper), the
+    method nests its masks, and every level is its own job (the chain runs level after level)."""
+    rate = fmt_value(cfg.prune.rate)
+    by_level: dict[int, list[str]] = {}
+    for density in sorted(cfg.prune.densities, reverse=True):
+        level = cfg.prune.level_of(density)
+        if level < 1:
+            fail(
+                "prune.densities",
+                f"{fmt_value(density)} is closest to level 0 (the dense model) at prune.rate {rate}",
+            )
+        by_level.setdefault(level, []).append(fmt_value(density))
+    for level, requested in by_level.items():
+        if len(requested) > 1:
+            fail(
+                "prune.densities",
+                f"{' and '.join(requested)} are both closest to level {level} (density "
+                f"{cfg.prune.level_label(level)}) at prune.rate {rate}; keep one",
+            )
+    if len(set(cfg.pruned_densities)) < len(cfg.pruned_densities):
+        fail("prune.rate", f"{rate} is too small: levels' densities agree to 4 significant digits")
+    if not PRUNING_METHODS[cfg.prune.method].nests:
+        nesting = sorted(name for name, m in PRUNING_METHODS.items() if m.nests)
+        fail(
+            "prune.method",
+            f"{cfg.prune.method} does not nest its masks level after level; iterative pruning "
+            f"needs one of {nesting}",
+        )
+    if cfg.prune.control != "none":
+        fail("prune.control", f"{cfg.prune.control} applies to one-shot masks; use prune.schedule oneshot")
+    if cfg.runtime.retrain_pack == "temperature":
+        fail(
+            "runtime.retrain_pack",
+            "temperature packs every level into one job, but iterative pruning retrains level "
+            "after level; use none or cell",
+        )
+    if cfg.adaptive.enabled:
+        fail("adaptive.enabled", "adaptive refinement plans one-shot cells; use prune.schedule oneshot")
+
+
 def check_uniform_density(cfg: ExperimentConfig, fail) -> None:
     """Uniform pruning keeps round(d * n) weights per conv layer; zero would empty a layer."""
     from threeregime.catalog import conv_layer_sizes  # no torch import at DAG time
 
     sizes = conv_layer_sizes(cfg.model.name, cfg.model.width, cfg.data.name)
     smallest_name, smallest = min(sizes.items(), key=lambda kv: kv[1])
-    for density in cfg.prune.densities:
+    for density in (cfg.prune_spec(d)["density"] for d in cfg.pruned_densities):
         if round(density * smallest) < 1:
             fail(
                 "prune.densities",

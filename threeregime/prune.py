@@ -154,6 +154,17 @@ class MaskApplier:
             torch._foreach_mul_(self.weights, self.factors)
 
 
+def check_nested(masks: dict[str, torch.Tensor], previous: dict[str, torch.Tensor], method: str) -> None:
+    """Iterative pruning keeps a subset of the previous level's weights in every layer."""
+    for name, mask in masks.items():
+        revived = int((mask & ~previous[name]).sum())
+        if revived:
+            raise PruneError(
+                f"prune.method {method}: {revived} weights of {name} pruned at the previous level "
+                "would come back; iterative pruning needs nested masks"
+            )
+
+
 def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
     MaskApplier(model, masks)()
 

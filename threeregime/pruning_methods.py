@@ -3,7 +3,9 @@
 An entry names the function that computes its masks (``masks``: ``module:function``, called as
 ``function(layers, density, settings)`` with the model's prunable conv weights by name), says
 whether it ranks each layer on its own or all layers together, and which ``prune.*`` settings act
-on it (only those enter the prune spec, so a setting of another method reruns nothing). The
+on it (only those enter the prune spec, so a setting of another method reruns nothing), and
+whether it nests (``nests``: on a model already pruned, a lower density keeps a subset of the
+surviving weights, because it ranks pruned, zero, weights last; iterative pruning needs it). The
 config schema's ``prune.method`` enum is derived from this registry.
 """
 
@@ -19,6 +21,7 @@ class PruningMethod:
     ranking: str  # "per layer" or "global"
     description: str
     settings: tuple[str, ...] = ()
+    nests: bool = False
 
 
 PRUNING_METHODS: dict[str, PruningMethod] = {}
@@ -54,18 +57,21 @@ register(
     PruningMethod(
         "uniform", "threeregime.prune:uniform_masks", "per layer",
         "the same density in every conv layer, smallest |w| pruned (the paper's default)",
+        nests=True,
     )
 )  # fmt: skip
 register(
     PruningMethod(
         "global", "threeregime.prune:global_magnitude_masks", "global",
         "one |w| threshold over all conv layers",
+        nests=True,
     )
 )  # fmt: skip
 register(
     PruningMethod(
         "lamp", "threeregime.prune:lamp_masks", "global",
         "one threshold over all conv layers on LAMP scores (Lee et al. 2021)",
+        nests=True,
     )
 )  # fmt: skip
 register(

@@ -65,11 +65,29 @@ def _one_of(values):
 
 wildcard_constraints:
     temperature=_one_of(CFG.temperatures),
-    density=_one_of(CFG.densities),
+    density=_one_of(CFG.pruned_densities),
     seed=r"\d+",
     rseed=r"\d+",
     a=r"\d+",
     b=r"\d+",
+
+
+def prune_inputs(wildcards):
+    """The dense model (its weights, or under iterative pruning its seed and rewind state) and,
+    for an iterative level past the first, the previous level's retrained model it prunes.
+    """
+    inputs = {"dense": DENSE.format(**wildcards)}
+    parent = CFG.prune_parent(wildcards.density)
+    if parent is not None:
+        inputs["source"] = RETRAINED.format(
+            **(dict(wildcards) | {"density": parent, "rseed": CFG.chain_seed})
+        )
+    return inputs
+
+
+# Iterative pruning's levels that are links of the chain but not measured: only their first
+# retraining is needed (it is what the next level prunes).
+CHAIN_LINKS = [d for d in CFG.pruned_densities if d not in CFG.densities]
 
 
 def dense_init(wildcards):
@@ -168,8 +186,9 @@ def intermediates():
     return (
         [DATA]
         + expand(DENSE, **grid)
-        + expand(PRUNED, density=CFG.densities, **grid)
+        + expand(PRUNED, density=CFG.pruned_densities, **grid)
         + expand(RETRAINED, density=CFG.densities, rseed=RETRAIN_SEEDS, **grid)
+        + expand(RETRAINED, density=CHAIN_LINKS, rseed=[str(CFG.chain_seed)], **grid)
     )
 
 
