@@ -7,12 +7,14 @@ import copy
 from collections import Counter
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
 from threeregime.cli import main
 from threeregime.config import ConfigError, DataConfig, load_config, merge_configs, read_config_file, to_json
 from threeregime.io import load_checkpoint, save_checkpoint
+from threeregime.metrics import summarize_test_error
 from threeregime.prune import PruneError, check_nested
 
 from .conftest import REPO, TINY_CONFIG, write_config
@@ -122,7 +124,7 @@ def test_levels_nest_and_keep_exactly_their_density(method, dataset, tmp_path):
             )
             == 0
         )
-        previous, source = masks, ["--source", str(retrained)]
+        previous, source = masks, [str(retrained)]
     # level 3 pruned level 2's retrained weights: the weights it kept are exactly those
     kept = load_checkpoint(tmp_path / "pruned3.pt", "pruned")
     parent = load_checkpoint(tmp_path / "retrain2.pt", "retrain")["model"]
@@ -167,9 +169,16 @@ def test_a_chain_runs_level_after_level(chain):
     assert second["rewind"]["iteration"] == first["rewind"]["iteration"] == 2
     log = (results / "logs/prune/epochs-1/density-0.25/seed1.log").read_text()
     assert "level 2: pruning results/tiny/retrain/epochs-1/density-0.5/seed1/retrain1/model.pt" in log
-    import pandas as pd
-
-    assert sorted(pd.read_csv(results / "metrics.csv")["density"]) == [0.25, 0.5]
+    metrics = pd.read_csv(results / "metrics.csv")
+    assert sorted(metrics["density"]) == [0.25, 0.5]
+    # the matching criterion's reference: the dense run's test error, by the sparse models' rule
+    history = load_checkpoint(results / "dense/epochs-1/seed1/model.pt", "dense")["state"]["history"]
+    dense_error = summarize_test_error(history, 5)["test_error"]
+    assert metrics["dense_test_error"].tolist() == pytest.approx([dense_error] * 2, abs=1e-12)
+    regimes = pd.read_csv(results / "regimes.csv")
+    expected = regimes["test_error_mean"] <= regimes["dense_test_error_mean"] + 0.005
+    assert regimes["matching"].tolist() == expected.tolist()
+    assert regimes["stable"].tolist() == (regimes["barrier_mean"] < 0.02).tolist()
 
 
 def test_adding_a_level_appends_its_jobs_and_reruns_nothing(chain):

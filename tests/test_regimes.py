@@ -26,6 +26,7 @@ from threeregime.regimes import (
     robustness,
     robustness_grid,
     temperature_advice,
+    ticket_criteria,
 )
 
 from .conftest import REPO
@@ -357,3 +358,21 @@ def test_demo_output_reclassifies_consistently():
         assert row["best_temperature"] == best and 1 <= row["rule_rank"] <= len(column)
     summary_path = DEMO / "summary.json"
     assert json.loads(summary_path.read_text()) == json.loads(json.dumps(result["summary"]))
+
+
+def test_ticket_criteria_use_the_configured_cuts_and_stay_empty_without_data():
+    cells = pd.DataFrame(
+        {
+            "barrier_mean": [0.0, 0.019, 0.021, np.nan],
+            "test_error_mean": [0.10, 0.106, 0.104, 0.2],
+            "dense_test_error_mean": [0.10, 0.10, np.nan, 0.1],
+        }
+    )
+    out = ticket_criteria(cells, RegimeConfig(stable_barrier=0.02, matching_tolerance=0.005))
+    assert out["stable"].tolist() == [True, True, False, None]
+    assert out["matching"].tolist() == [True, False, None, False]
+    strict = ticket_criteria(cells, RegimeConfig(stable_barrier=0.01, matching_tolerance=0.0))
+    assert strict["stable"].tolist()[:3] == [True, False, False]
+    assert strict["matching"].tolist()[:2] == [True, False]
+    old = ticket_criteria(cells.drop(columns="dense_test_error_mean"), RegimeConfig())
+    assert old["matching"].tolist() == [None] * 4

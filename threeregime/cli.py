@@ -281,13 +281,16 @@ def cmd_prune(args) -> None:
     from threeregime.tickets import control_seed, fresh_weights, random_masks
 
     spec = json.loads(args.spec)
-    dense = load_checkpoint(args.dense, "dense")
-    source = load_checkpoint(args.source, "retrain") if args.source else dense  # iterative: level l-1
+    if len(args.dense) > 2:
+        raise ConfigError(f"prune --dense: a dense model and at most one previous level, got {args.dense}")
+    dense = load_checkpoint(args.dense[0], "dense")
+    previous = args.dense[1] if len(args.dense) == 2 else None  # iterative pruning: level l-1
+    source = load_checkpoint(previous, "retrain") if previous else dense
     model = _model_from(source)
     masks = compute_masks(model, spec["density"], spec["method"], spec)
-    if args.source:
+    if previous:
         check_nested(masks, source["masks"], spec["method"])
-        log.info("level %d: pruning %s (level %d)", spec["level"], args.source, spec["level"] - 1)
+        log.info("level %d: pruning %s (level %d)", spec["level"], previous, spec["level"] - 1)
     rewind = dense["state"].get("rewind")
     control = spec.get("control", "none")
     seed = control_seed(dense["spec"]["seed"], spec["density"])
@@ -312,6 +315,7 @@ def cmd_prune(args) -> None:
         "masks": masks,
         "spec": spec,
         "density_actual": achieved,
+        "dense_history": dense["state"]["history"],  # the matching criterion's reference
     }
     save_checkpoint(args.out, payload, "pruned")
 
@@ -366,7 +370,7 @@ def cmd_retrain(args) -> None:
         _save_model(
             out, "retrain", final, pruned["model_cfg"], data, masks=pruned["masks"],
             spec=spec | {"seed": seed}, density_actual=pruned["density_actual"],
-            environments=lineages[path],
+            environments=lineages[path], dense_history=pruned.get("dense_history"),
         )  # fmt: skip
     _finished(outs)
 
@@ -440,6 +444,11 @@ def cmd_metrics(args) -> None:
         model_a, state_a, state_b, data, spec["lmc_points"], spec["lmc_bn_samples"],
         spec["eval_batch_size"], perf, bn_batch_size=spec.get("lmc_bn_batch_size"),
     )  # fmt: skip
+    if a.get("dense_history"):  # pruned before the dense history was kept: no matching verdict
+        from threeregime.metrics import summarize_test_error
+
+        dense = summarize_test_error(a["dense_history"], spec["test_error_last"])
+        result["dense_test_error"] = dense["test_error"]
     result["seconds"] = time.perf_counter() - started
     result["environments"] = lineage
     write_json(args.out, result)
@@ -655,8 +664,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", default="", help="dense checkpoint to continue from (epochs knob)")
     p.add_argument("--out", required=True)
     p = command("prune", cmd_prune)
-    p.add_argument("--dense", required=True)
-    p.add_argument("--source", default="", help="iterative pruning: the previous level's retrained model")
+    p.add_argument(
+        "--dense", required=True, nargs="+", metavar="MODEL",
+        help="the dense model, then (iterative pruning, past level 1) the previous level's retrained model",
+    )  # fmt: skip
     p.add_argument("--out", required=True)
     p = command("retrain", cmd_retrain, compute=True)
     p.add_argument(

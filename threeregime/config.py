@@ -163,6 +163,8 @@ class RegimeConfig:
     grid, else the coldest grid value. ``advice_tol``: test-error differences up to this size
     count as ties when the advice is checked against test error. ``bootstrap``: resamples of
     the seeds behind each cell's label probabilities (threeregime.confidence); 0 = off.
+    ``stable_barrier`` and ``matching_tolerance``: the lottery-ticket criteria of each cell
+    (threeregime.regimes.ticket_criteria).
     """
 
     eps_mode: str = "noise"
@@ -176,6 +178,8 @@ class RegimeConfig:
     reference_temperature: float | None = None
     advice_tol: float = 0.0
     bootstrap: int = 200
+    stable_barrier: float = 0.02
+    matching_tolerance: float = 0.005
 
 
 @dataclass(frozen=True)

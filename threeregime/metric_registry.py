@@ -223,6 +223,13 @@ _scalar(
     "largest rise of the training error above the line between the endpoints (Frankle et al. 2020).",
 )
 _scalar(
+    "dense_test_error",
+    "pair",
+    "threeregime.metrics.summarize_test_error",
+    "test error of the dense model the cell pruned, mean over its last epochs (the reference of "
+    "the matching criterion).",
+)
+_scalar(
     "cka_softmax",
     "pair",
     "threeregime.metrics.output_similarity",

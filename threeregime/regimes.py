@@ -225,7 +225,36 @@ def classify_cells(cells: pd.DataFrame, cfg: RegimeConfig) -> tuple[pd.DataFrame
     out["eps"] = thresholds.eps
     out["cka_cut"] = thresholds.cka_cut
     out["stability"] = cell_stability(cells, cfg, thresholds)
-    return out, thresholds
+    return ticket_criteria(out, cfg), thresholds
+
+
+def _verdict(cells: pd.DataFrame, column: str, test) -> pd.Series:
+    """True/False where ``column`` is known, empty where it is missing or NaN."""
+    if column not in cells:
+        return pd.Series([None] * len(cells), index=cells.index, dtype=object)
+    values = cells[column]
+    return test(values).astype(object).where(values.notna(), None)
+
+
+def _count(verdicts: pd.Series) -> int | None:
+    """Cells with a True verdict; None when no cell has a verdict."""
+    known = verdicts.dropna()
+    return None if known.empty else int(known.astype(bool).sum())
+
+
+def ticket_criteria(cells: pd.DataFrame, cfg: RegimeConfig) -> pd.DataFrame:
+    """The lottery-ticket literature's two yes/no verdicts per cell, next to the paper's mc.
+
+    ``stable`` (Frankle et al. 2020's instability analysis): the mean error barrier between the
+    two retrainings is below ``stable_barrier`` (they use 2%). ``matching``: the sparse models'
+    test error is at most the dense model's plus ``matching_tolerance``; empty when the metrics
+    files predate the dense test error."""
+    out = cells.copy()
+    out["stable"] = _verdict(out, "barrier_mean", lambda barrier: barrier < cfg.stable_barrier)
+    out["matching"] = _verdict(
+        out, "dense_test_error_mean", lambda dense: out["test_error_mean"] <= dense + cfg.matching_tolerance
+    )
+    return out
 
 
 # ----------------------------------------------------------------------------- advice
@@ -438,6 +467,12 @@ def analyse(cells: pd.DataFrame, cfg: RegimeConfig) -> dict:
             "per_cell": agreement(per_cell),
         },
         "selection": selection_summary(selection),
+        "tickets": {
+            "stable_barrier": cfg.stable_barrier,
+            "stable_cells": _count(regimes["stable"]),
+            "matching_tolerance": cfg.matching_tolerance,
+            "matching_cells": _count(regimes["matching"]),
+        },
     }
     return {
         "regimes": regimes,

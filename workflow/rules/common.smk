@@ -74,14 +74,13 @@ wildcard_constraints:
 
 def prune_inputs(wildcards):
     """The dense model (its weights, or under iterative pruning its seed and rewind state) and,
-    for an iterative level past the first, the previous level's retrained model it prunes.
-    """
-    inputs = {"dense": DENSE.format(**wildcards)}
+    for an iterative level past the first, the previous level's retrained model it prunes (in
+    this order: `prune --dense DENSE [PREVIOUS_LEVEL]`)."""
+    inputs = [DENSE.format(**wildcards)]
     parent = CFG.prune_parent(wildcards.density)
     if parent is not None:
-        inputs["source"] = RETRAINED.format(
-            **(dict(wildcards) | {"density": parent, "rseed": CFG.chain_seed})
-        )
+        link = dict(wildcards) | {"density": parent, "rseed": CFG.chain_seed}
+        inputs.append(RETRAINED.format(**link))
     return inputs
 
 

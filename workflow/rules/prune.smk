@@ -1,6 +1,6 @@
 rule prune:
     input:
-        unpack(prune_inputs),
+        prune_inputs,
     output:
         PRUNED,
     log:
@@ -11,9 +11,6 @@ rule prune:
         ENV
     params:
         spec=lambda wc: to_json(CFG.prune_spec(wc.density)),
-        source=lambda wc, input: (
-            f" --source {input.source}" if "source" in input.keys() else ""
-        ),
     shell:
-        "python -m threeregime prune --spec {params.spec:q} --dense {input.dense}{params.source} --out {output}"
+        "python -m threeregime prune --spec {params.spec:q} --dense {input} --out {output}"
         " > {log} 2>&1"
