@@ -276,6 +276,43 @@ def esd_diagram(regimes: pd.DataFrame, cfg: PlotConfig, outputs: list[str]) -> N
     plt.close(fig)
 
 
+def instability_figure(regimes: pd.DataFrame, stable_barrier: float):
+    """Frankle et al. 2020's instability plot: the error barrier between the two retrainings
+    against the temperature (the rewind step k under the rewind_step knob), one line per
+    density, with the stable cut. Temperatures sit evenly spaced in grid order, coldest left."""
+    knob = regimes["knob"].iloc[0]
+    temps = temperature_order(regimes)
+    fig, ax = plt.subplots(figsize=(2.5 + 0.6 * len(temps), 3.6))
+    colours = plt.get_cmap("viridis")(np.linspace(0, 0.9, regimes["density"].nunique()))
+    for colour, (density, column) in zip(colours, regimes.groupby("density")):
+        rows = column.set_index("temperature").loc[[t for t in temps if t in set(column["temperature"])]]
+        x = [temps.index(t) for t in rows.index]
+        spread = rows["barrier_std"] if "barrier_std" in rows else None
+        line = ax.errorbar(
+            x, rows["barrier_mean"], yerr=spread, marker="o", ms=4, capsize=2, color=colour,
+            label=f"density {fmt_value(density)}",
+        )  # fmt: skip
+        line.lines[0].set_gid(f"barrier-{fmt_value(density)}")
+    ax.axhline(stable_barrier, color="black", ls="--", lw=1, gid="stable-barrier")
+    ax.set_xticks(range(len(temps)), [fmt_value(t) for t in temps])
+    info = KNOBS[knob]
+    ax.set_xlabel(f"{info.label} [{info.unit}]")
+    ax.set_ylabel("error barrier (train error)")
+    ax.set_title(
+        f"Instability: barrier between two retrainings (stable below {stable_barrier:g})", fontsize=9
+    )
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def instability_diagram(regimes: pd.DataFrame, stable_barrier: float, outputs: list[str], dpi: int) -> None:
+    fig = instability_figure(regimes, stable_barrier)
+    for path in outputs:
+        save_figure(fig, path, dpi)
+    plt.close(fig)
+
+
 def mark_uncertain(ax, regimes: pd.DataFrame) -> list:
     """Hatch every cell whose label is right in fewer than CONFIDENT of the bootstrap resamples
     (gid ``uncertain``, with its p), and fade and hatch differently the cells whose label was
