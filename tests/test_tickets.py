@@ -1,4 +1,5 @@
-"""Lottery tickets: weight rewinding restores the dense weights at step k and the schedule there;
+"""Lottery tickets: weight rewinding restores the dense weights at step k (replayed by the rewind
+job) and the schedule there; the rewind_step knob shares one dense run between its rewind steps;
 the random-mask and reinit controls keep the ticket's per-layer densities."""
 
 from __future__ import annotations
@@ -41,10 +42,28 @@ def _prune(spec: dict, dense: Path, out: Path) -> int:
     return main(["prune", "--spec", to_json(spec), "--dense", str(dense), "--out", str(out)])
 
 
-def _retrain(spec: dict, dataset: Path, pruned: Path, out: Path) -> int:
+def _retrain(spec: dict, dataset: Path, pruned: Path, out: Path, rewind: Path | None = None) -> int:
+    flags = ["--rewind", str(rewind)] if rewind else []
     return main(
-        ["retrain", "--spec", to_json(spec), "--data", str(dataset), "--run", str(pruned), str(out), "1"]
+        [
+            "retrain",
+            "--spec",
+            to_json(spec),
+            "--data",
+            str(dataset),
+            "--run",
+            str(pruned),
+            str(out),
+            "1",
+            *flags,
+        ]
     )
+
+
+def _rewind(cfg, dataset: Path, out: Path, temperature: str = "3") -> dict:
+    spec = to_json(cfg.rewind_spec(temperature, 1))
+    assert main(["rewind", "--spec", spec, "--data", str(dataset), "--out", str(out)]) == 0
+    return load_checkpoint(out, "rewind")
 
 
 def _dense(cfg, dataset: Path, out: Path, temperature: str = "3") -> dict:
@@ -60,14 +79,19 @@ def test_lr_rewinding_keeps_its_old_name_and_every_spec():
         assert to_json(getattr(old, spec)()) == to_json(getattr(new, spec)())
     assert to_json(old.dense_spec("3", 1)) == to_json(new.dense_spec("3", 1))
     weights = load_config(_config(rewind_step=5))
-    assert weights.dense_spec("3", 1)["rewind_step"] == 5 and weights.retrain_spec()["rewind_step"] == 5
+    # the dense run does not depend on k: the rewind job replays its first k steps
+    assert to_json(weights.dense_spec("3", 1)) == to_json(old.dense_spec("3", 1))
+    assert weights.rewind_spec("3", 1) == {
+        key: value for key, value in old.dense_spec("3", 1).items() if key != "stop_epoch"
+    } | {"rewind_step": 5}
+    assert weights.retrain_spec()["rewind_step"] == 5
     assert weights.retrain_recipe() == old.retrain_recipe()  # the dense schedule, from step k
 
 
 @pytest.mark.parametrize(
     ("retrain", "expected"),
     [
-        ({"rewind_step": 8}, "retrain.rewind_step: 8 is past the shortest dense run (7 iterations)"),
+        ({"rewind_step": 8}, "retrain.rewind_step: 8 is past the dense run (7 iterations)"),
         ({"rewind_step": -1}, "retrain.rewind_step: -1 is less than the minimum of 0"),
         ({"mode": "rewind_weight"}, "retrain.mode: 'rewind_weight' is not one of"),
     ],
@@ -78,28 +102,18 @@ def test_bad_rewinding_is_one_line(retrain, expected):
     assert expected in str(info.value) and "\n" not in str(info.value)
 
 
-def test_dense_keeps_the_weights_at_step_k(dataset, tmp_path):
-    """k = 0 is the initialisation; k at an epoch boundary is the run stopped there."""
-    at_init = _dense(load_config(_config(rewind_step=0)), dataset, tmp_path / "k0.pt")
+def test_the_rewind_job_replays_the_dense_run_to_step_k(dataset, tmp_path):
+    """k = 0 is the initialisation; k at an epoch boundary is the dense run stopped there."""
+    at_init = _rewind(load_config(_config(rewind_step=0)), dataset, tmp_path / "k0.pt")["rewind"]
     init = init_model(ModelConfig(width=0.25), 1, 10, seed=1).state_dict()
-    assert at_init["state"]["rewind"]["iteration"] == 0
+    assert at_init["iteration"] == 0
     for key, value in init.items():
-        assert torch.equal(at_init["state"]["rewind"]["model"][key], value), key
-
-    cfg = load_config(_config(rewind_step=STEPS))
-    kept = _dense(cfg, dataset, tmp_path / "k7.pt")["state"]["rewind"]
+        assert torch.equal(at_init["model"][key], value), key
+    kept = _rewind(load_config(_config(rewind_step=STEPS)), dataset, tmp_path / "k7.pt")["rewind"]
     stopped = _dense(load_config(TINY_CONFIG), dataset, tmp_path / "e1.pt", temperature="1")
     assert kept["iteration"] == STEPS == stopped["state"]["iteration"]
     for key, value in stopped["model"].items():
         assert torch.equal(kept["model"][key], value), key
-    # the epochs knob chains dense runs: the state kept in epoch 1's job travels on to epoch 3
-    first = _dense(cfg, dataset, tmp_path / "chain1.pt", temperature="1")
-    assert first["state"]["rewind"]["iteration"] == STEPS
-    out = tmp_path / "chain3.pt"
-    args = ["dense", "--spec", to_json(cfg.dense_spec("3", 1)), "--data", str(dataset), "--out", str(out)]
-    assert main([*args, "--init", str(tmp_path / "chain1.pt")]) == 0
-    carried = load_checkpoint(out, "dense")["state"]["rewind"]
-    assert all(torch.equal(carried["model"][k], v) for k, v in kept["model"].items())
 
 
 def test_rewound_run_continues_the_schedule_from_k_exactly(dataset, tmp_path):
@@ -111,10 +125,11 @@ def test_rewound_run_continues_the_schedule_from_k_exactly(dataset, tmp_path):
     config["knob"]["values"] = [3]
     cfg = load_config(config)
     dense = _dense(cfg, dataset, tmp_path / "dense.pt")
+    replayed = _rewind(cfg, dataset, tmp_path / "rewind.pt")  # stops mid-epoch, at step 10
     data = DeviceData(load_checkpoint(dataset, "dataset"), "cpu")
     recipe = recipe_from_spec(cfg.dense_spec("3", 1)["recipe"])
     schedule = make_schedule(recipe, data.num_train)
-    start = rewind_state({"rewind": dense["state"]["rewind"]}, "dense.pt", schedule.steps_per_epoch)
+    start = rewind_state(replayed, "rewind.pt", schedule.steps_per_epoch)
     assert (start["iteration"], start["epoch"]) == (10, 1) and schedule.lr_at(10) == pytest.approx(0.005)
     model = init_model(ModelConfig(width=0.25), 1, 10, seed=99)  # overwritten by the state
     (final,) = train_runs([model], data, recipe, [(0, 1)], states=[start])
@@ -125,27 +140,25 @@ def test_rewound_run_continues_the_schedule_from_k_exactly(dataset, tmp_path):
 
 def test_retraining_with_rewinding_starts_from_masked_weights_at_k(dataset, tmp_path, capsys):
     cfg = load_config(_config(rewind_step=3))
-    dense = tmp_path / "dense.pt"
+    dense, rewind, pruned = tmp_path / "dense.pt", tmp_path / "rewind.pt", tmp_path / "pruned.pt"
     _dense(cfg, dataset, dense)
-    pruned = tmp_path / "pruned.pt"
+    _rewind(cfg, dataset, rewind)
     assert _prune(cfg.prune_spec("0.2"), dense, pruned) == 0
     payload = load_checkpoint(pruned, "pruned")
-    kept = load_checkpoint(dense, "dense")["state"]["rewind"]
-    assert all(torch.equal(payload["rewind"]["model"][k], v) for k, v in kept["model"].items())
     retrained = tmp_path / "retrain.pt"
-    assert _retrain(cfg.retrain_spec(), dataset, pruned, retrained) == 0
+    assert _retrain(cfg.retrain_spec(), dataset, pruned, retrained, rewind) == 0
     out = load_checkpoint(retrained, "retrain")
     assert out["state"]["iteration"] == 21 and len(out["state"]["history"]) == 3  # steps 3-21
     for name, mask in payload["masks"].items():
         assert not out["model"][name][~mask].any(), name
-    # a pruned model made without rewinding cannot be rewound: one line naming it
-    plain = load_config(TINY_CONFIG)
-    other = tmp_path / "plain.pt"
-    _dense(plain, dataset, other)
-    assert _prune(plain.prune_spec("0.2"), other, pruned) == 0
+    # weight rewinding without its state, or with the state of another step: one line each
     capsys.readouterr()
     assert _retrain(cfg.retrain_spec(), dataset, pruned, retrained) == 1
-    assert f"{pruned}: holds no rewind state" in capsys.readouterr().err
+    assert "retrain: weight rewinding to step 3 needs --rewind" in capsys.readouterr().err
+    _rewind(load_config(_config(rewind_step=5)), dataset, tmp_path / "k5.pt")
+    capsys.readouterr()
+    assert _retrain(cfg.retrain_spec(), dataset, pruned, retrained, tmp_path / "k5.pt") == 1
+    assert f"{tmp_path / 'k5.pt'}: holds the dense state at iteration 5, not 3" in capsys.readouterr().err
 
 
 def test_controls_keep_the_tickets_per_layer_densities(dataset, tmp_path):
@@ -166,8 +179,8 @@ def test_controls_keep_the_tickets_per_layer_densities(dataset, tmp_path):
         assert not torch.equal(shuffled["masks"][name], mask)  # at other positions
         assert torch.equal(reinit["masks"][name], mask)
     fresh = fresh_weights(ticket["model_cfg"], 1, 10, seed)
+    assert reinit["reinit"] and not ticket.get("reinit")  # weight rewinding keeps these weights
     for name, mask in ticket["masks"].items():
-        assert torch.equal(reinit["rewind"]["model"][name], fresh[name])
-        assert not torch.equal(fresh[name], ticket["rewind"]["model"][name])
+        assert not torch.equal(fresh[name], ticket["model"][name])
         assert torch.equal(reinit["model"][name], fresh[name] * mask)
     assert reinit["density_actual"] == shuffled["density_actual"] == ticket["density_actual"]

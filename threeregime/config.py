@@ -306,11 +306,18 @@ class ExperimentConfig:
         """The registry entry of this config's knob (threeregime.knobs)."""
         return KNOBS[self.knob.name]
 
-    def dense_recipe(self, temperature: str) -> Recipe:
+    @property
+    def shared_dense(self) -> bool:
+        """A knob of the retraining (rewind_step): one dense run per seed serves every
+        temperature (its jobs and files carry no temperature)."""
+        return self.knob_entry.schedule == "retrain"
+
+    def dense_recipe(self, temperature: str | None) -> Recipe:
         """The dense recipe at one temperature: the knob's entry sets its field (and any fields it
-        always sets); a knob read from checkpoints of one run keeps the base recipe."""
+        always sets); a knob read from checkpoints of one run, or a knob of the retraining, keeps
+        the base recipe."""
         knob = self.knob_entry
-        if knob.schedule == "checkpoints":
+        if knob.schedule in ("checkpoints", "retrain"):
             return self.train
         return replace(self.train, **knob.also_set, **{knob.field: knob_value(knob, temperature)})
 
@@ -331,11 +338,20 @@ class ExperimentConfig:
             overrides["lr_milestones"] = tuple(overrides["lr_milestones"])
         return replace(base, **overrides)
 
-    def dense_stop_epoch(self, temperature: str) -> int | None:
+    def rewind_step(self, temperature: str | None) -> int:
+        """The dense iteration weight rewinding restarts from: the grid value under the
+        rewind_step knob, else retrain.rewind_step."""
+        if not self.shared_dense:
+            return self.retrain.rewind_step
+        if temperature is None:
+            raise ValueError(f"the {self.knob.name} knob's rewind step is its temperature; name one")
+        return knob_value(self.knob_entry, temperature)
+
+    def dense_stop_epoch(self, temperature: str | None) -> int | None:
         """A checkpoints knob (epochs) stops each dense job at its temperature's epoch."""
         return int(float(temperature)) if self.knob_entry.schedule == "checkpoints" else None
 
-    def dense_parent(self, temperature: str) -> str | None:
+    def dense_parent(self, temperature: str | None) -> str | None:
         """A checkpoints knob (epochs): the checkpoint at the previous grid epoch seeds this one."""
         if self.knob_entry.schedule != "checkpoints":
             return None
@@ -359,17 +375,23 @@ class ExperimentConfig:
     def data_location(self) -> dict:
         return {"root": self.data.root, "download": self.data.download}
 
-    def dense_spec(self, temperature: str, seed: int) -> dict:
-        """Weight rewinding adds the iteration whose state the dense run keeps (only then, so
-        that other modes keep their specs)."""
-        spec = {
+    def dense_spec(self, temperature: str | None, seed: int) -> dict:
+        """``temperature`` None: the shared dense run of a knob of the retraining."""
+        return {
             "model": asdict(self.model),
             "recipe": recipe_spec(self.dense_recipe(temperature)),
             "seed": int(seed),
             "stop_epoch": self.dense_stop_epoch(temperature),
             "performance": self.performance_spec(),
         }
-        return spec | {"rewind_step": self.retrain.rewind_step} if self.retrain.rewinds_weights else spec
+
+    def rewind_spec(self, temperature: str, seed: int) -> dict:
+        """Weight rewinding's start: the first k iterations of the dense run at this temperature
+        replayed (same initialisation, recipe and data order), so a new k never retrains the
+        dense model."""
+        dense = self.dense_spec(None if self.shared_dense else temperature, seed)
+        del dense["stop_epoch"]
+        return dense | {"rewind_step": self.rewind_step(temperature)}
 
     def prune_spec(self, density: str) -> dict:
         """Method, density, the prune.* settings the method's registry entry says act, and the
@@ -383,11 +405,14 @@ class ExperimentConfig:
             spec |= {"rate": self.prune.rate, "level": level}
         return spec | {"control": self.prune.control} if self.prune.control != "none" else spec
 
-    def retrain_spec(self) -> dict:
-        """Shared by every retraining; each run's seed comes from its output path (wildcard).
-        Weight rewinding adds its step; LR rewinding under either name has the same spec."""
+    def retrain_spec(self, temperature: str | None = None) -> dict:
+        """Each run's seed comes from its output path (wildcard). Weight rewinding adds its step
+        (the temperature's under the rewind_step knob); LR rewinding under either name has the
+        same spec."""
         spec = {"recipe": recipe_spec(self.retrain_recipe()), "performance": self.performance_spec()}
-        return spec | {"rewind_step": self.retrain.rewind_step} if self.retrain.rewinds_weights else spec
+        if self.retrain.rewinds_weights:
+            return spec | {"rewind_step": self.rewind_step(temperature)}
+        return spec
 
     def metrics_spec(self) -> dict:
         """Optional metrics, and lmc_bn_batch_size, appear only when on or set, so that specs
@@ -405,8 +430,9 @@ class ExperimentConfig:
         regimes = asdict(self.regimes)
         grid = [float(t) for t in self.temperatures]  # coldest first
         reference = regimes["reference_temperature"]
-        if reference is None:  # the base recipe's own value of the knob's field
-            own = float(getattr(self.train, self.knob_entry.field))
+        if reference is None:  # the base recipe's (or retraining's) own value of the knob's field
+            owner = self.retrain if self.shared_dense else self.train
+            own = float(getattr(owner, self.knob_entry.field))
             reference = own if own in grid else grid[0]
         regimes["reference_temperature"] = float(reference)
         return {"knob": self.knob.name, "regimes": regimes}
@@ -487,7 +513,8 @@ def check_registries() -> None:
     """Raise ConfigError with one line for the first incomplete registry entry."""
     recipe_fields = {f.name for f in dataclasses.fields(Recipe)}
     schema_fields = set(_schema_file()["$defs"]["recipe"]["properties"])
-    problems = registry_problems(recipe_fields, schema_fields) + metric_registry_problems()
+    retrain_fields = {f.name for f in dataclasses.fields(RetrainConfig)}
+    problems = registry_problems(recipe_fields, schema_fields, retrain_fields) + metric_registry_problems()
     problems += pruning_registry_problems({f.name for f in dataclasses.fields(PruneConfig)})
     problems += catalog_problems({f.name for f in dataclasses.fields(DataConfig)})
     if problems:
@@ -686,9 +713,10 @@ def check_semantics(cfg: ExperimentConfig, source: str, check_paths: bool = True
     for i, value in enumerate(cfg.knob.values):
         if knob.integer and not float(value).is_integer():
             fail(f"knob.values[{i}]", f"{value} must be a whole number for knob {cfg.knob.name}")
-        problem = _recipe_value_problem(knob.field, knob_value(knob, value))
+        section = "retrain" if knob.schedule == "retrain" else "train"
+        problem = _value_problem(section, knob.field, knob_value(knob, value))
         if problem:
-            fail(f"knob.values[{i}]", f"{value} is not a valid train.{knob.field}: {problem}")
+            fail(f"knob.values[{i}]", f"{value} is not a valid {section}.{knob.field}: {problem}")
     canonical = [fmt_value(v) for v in cfg.knob.values]
     if len(set(canonical)) != len(canonical):
         fail("knob.values", f"duplicate grid values {canonical}")
@@ -778,22 +806,24 @@ def check_rewind_step(cfg: ExperimentConfig, fail) -> None:
     end of the retraining schedule it continues."""
     from threeregime.catalog import train_samples
 
+    if cfg.shared_dense and not cfg.retrain.rewinds_weights:
+        fail("knob.name", f"{cfg.knob.name} sets the rewind step: it needs retrain.mode rewind_weights")
     if not cfg.retrain.rewinds_weights:
         return
     samples = train_samples(cfg.data.name, cfg.data.num_samples)
     if samples is None:
         return
-    shortest = min(
-        _iterations(cfg.dense_recipe(t), samples, cfg.dense_stop_epoch(t)) for t in cfg.temperatures
-    )
     budget = _iterations(cfg.retrain_recipe(), samples, None)
-    step = cfg.retrain.rewind_step
-    if step > shortest or step >= budget:
-        fail(
-            "retrain.rewind_step",
-            f"{step} is past the shortest dense run ({shortest} iterations) or the retraining "
-            f"schedule ({budget} iterations)",
-        )
+    for t in cfg.temperatures:
+        dense = _iterations(cfg.dense_recipe(t), samples, cfg.dense_stop_epoch(t))
+        step = cfg.rewind_step(t)
+        if step > dense or step >= budget:
+            key = "knob.values" if cfg.shared_dense else "retrain.rewind_step"
+            fail(
+                key,
+                f"{step} is past the dense run ({dense} iterations) or the retraining schedule "
+                f"({budget} iterations)",
+            )
 
 
 def _iterations(recipe: Recipe, samples: int, stop_epoch: int | None) -> int:
@@ -802,13 +832,16 @@ def _iterations(recipe: Recipe, samples: int, stop_epoch: int | None) -> int:
     return total if stop_epoch is None else min(total, stop_epoch * steps)
 
 
-def _recipe_value_problem(field_name: str, value) -> str | None:
-    """Why ``value`` is not valid for one recipe field per the schema's recipe definition (the
-    one place its bounds are written), or None."""
+def _value_problem(section: str, field_name: str, value) -> str | None:
+    """Why ``value`` is not valid for one recipe field (``section`` train) or one retrain.*
+    setting per the schema (the one place their bounds are written), or None."""
     import jsonschema
 
     schema = _schema_file()
-    rule = schema["$defs"]["recipe"]["properties"][field_name]
+    if section == "retrain":
+        rule = schema["properties"]["retrain"]["properties"][field_name]
+    else:
+        rule = schema["$defs"]["recipe"]["properties"][field_name]
     validator = jsonschema.Draft202012Validator({"$defs": schema["$defs"], **rule})
     error = jsonschema.exceptions.best_match(validator.iter_errors(value))
     return None if error is None else error.message

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 SCHEDULES = {
     "checkpoints": "one dense run per seed; the checkpoint at each grid value is that temperature's model",
     "runs": "one dense run per temperature and seed, the recipe field set to the grid value",
+    "retrain": "one dense run per seed serves every temperature; the grid value sets the "
+    "retraining's retrain.<field>",
 }
 BUDGETS = {
     "epochs": "an epoch budget (train.iterations unset)",
@@ -32,7 +34,8 @@ class Knob:
     """One temperature knob.
 
     ``field``: the :class:`~threeregime.config.Recipe` field a grid value sets (and from which
-    the advice's default reference temperature is read: the base recipe's own value).
+    the advice's default reference temperature is read: the base recipe's own value); under the
+    ``retrain`` schedule, the :class:`~threeregime.config.RetrainConfig` field instead.
     ``schedule``: a key of :data:`SCHEDULES`. ``hotter``: +1 if a larger value is a higher
     temperature (noisier training), -1 if smaller is; ``why`` says why. ``words``: the advice
     in the knob's own words for (a larger value, a smaller value). ``integer``: grid values must
@@ -67,14 +70,19 @@ def register(knob: Knob) -> Knob:
     return knob
 
 
-def registry_problems(recipe_fields: set[str], schema_recipe_fields: set[str]) -> list[str]:
+def registry_problems(
+    recipe_fields: set[str], schema_recipe_fields: set[str], retrain_fields: set[str] = frozenset()
+) -> list[str]:
     """One line per incomplete or inconsistent entry (empty when the registry is sound)."""
     problems = []
     for name, knob in KNOBS.items():
         where = f"knob registry: {name}"
         if knob.name != name:
             problems.append(f"{where}: registered under another name than its entry's {knob.name!r}")
-        if knob.field not in recipe_fields:
+        if knob.schedule == "retrain":
+            if knob.field not in retrain_fields:
+                problems.append(f"{where}: field {knob.field!r} is not a retrain.* setting")
+        elif knob.field not in recipe_fields:
             problems.append(f"{where}: field {knob.field!r} is not a field of the training recipe")
         elif knob.field not in schema_recipe_fields:
             problems.append(f"{where}: field {knob.field!r} is not in the config schema's recipe")
@@ -192,5 +200,21 @@ register(
         retrain="clean labels: the noise belongs to the dense model's training, as SAM does, so "
         "every cell's retraining is the same recipe and cells differ only by their dense model; "
         "metrics also use clean labels",
+    )
+)
+register(
+    Knob(
+        name="rewind_step",
+        field="rewind_step",
+        schedule="retrain",
+        hotter=-1,
+        why="rewinding to an earlier iteration leaves more of training to SGD noise: networks "
+        "are unstable to it early in training and become stable later (Frankle et al. 2020)",
+        label="rewind step",
+        unit="iterations of dense training",
+        words=("rewind to a later iteration", "rewind to an earlier iteration"),
+        integer=True,
+        retrain="weight rewinding (retrain.mode rewind_weights) to the grid value; one dense run "
+        "per seed serves every rewind step",
     )
 )

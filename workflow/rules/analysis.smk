@@ -204,3 +204,29 @@ if "esd" in FIGURES:
         shell:
             "python -m threeregime plot-esd --spec {params.spec:q} --regimes {input.regimes}"
             " --out {output.esd_png} {output.esd_other} > {log} 2>&1"
+
+
+if "instability" in FIGURES:
+
+    rule plot_instability:
+        input:
+            regimes=ANALYSIS["regimes"],
+        output:
+            png=report(
+                FIGURES["instability"][0],
+                caption=f"{CAPTIONS}/instability.rst",
+                category=FIGURES_CAT,
+                labels={"name": "instability"},
+            ),
+            other=FIGURES["instability"][1:],
+        log:
+            f"{LOGS}/plot_instability.log",
+        conda:
+            ENV
+        params:
+            spec=to_json(
+                CFG.plot_spec() | {"stable_barrier": CFG.regimes.stable_barrier}
+            ),
+        shell:
+            "python -m threeregime plot-instability --spec {params.spec:q} --regimes {input.regimes}"
+            " --out {output.png} {output.other} > {log} 2>&1"

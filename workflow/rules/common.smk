@@ -42,7 +42,12 @@ BENCH = f"{RES}/benchmarks"
 KNOB = CFG.knob.name
 DATA = f"{RES}/data/dataset.pt"
 CELL = f"{KNOB}-{{temperature}}/density-{{density}}/seed{{seed}}"
-DENSE = f"{RES}/dense/{KNOB}-{{temperature}}/seed{{seed}}/model.pt"
+# A dense run per temperature and seed, or, for a knob of the retraining (rewind_step), one per
+# seed that every temperature prunes.
+DENSE_RUN = "shared" if CFG.shared_dense else f"{KNOB}-{{temperature}}"
+DENSE = f"{RES}/dense/{DENSE_RUN}/seed{{seed}}/model.pt"
+# Weight rewinding's start: the dense run's first k iterations, replayed (rule rewind).
+REWIND = f"{RES}/rewind/{KNOB}-{{temperature}}/seed{{seed}}/model.pt"
 PRUNED = f"{RES}/pruned/{CELL}/model.pt"
 RETRAINED = f"{RES}/retrain/{CELL}/retrain{{rseed}}/model.pt"
 METRICS = f"{RES}/metrics/{CELL}/pair{{a}}-{{b}}.json"
@@ -73,7 +78,7 @@ wildcard_constraints:
 
 
 def prune_inputs(wildcards):
-    """The dense model (its weights, or under iterative pruning its seed and rewind state) and,
+    """The dense model (its weights, or under iterative pruning its seed and test error) and,
     for an iterative level past the first, the previous level's retrained model it prunes (in
     this order: `prune --dense DENSE [PREVIOUS_LEVEL]`)."""
     inputs = [DENSE.format(**wildcards)]
@@ -91,7 +96,7 @@ CHAIN_LINKS = [d for d in CFG.pruned_densities if d not in CFG.densities]
 
 def dense_init(wildcards):
     """Epochs knob: each checkpoint continues the run from the previous grid epoch."""
-    parent = CFG.dense_parent(wildcards.temperature)
+    parent = CFG.dense_parent(wildcards.get("temperature"))
     if parent is None:
         return []
     return DENSE.format(temperature=parent, seed=wildcards.seed)
@@ -126,17 +131,26 @@ RETRAIN_JOB = {
 }[CFG.runtime.retrain_pack]
 
 
+def retrain_rewind(wildcards):
+    """Weight rewinding: the replayed dense state the job's retrainings restart from."""
+    return REWIND.format(**wildcards) if CFG.retrain.rewinds_weights else []
+
+
 def retrain_runs(wildcards, input, output):
     """--run flags pairing each output with its pruned model and retrain seed, in the order
-    expand() lists the outputs (density, then retrain seed). A function of input and output, it
-    is a derived param: not compared between runs (the paths already are)."""
+    expand() lists the outputs (density, then retrain seed), and --rewind with the state weight
+    rewinding restarts from. A function of input and output, it is a derived param: not
+    compared between runs (the paths already are)."""
     pruned = [input.pruned] if isinstance(input.pruned, str) else list(input.pruned)
     seeds = [wildcards.rseed] if "rseed" in wildcards.keys() else RETRAIN_SEEDS
     runs = [(path, seed) for path in pruned for seed in seeds]
-    return " ".join(
+    flags = [
         f"--run {shlex.quote(path)} {shlex.quote(out)} {seed}"
         for (path, seed), out in zip(runs, output, strict=True)
-    )
+    ]
+    if "rewind" in input.keys():
+        flags.append(f"--rewind {shlex.quote(input.rewind)}")
+    return " ".join(flags)
 
 
 def labels(wildcards):
@@ -176,15 +190,20 @@ FIGURES = {
 }
 if CFG.metrics.hessian_esd:  # an optional metric's figure (rule plot_esd)
     FIGURES["esd"] = [f"{RES}/hessian_esd.png", f"{RES}/hessian_esd.pdf"]
+if CFG.retrain.rewinds_weights:  # instability analysis (rule plot_instability)
+    FIGURES["instability"] = [f"{RES}/instability.png", f"{RES}/instability.pdf"]
 
 
 def intermediates():
     """Every dataset, dense, pruned and retrained model of the grid."""
     seeds = [str(s) for s in CFG.seeds.dense]
     grid = dict(temperature=CFG.temperatures, seed=seeds)
+    dense = expand(DENSE, seed=seeds) if CFG.shared_dense else expand(DENSE, **grid)
+    rewinds = expand(REWIND, **grid) if CFG.retrain.rewinds_weights else []
     return (
         [DATA]
-        + expand(DENSE, **grid)
+        + dense
+        + rewinds
         + expand(PRUNED, density=CFG.pruned_densities, **grid)
         + expand(RETRAINED, density=CFG.densities, rseed=RETRAIN_SEEDS, **grid)
         + expand(RETRAINED, density=CHAIN_LINKS, rseed=[str(CFG.chain_seed)], **grid)
@@ -202,5 +221,6 @@ def final_outputs():
         + FIGURES["phase"]
         + FIGURES["map"]
         + FIGURES.get("esd", [])
+        + FIGURES.get("instability", [])
         + [f"{RES}/summary.json"]
     )
