@@ -387,3 +387,42 @@ def test_lottery_preset_dry_run_plans_its_chains(tmp_path, capsys):
     with capsys.disabled():
         print(f"\nlottery: snakemake -n plans {stats['total']} jobs {expected} in {seconds:.1f} s")
     assert seconds < 4 * DRY_RUN_LIMIT_S
+
+
+@pytest.mark.slow
+def test_the_lottery_preset_runs_end_to_end_on_fake_cifar(tmp_path):
+    """The lottery preset, shrunk by an overlay (ResNet-20 at width 0.25, 2 epochs), through the
+    real workflow: level 1 pruned and retrained once as a link, level 2 measured."""
+    from threeregime.io import load_checkpoint
+
+    write_fake_cifar(tmp_path / "data", train=48, test=16)
+    shutil.copy(REPO / "config.yaml", tmp_path / "config.yaml")
+    tiny = {
+        "run_name": "tiny-lottery",
+        "model": {"width": 0.25},
+        "train": {"epochs": 2, "batch_size": 16},
+        "knob": {"values": [2]},
+        "prune": {"densities": [0.64]},
+        "retrain": {"rewind_step": 2},
+        "seeds": {"dense": [1], "retrain": [1, 2]},
+        "metrics": {"lmc_points": 3, "cka_samples": 16, "hessian_samples": 16, "hessian_max_iter": 3},
+        "runtime": {"device": "cpu", "require_gpu": False, "threads": 1},
+    }
+    tiny["metrics"] |= {"hessian_probes": 2, "hessian_trace_deflation": 2}
+    snakemake(tmp_path, "--configfile", str(LOTTERY), str(write_config(tmp_path, tiny, "tiny.yaml")))
+    import pandas as pd
+
+    results = tmp_path / "results" / "tiny-lottery"
+    metrics = pd.read_csv(results / "metrics.csv")
+    assert list(metrics["density"]) == [0.64] and metrics["density_actual"][0] == pytest.approx(
+        0.64, abs=1e-4
+    )
+    cell = "epochs-2/density-{}/seed1"
+    first = load_checkpoint(results / "pruned" / cell.format("0.8") / "model.pt", "pruned")
+    second = load_checkpoint(results / "pruned" / cell.format("0.64") / "model.pt", "pruned")
+    assert set(second["masks"]) == set(first["masks"]) and "conv.weight" in second["masks"]
+    for name, mask in second["masks"].items():
+        assert not (mask & ~first["masks"][name]).any(), name  # nested
+    assert first["rewind"]["iteration"] == second["rewind"]["iteration"] == 2
+    retrained = sorted(p.parent.name for p in (results / "retrain").rglob("model.pt"))
+    assert retrained == ["retrain1", "retrain1", "retrain2"], "the link (level 1) is retrained once"
