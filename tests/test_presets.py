@@ -1,7 +1,8 @@
 """The paper's experiments as presets: settings, isolation from config.yaml, and their DAGs.
 
 A preset is presets/base.yaml (the shared setup) plus one knob overlay (presets/<knob>.yaml),
-run as ``snakemake --configfile presets/base.yaml presets/<knob>.yaml``. There is no real CIFAR
+run as ``snakemake --configfile presets/base.yaml presets/<knob>.yaml``; the lottery-ticket
+preset stands alone (``--configfile presets/lottery.yaml``). There is no real CIFAR
 here. Each test writes a tiny fake CIFAR-10 in torchvision's on-disk format into
 ``<working directory>/data``, where the base's ``data.root: data`` finds it (or into any folder
 named by one more overlay file), so config validation and ``snakemake -n`` run exactly as they
