@@ -286,12 +286,12 @@ def test_width_multiplier_and_torch_free_shapes_agree_with_the_modules(name, dat
 
 def test_model_names_are_validated(fake_cifar10):
     with pytest.raises(
-        ValueError, match="unknown model 'resnet50'; choose one of cnn1d, preresnet20, vgg16_bn"
+        ValueError, match="unknown model 'resnet50'; choose one of cnn1d, preresnet20, resnet20, vgg16_bn"
     ):
         build_model(ModelConfig("resnet50"), 3, 10)
     root = fake_cifar10
-    with pytest.raises(ConfigError, match="model.name: 'resnet20' is not one of"):
-        load_config(_config(root, model={"name": "resnet20"}))
+    with pytest.raises(ConfigError, match="model.name: 'resnet32' is not one of"):
+        load_config(_config(root, model={"name": "resnet32"}))
     with pytest.raises(
         ConfigError, match=re.escape("model.name: vgg16_bn needs data.name in {cifar10, cifar100}")
     ):

@@ -1,7 +1,8 @@
 """The paper's experiments as presets: settings, isolation from config.yaml, and their DAGs.
 
 A preset is presets/base.yaml (the shared setup) plus one knob overlay (presets/<knob>.yaml),
-run as ``snakemake --configfile presets/base.yaml presets/<knob>.yaml``. There is no real CIFAR
+run as ``snakemake --configfile presets/base.yaml presets/<knob>.yaml``; the lottery-ticket
+preset stands alone (``--configfile presets/lottery.yaml``). There is no real CIFAR
 here. Each test writes a tiny fake CIFAR-10 in torchvision's on-disk format into
 ``<working directory>/data``, where the base's ``data.root: data`` finds it (or into any folder
 named by one more overlay file), so config validation and ``snakemake -n`` run exactly as they
@@ -11,6 +12,7 @@ would on a cluster with the real files.
 from __future__ import annotations
 
 import copy
+import math
 import re
 import shutil
 import time
@@ -66,7 +68,7 @@ def _load(name: str, root: Path):
 
 
 def test_every_preset_is_present():
-    assert sorted(p.stem for p in PRESETS.glob("*.yaml")) == sorted([*NAMES, "base"])
+    assert sorted(p.stem for p in PRESETS.glob("*.yaml")) == sorted([*NAMES, "base", "lottery"])
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -155,22 +157,24 @@ def test_embedded_config_yaml_does_not_leak_into_a_preset(name, fake_root):
     alone = load_config(_merged(_raw(name), overlay))
     merged = load_config(_merged(embedded, _raw(name), overlay))
 
-    def specs(cfg) -> dict:
-        out = {
-            "run_name": cfg.run_name,
-            "data": cfg.data_spec(),
-            "runtime": cfg.runtime,
-            "metrics": cfg.metrics_spec(),
-            "analysis": cfg.analysis_spec(),
-            "plot": cfg.plot_spec(),
-            "grids": (cfg.temperatures, cfg.densities, cfg.seeds, cfg.retrain_pairs),
-        }
-        out |= {f"dense {t}": cfg.dense_spec(t, 1) for t in cfg.temperatures}
-        out |= {f"prune {d}": cfg.prune_spec(d) for d in cfg.densities}
-        out |= {"retrain": cfg.retrain_spec()}
-        return out
+    assert _specs(merged) == _specs(alone)
 
-    assert specs(merged) == specs(alone)
+
+def _specs(cfg) -> dict:
+    """Everything that decides a configuration's jobs and their outputs."""
+    out = {
+        "run_name": cfg.run_name,
+        "data": cfg.data_spec(),
+        "runtime": cfg.runtime,
+        "metrics": cfg.metrics_spec(),
+        "analysis": cfg.analysis_spec(),
+        "plot": cfg.plot_spec(),
+        "grids": (cfg.temperatures, cfg.densities, cfg.pruned_densities, cfg.seeds, cfg.retrain_pairs),
+    }
+    out |= {f"dense {t}": cfg.dense_spec(t, 1) for t in cfg.temperatures}
+    out |= {f"prune {d}": (cfg.prune_spec(d), cfg.prune_parent(d)) for d in cfg.pruned_densities}
+    out |= {"retrain": cfg.retrain_spec()}
+    return out
 
 
 def _expected_jobs(cfg) -> dict[str, int]:
@@ -275,3 +279,151 @@ def test_a_preset_runs_end_to_end_on_fake_cifar(tmp_path):
     assert (cells["n"] == 2).all(), "each cell averages 2 dense seeds x 1 retrain pair"
     assert cells["normalized_test_error"].min() == 0
     assert (results / "phase_diagram.png").stat().st_size > 1000
+
+
+# ----------------------------------------------------------------------------- lottery tickets
+LOTTERY = PRESETS / "lottery.yaml"  # a preset of its own: snakemake --configfile presets/lottery.yaml
+LEVEL_RATE = 0.2  # open_lth's pruning_fraction for cifar_resnet_20
+MEASURED_LEVELS = list(range(2, 21, 2))  # every second level, down to 0.8**20 = 1.15%
+
+
+def _lottery(root: Path | None = None, *below: dict):
+    """The lottery preset's config, merged over ``below`` (config.yaml) as Snakemake does."""
+    raw = _merged(*below, yaml.safe_load(LOTTERY.read_text()))
+    return load_config(_merged(raw, {"data": {"root": str(root)}}) if root else raw, source="lottery")
+
+
+def test_lottery_preset_has_frankle_et_al_2020s_settings(fake_root):
+    """The numbers cited in presets/lottery.yaml: open_lth's cifar_resnet_20 defaults, IMP at
+    rate 0.2 with weight rewinding to iteration 2000, the densities of every second level."""
+    cfg = _lottery(fake_root)
+    raw = yaml.safe_load(LOTTERY.read_text())
+    assert cfg.run_name == "cifar10-resnet20-lottery" and raw["data"]["root"] == "data"
+    assert (cfg.data.name, cfg.data.download, cfg.data.augment) == ("cifar10", False, True)
+    assert (cfg.model.name, cfg.model.width) == ("resnet20", 1.0)
+    train = cfg.train
+    assert (train.epochs, train.iterations, train.batch_size, train.drop_last) == (160, None, 128, False)
+    assert (train.lr, train.momentum, train.weight_decay, train.lr_gamma) == (0.1, 0.9, 1e-4, 0.1)
+    assert (train.optimizer, train.lr_milestones) == ("sgd", (0.5, 0.75))
+    # open_lth: ceil(50000 / 128) = 391 iterations per epoch; lr x0.1 at epochs 80 and 120
+    assert train.steps_per_epoch(50_000) == 391
+    schedule = Schedule(train, steps_per_epoch=391)
+    assert schedule.total_iterations == 160 * 391 == 62_560
+    assert schedule.lr_at(80 * 391 - 1) == 0.1 and schedule.lr_at(80 * 391) == pytest.approx(0.01)
+    assert schedule.lr_at(120 * 391 - 1) == pytest.approx(0.01)
+    assert schedule.lr_at(120 * 391) == pytest.approx(0.001)
+    assert cfg.temperatures == ["160"] and cfg.knob.name == "epochs"
+    assert cfg.dense_recipe("160") == train and cfg.dense_spec("160", 1)["stop_epoch"] == 160
+
+    prune = cfg.prune
+    assert (prune.schedule, prune.rate, prune.method, prune.control) == (
+        "iterative",
+        LEVEL_RATE,
+        "global",
+        "none",
+    )
+    assert cfg.densities == [f"{(1 - LEVEL_RATE) ** k:.4g}" for k in reversed(MEASURED_LEVELS)]
+    assert [prune.level_of(d) for d in prune.densities] == MEASURED_LEVELS
+    assert len(cfg.pruned_densities) == 20 and cfg.pruned_densities[-1] == "0.8"
+    deepest = cfg.prune_spec("0.01153")
+    assert deepest["level"] == 20 and deepest["density"] == pytest.approx(0.8**20, rel=1e-12)
+    assert cfg.prune_parent("0.01153") == "0.01441" and cfg.prune_parent("0.8") is None
+
+    assert (cfg.retrain.mode, cfg.retrain.rewind_step) == ("rewind_weights", 2000)
+    assert cfg.retrain_recipe() == train  # weight rewinding continues the dense schedule from k
+    assert cfg.retrain_spec()["rewind_step"] == 2000 and cfg.dense_spec("160", 1)["rewind_step"] == 2000
+    assert cfg.seeds.dense == (1, 2, 3) and cfg.seeds.retrain == (1, 2)
+    assert cfg.retrain_pairs == [(1, 2)] and cfg.chain_seed == 1
+    r = cfg.runtime
+    assert (r.device, r.require_gpu, r.amp, r.tf32, r.retrain_pack) == ("cuda", True, "none", False, "none")
+    # the three-regime paper's metrics and regime rules, so lottery tickets land on its phase diagram
+    base = _load("epochs", fake_root)
+    assert cfg.metrics == base.metrics and cfg.regimes == base.regimes
+
+
+def test_embedded_config_yaml_does_not_leak_into_the_lottery_preset(fake_root):
+    embedded = yaml.safe_load((REPO / "config.yaml").read_text())
+    assert _specs(_lottery(fake_root, embedded)) == _specs(_lottery(fake_root))
+    # the comparison sees a leak: without metrics.cka_samples the demo's 4000 would win
+    lottery = yaml.safe_load(LOTTERY.read_text())
+    del lottery["metrics"]["cka_samples"]
+    leaky = load_config(_merged(embedded, lottery, {"data": {"root": str(fake_root)}}))
+    assert leaky.metrics.cka_samples == 4000 and _specs(leaky) != _specs(_lottery(fake_root))
+
+
+def _lottery_jobs() -> dict[str, int]:
+    """The lottery preset's jobs counted from its YAML: level l keeps 0.8**l, so a requested
+    density d is level round(log d / log 0.8); every level down to the deepest is pruned; a
+    measured level is retrained once per retrain seed, a link of the chain once."""
+    raw = yaml.safe_load(LOTTERY.read_text())
+    rate, densities = raw["prune"]["rate"], raw["prune"]["densities"]
+    measured = {round(math.log(d) / math.log(1 - rate)) for d in densities}
+    levels = max(measured)
+    temperatures, dense_seeds = len(raw["knob"]["values"]), len(raw["seeds"]["dense"])
+    retrain_seeds = len(raw["seeds"]["retrain"])
+    pairs = retrain_seeds * (retrain_seeds - 1) // 2
+    chains = temperatures * dense_seeds
+    return {
+        "prepare_data": 1,
+        "dense_train": chains,
+        "prune": chains * levels,
+        "retrain": chains * (len(measured) * retrain_seeds + (levels - len(measured))),
+        "metrics": chains * len(measured) * pairs,
+    }
+
+
+def test_lottery_preset_dry_run_plans_its_chains(tmp_path, capsys):
+    """`snakemake -n --configfile presets/lottery.yaml` from a folder holding data/ and config.yaml."""
+    expected = _lottery_jobs()
+    assert expected == {"prepare_data": 1, "dense_train": 3, "prune": 60, "retrain": 90, "metrics": 30}
+    write_fake_cifar(tmp_path / "data")
+    shutil.copy(REPO / "config.yaml", tmp_path / "config.yaml")
+    started = time.perf_counter()
+    result = snakemake(tmp_path, "-n", "--configfile", str(LOTTERY))
+    seconds = time.perf_counter() - started
+    stats = _job_stats(result.stdout)
+    assert {k: stats[k] for k in expected} == expected
+    assert stats["total"] == sum(expected.values()) + 4  # collect, classify, plot, all
+    assert not (tmp_path / "results").exists(), "a dry run computes nothing"
+    with capsys.disabled():
+        print(f"\nlottery: snakemake -n plans {stats['total']} jobs {expected} in {seconds:.1f} s")
+    assert seconds < 4 * DRY_RUN_LIMIT_S
+
+
+@pytest.mark.slow
+def test_the_lottery_preset_runs_end_to_end_on_fake_cifar(tmp_path):
+    """The lottery preset, shrunk by an overlay (ResNet-20 at width 0.25, 2 epochs), through the
+    real workflow: level 1 pruned and retrained once as a link, level 2 measured."""
+    from threeregime.io import load_checkpoint
+
+    write_fake_cifar(tmp_path / "data", train=48, test=16)
+    shutil.copy(REPO / "config.yaml", tmp_path / "config.yaml")
+    tiny = {
+        "run_name": "tiny-lottery",
+        "model": {"width": 0.25},
+        "train": {"epochs": 2, "batch_size": 16},
+        "knob": {"values": [2]},
+        "prune": {"densities": [0.64]},
+        "retrain": {"rewind_step": 2},
+        "seeds": {"dense": [1], "retrain": [1, 2]},
+        "metrics": {"lmc_points": 3, "cka_samples": 16, "hessian_samples": 16, "hessian_max_iter": 3},
+        "runtime": {"device": "cpu", "require_gpu": False, "threads": 1},
+    }
+    tiny["metrics"] |= {"hessian_probes": 2, "hessian_trace_deflation": 2}
+    snakemake(tmp_path, "--configfile", str(LOTTERY), str(write_config(tmp_path, tiny, "tiny.yaml")))
+    import pandas as pd
+
+    results = tmp_path / "results" / "tiny-lottery"
+    metrics = pd.read_csv(results / "metrics.csv")
+    assert list(metrics["density"]) == [0.64] and metrics["density_actual"][0] == pytest.approx(
+        0.64, abs=1e-4
+    )
+    cell = "epochs-2/density-{}/seed1"
+    first = load_checkpoint(results / "pruned" / cell.format("0.8") / "model.pt", "pruned")
+    second = load_checkpoint(results / "pruned" / cell.format("0.64") / "model.pt", "pruned")
+    assert set(second["masks"]) == set(first["masks"]) and "conv.weight" in second["masks"]
+    for name, mask in second["masks"].items():
+        assert not (mask & ~first["masks"][name]).any(), name  # nested
+    assert first["rewind"]["iteration"] == second["rewind"]["iteration"] == 2
+    retrained = sorted(p.parent.name for p in (results / "retrain").rglob("model.pt"))
+    assert retrained == ["retrain1", "retrain1", "retrain2"], "the link (level 1) is retrained once"

@@ -36,6 +36,7 @@ MNIST1D_TRAIN_SPLIT = 0.8  # mnist1d's make_dataset default: the first 80% of sa
 CIFAR_TRAIN_SAMPLES = 50_000
 
 PRERESNET_PLANES = (16, 32, 64)
+RESNET_PLANES = (16, 32, 64)  # open_lth's cifar_resnet_20: W, 2W, 4W filters with W = 16
 CNN1D_PLANES = (32, 64, 64)
 VGG16_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)
 
@@ -169,6 +170,21 @@ def _preresnet20_shapes(width: float, in_channels: int) -> dict[str, tuple[int, 
     return shapes
 
 
+def _resnet20_shapes(width: float, in_channels: int) -> dict[str, tuple[int, ...]]:
+    planes = [scaled(c, width) for c in RESNET_PLANES]
+    shapes = {"conv.weight": (planes[0], in_channels, 3, 3)}
+    previous, block = planes[0], 0
+    for stage, channels in enumerate(planes):
+        for index in range(3):
+            name = f"blocks.{block}"
+            shapes[f"{name}.conv1.weight"] = (channels, previous, 3, 3)
+            shapes[f"{name}.conv2.weight"] = (channels, channels, 3, 3)
+            if (stage > 0 and index == 0) or previous != channels:
+                shapes[f"{name}.shortcut.0.weight"] = (channels, previous, 1, 1)
+            previous, block = channels, block + 1
+    return shapes
+
+
 def _vgg16_bn_shapes(width: float, in_channels: int) -> dict[str, tuple[int, ...]]:
     shapes, previous, index = {}, in_channels, 0
     for item in VGG16_LAYOUT:
@@ -206,6 +222,13 @@ register_model(
     Model(
         "preresnet20", "threeregime.models:preresnet20", _preresnet20_shapes, ("cifar10", "cifar100"),
         "PreResNet-20 (the paper's model: 16/32/64 channels, 1x1 downsample convs)",
+    )
+)  # fmt: skip
+register_model(
+    Model(
+        "resnet20", "threeregime.models:resnet20", _resnet20_shapes, ("cifar10", "cifar100"),
+        "ResNet-20 (open_lth's cifar_resnet_20, the lottery-ticket papers' model: post-activation "
+        "blocks, 16/32/64 channels, 1x1 conv + BN shortcuts)",
     )
 )  # fmt: skip
 register_model(

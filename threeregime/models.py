@@ -1,4 +1,4 @@
-"""Model zoo: a BatchNorm 1D CNN for MNIST-1D, PreResNet-20 and VGG-16-BN for CIFAR.
+"""Model zoo: a BatchNorm 1D CNN for MNIST-1D, PreResNet-20, ResNet-20 and VGG-16-BN for CIFAR.
 
 Pruning acts on every convolution weight (first conv and 1x1 downsample convs included); the
 final Linear layer is never pruned, as in the paper. Channel plans come from
@@ -12,7 +12,7 @@ import importlib
 import torch
 from torch import nn
 
-from threeregime.catalog import CNN1D_PLANES, MODELS, PRERESNET_PLANES, VGG16_LAYOUT
+from threeregime.catalog import CNN1D_PLANES, MODELS, PRERESNET_PLANES, RESNET_PLANES, VGG16_LAYOUT
 from threeregime.catalog import scaled as _scaled
 from threeregime.config import ModelConfig
 
@@ -95,6 +95,69 @@ class PreResNet(nn.Module):
         return self.fc(out.mean(dim=(2, 3)))
 
 
+class BasicBlock(nn.Module):
+    """Post-activation basic block (He et al. 2016): conv-BN-ReLU-conv-BN, plus the shortcut,
+    then ReLU. A block that changes shape has a 1x1 stride-2 conv + BN shortcut."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    """ResNet-(6n+2) for 32x32 inputs as open_lth's ``cifar_resnet_<depth>`` (the lottery-ticket
+    papers' model): 16/32/64 channels times ``width``, post-activation basic blocks.
+
+    3x3 conv -> BN -> ReLU -> 3 stages of n blocks (the first block of stages 2 and 3 has stride
+    2 and a 1x1 conv + BN shortcut) -> global average pool -> fc 64 -> classes. Initialisation
+    as open_lth's defaults (kaiming_normal, batchnorm_init uniform): conv and fc weights
+    He-normal with fan_in, BN weights U[0, 1) and biases 0, fc bias torch's default. Depth 20
+    has 21 convs (19 3x3 + 2 1x1) and 272,474 parameters on CIFAR-10. Parameter names follow
+    open_lth's (conv, bn, blocks.i.conv1 ... shortcut.0, fc), so its checkpoints load as they are.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, depth: int = 20, width: float = 1.0):
+        super().__init__()
+        assert (depth - 2) % 6 == 0, "ResNet depth must be 6n+2"
+        blocks_per_stage = (depth - 2) // 6
+        planes = [_scaled(c, width) for c in RESNET_PLANES]
+        self.conv = nn.Conv2d(in_channels, planes[0], 3, 1, 1, bias=False)
+        self.bn = nn.BatchNorm2d(planes[0])
+        self.relu = nn.ReLU(inplace=True)
+        stages, previous = [], planes[0]
+        for stage, channels in enumerate(planes):
+            for block in range(blocks_per_stage):
+                stride = 2 if stage > 0 and block == 0 else 1
+                stages.append(BasicBlock(previous, channels, stride))
+                previous = channels
+        self.blocks = nn.Sequential(*stages)
+        self.fc = nn.Linear(previous, num_classes)
+        for module in self.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(module.weight)
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.uniform_(module.weight, 0.0, 1.0)
+                nn.init.zeros_(module.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.blocks(self.relu(self.bn(self.conv(x))))
+        return self.fc(out.mean(dim=(2, 3)))
+
+
 class VGG(nn.Module):
     """VGG-16 with BatchNorm for CIFAR: 13 conv-BN-ReLU layers, global pool, one linear layer.
 
@@ -131,6 +194,10 @@ class VGG(nn.Module):
 
 def preresnet20(in_channels: int, num_classes: int, width: float = 1.0) -> PreResNet:
     return PreResNet(in_channels, num_classes, depth=20, width=width)
+
+
+def resnet20(in_channels: int, num_classes: int, width: float = 1.0) -> ResNet:
+    return ResNet(in_channels, num_classes, depth=20, width=width)
 
 
 def build_model(cfg: ModelConfig, in_channels: int, num_classes: int) -> nn.Module:
