@@ -15,7 +15,7 @@ from threeregime.data import DeviceData
 from threeregime.io import load_checkpoint, save_checkpoint
 from threeregime.models import init_model
 from threeregime.tickets import control_seed, fresh_weights, rewind_state
-from threeregime.train import make_schedule, train_runs
+from threeregime.train import RunSet, make_schedule, train_runs
 
 from .conftest import TINY_CONFIG
 
@@ -117,7 +117,7 @@ def test_rewound_run_continues_the_schedule_from_k_exactly(dataset, tmp_path):
     start = rewind_state({"rewind": dense["state"]["rewind"]}, "dense.pt", schedule.steps_per_epoch)
     assert (start["iteration"], start["epoch"]) == (10, 1) and schedule.lr_at(10) == pytest.approx(0.005)
     model = init_model(ModelConfig(width=0.25), 1, 10, seed=99)  # overwritten by the state
-    (final,) = train_runs([model], data, recipe, [(0, 1)], states=[start])
+    (final,) = train_runs(RunSet([model], [(0, 1)], states=[start]), data, recipe)
     assert final["iteration"] == schedule.total_iterations == 21
     for key, value in dense["model"].items():
         assert torch.equal(final["model"][key], value), key

@@ -15,11 +15,12 @@ import sys
 import time
 from pathlib import Path
 
-from threeregime.config import ConfigError, RuntimeConfig, load_config, to_json
+from threeregime.checkpoints import environments as _environments  # the names cmd_prune uses
+from threeregime.checkpoints import model_from as _model_from
+from threeregime.config import ConfigError, load_config, to_json
 from threeregime.io import (
     REBUILD_ADVICE,
     CheckpointError,
-    file_digest,
     load_checkpoint,
     read_json,
     save_checkpoint,
@@ -43,108 +44,9 @@ def _labels(pairs: list[str]) -> dict:
 
 def _runtime(args):
     """Device, threads and fast paths for this job (torch imported here, not at CLI start)."""
-    from threeregime import runtime as rt
+    from threeregime.runtime import job_runtime
 
-    cfg = RuntimeConfig(**json.loads(args.runtime))
-    device = rt.resolve_device(cfg.device, cfg.require_gpu)
-    rt.setup(args.threads, device)
-    log.info("runtime: device %s, %d threads, %s", device, args.threads, cfg)
-    return cfg, device
-
-
-def _load_data(path: str, device, channels_last: bool):
-    from threeregime.data import DeviceData
-
-    return DeviceData(load_checkpoint(path, "dataset"), device, channels_last)
-
-
-def _performance(spec: dict, runtime: RuntimeConfig, device):
-    """The job's numeric fast paths; also sets the process-wide TF32 and CPU convolution flags
-    to match."""
-    from threeregime.runtime import Performance, set_cpu_convolutions, set_tf32
-
-    perf = spec.get("performance", {})
-    tf32 = perf.get("tf32", False)
-    set_tf32(tf32)
-    set_cpu_convolutions(device, perf.get("channels_last", False))
-    return Performance(perf.get("amp", "none"), perf.get("channels_last", False), runtime.compile, tf32)
-
-
-def _place(model, device, perf, image: bool):
-    """Move a model to the device, in channels_last memory order for image models if asked."""
-    import torch
-
-    model = model.to(device)
-    return model.to(memory_format=torch.channels_last) if perf.channels_last and image else model
-
-
-def _model_from(payload: dict, device="cpu", perf=None, image: bool = False):
-    """Rebuild the architecture recorded in a checkpoint and load its weights."""
-    from threeregime.config import ModelConfig
-    from threeregime.models import build_model
-    from threeregime.runtime import Performance
-
-    model = build_model(ModelConfig(**payload["model_cfg"]), payload["in_channels"], payload["num_classes"])
-    model.load_state_dict(payload["model"])
-    return _place(model, device, perf or Performance(), image)
-
-
-def _train_resumable(
-    outs: list[str], fingerprint: str, runtime: RuntimeConfig, environment: dict, **train_kwargs
-) -> list[dict]:
-    """``train_runs`` with a resume checkpoint next to ``outs[0]`` every ``checkpoint_every`` epochs.
-
-    A later attempt of the same job (same spec, runs and inputs: same fingerprint) continues from
-    the last saved epoch; the final result is identical to an uninterrupted run. An attempt in
-    another numeric environment (threads, device, torch, fast paths) starts over instead, so that
-    no run is computed half in one environment and half in another. The caller removes the
-    resume file (:func:`_finished`) once every output is written.
-    """
-    from threeregime.runtime import environment_label
-    from threeregime.train import train_runs
-
-    resume = _resume_file(outs)  # temporaries of a killed write go at the next write (atomic_path)
-    if resume.exists():
-        try:
-            saved = load_checkpoint(resume, "resume")
-        except CheckpointError as exc:
-            log.warning("%s; starting over", exc)
-            saved = None
-        if saved is not None and "states" not in saved:
-            log.warning("ignoring %s: written by an older threeregime (one run per file)", resume)
-        elif saved is not None and saved["fingerprint"] == fingerprint:
-            if saved.get("environment") != environment:
-                was = environment_label(saved["environment"]) if saved.get("environment") else "unknown"
-                log.warning(
-                    "NOT resuming from %s: it was computed under [%s], this job runs under [%s]; "
-                    "starting over so that the run is computed in one environment",
-                    resume, was, environment_label(environment),
-                )  # fmt: skip
-            else:
-                train_kwargs["states"] = saved["states"]
-                log.info("resuming from %s at epoch %d", resume, saved["states"][0]["epoch"])
-        elif saved is not None:
-            log.warning("ignoring %s: it was built from other settings or inputs", resume)
-
-    def checkpoint(states: list[dict]) -> None:
-        if states[0]["epoch"] % runtime.checkpoint_every == 0:
-            payload = {"fingerprint": fingerprint, "states": states, "environment": environment}
-            save_checkpoint(resume, payload, "resume")
-
-    return train_runs(on_epoch_end=checkpoint, **train_kwargs)
-
-
-def _resume_file(outs: list[str]) -> Path:
-    """A job's one resume checkpoint, next to its first output (all its runs in it)."""
-    return Path(f"{outs[0]}.resume")
-
-
-def _finished(outs: list[str]) -> None:
-    _resume_file(outs).unlink(missing_ok=True)
-
-
-def _fingerprint(spec: str, *paths: str) -> str:
-    return to_json({"spec": json.loads(spec), "inputs": [file_digest(p) for p in paths]})
+    return job_runtime(args.runtime, args.threads)
 
 
 # ----------------------------------------------------------------------------- commands
@@ -205,75 +107,41 @@ def cmd_prepare_data(args) -> None:
 
 
 def cmd_dense(args) -> None:
+    from threeregime.checkpoints import environments, load_dataset, save_model, warn_if_mixed
     from threeregime.config import ModelConfig, recipe_from_spec
     from threeregime.models import init_model
-    from threeregime.runtime import merge_environments, numeric_environment
+    from threeregime.resume import ResumableJob, fingerprint, train_resumable
+    from threeregime.runtime import job_performance, merge_environments, numeric_environment, place
+    from threeregime.train import RunSet
 
     runtime, device = _runtime(args)
     spec = json.loads(args.spec)
-    perf = _performance(spec, runtime, device)
-    data = _load_data(args.data, device, perf.channels_last)
+    perf = job_performance(spec, runtime, device)
+    data = load_dataset(args.data, device, perf.channels_last)
     model = init_model(ModelConfig(**spec["model"]), data.in_channels, data.num_classes, spec["seed"])
-    model = _place(model, device, perf, data.image)
+    model = place(model, device, perf, data.image)
     environment = numeric_environment(device, args.threads, perf)
     state, inputs, lineage = None, [args.data], [environment]
     if args.init:
         init = load_checkpoint(args.init, "dense")
         state = init["state"]
         inputs.append(args.init)
-        lineage = merge_environments(lineage, _environments(init))
-        _warn_if_mixed(args.init, lineage)
+        lineage = merge_environments(lineage, environments(init))
+        warn_if_mixed(args.init, lineage)
     recipe = recipe_from_spec(spec["recipe"])
-    (final,) = _train_resumable(
-        [args.out],
-        _fingerprint(args.spec, *inputs),
-        runtime,
-        environment,
-        models=[model],
-        data=data,
-        recipe=recipe,
-        streams=[(0, spec["seed"])],
-        states=[state],
-        stop_epoch=spec["stop_epoch"],
-        keep_iteration=spec.get("rewind_step"),
+    job = ResumableJob([args.out], fingerprint(args.spec, *inputs), environment, runtime.checkpoint_every)
+    runs = RunSet([model], [(0, spec["seed"])], states=[state], tags=[f"dense seed={spec['seed']}"])
+    (final,) = train_resumable(
+        job, runs, data, recipe, stop_epoch=spec["stop_epoch"], keep_iteration=spec.get("rewind_step"),
         perf=perf,
-        tags=[f"dense seed={spec['seed']}"],
-    )
+    )  # fmt: skip
     if spec.get("rewind_step") is not None and final.get("rewind") is None:
         raise ConfigError(
             f"retrain.rewind_step: {spec['rewind_step']} is past this dense run's "
             f"{final['iteration']} iterations"
         )
-    _save_model(args.out, "dense", final, spec["model"], data, spec=spec, environments=lineage)
-    _finished([args.out])
-
-
-def _environments(payload: dict) -> list[dict]:
-    """The numeric environments a checkpoint was computed in (none recorded before 0.2)."""
-    return payload.get("environments", [])
-
-
-def _warn_if_mixed(source: str, lineage: list[dict]) -> None:
-    from threeregime.runtime import environment_label
-
-    if len(lineage) > 1:
-        log.warning(
-            "%s was computed under [%s]; this job continues it under [%s]: the result mixes "
-            "numeric environments (reported by collect)",
-            source, "; ".join(map(environment_label, lineage[1:])), environment_label(lineage[0]),
-        )  # fmt: skip
-
-
-def _save_model(out: str, kind: str, state: dict, model_cfg: dict, data, **extra) -> None:
-    payload = {
-        "state": state,
-        "model": state["model"],
-        "model_cfg": model_cfg,
-        "in_channels": data.in_channels,
-        "num_classes": data.num_classes,
-        **extra,
-    }
-    save_checkpoint(out, payload, kind)
+    save_model(args.out, "dense", final, spec["model"], data, spec=spec, environments=lineage)
+    job.finished()
 
 
 def cmd_prune(args) -> None:
@@ -315,23 +183,26 @@ def cmd_prune(args) -> None:
 def cmd_retrain(args) -> None:
     """Retrain pruned models with masks fixed: one ``--run PRUNED OUT SEED`` per retraining, all
     runs of the job packed into one model (runtime.retrain_pack; threeregime.pack)."""
+    from threeregime.checkpoints import environments, load_dataset, model_from, save_model, warn_if_mixed
     from threeregime.config import recipe_from_spec
-    from threeregime.runtime import merge_environments, numeric_environment
+    from threeregime.resume import ResumableJob, fingerprint, train_resumable
+    from threeregime.runtime import job_performance, merge_environments, numeric_environment
+    from threeregime.train import RunSet
 
     runs = [(pruned, out, int(seed)) for pruned, out, seed in args.run]
     if len({out for _, out, _ in runs}) < len(runs):
         raise ConfigError(f"two --run flags write the same output ({args.run})")
     runtime, device = _runtime(args)
     spec = json.loads(args.spec)
-    perf = _performance(spec, runtime, device)
-    data = _load_data(args.data, device, perf.channels_last)
+    perf = job_performance(spec, runtime, device)
+    data = load_dataset(args.data, device, perf.channels_last)
     sources = {path: load_checkpoint(path, "pruned") for path, _, _ in runs}  # each file read once
     pruned_of_run = [sources[path] for path, _, _ in runs]
     outs = [out for _, out, _ in runs]
     environment = numeric_environment(device, args.threads, perf)
-    lineages = {path: merge_environments([environment], _environments(p)) for path, p in sources.items()}
+    lineages = {path: merge_environments([environment], environments(p)) for path, p in sources.items()}
     for path, lineage in lineages.items():
-        _warn_if_mixed(path, lineage)
+        warn_if_mixed(path, lineage)
     recipe = recipe_from_spec(spec["recipe"])
     starts = None  # from the pruned weights (LR rewinding, fine-tuning)
     if spec.get("rewind_step") is not None:  # weight rewinding: from the dense weights at step k
@@ -340,102 +211,53 @@ def cmd_retrain(args) -> None:
 
         steps = make_schedule(recipe, data.num_train).steps_per_epoch
         starts = [rewind_state(pruned, path, steps) for pruned, (path, _, _) in zip(pruned_of_run, runs)]
-    finals = _train_resumable(
-        outs,
-        _fingerprint(to_json({"spec": spec, "runs": args.run}), args.data, *sources),
-        runtime,
-        environment,
-        models=[_model_from(pruned, device, perf, data.image) for pruned in pruned_of_run],
-        data=data,
-        recipe=recipe,
+    identity = fingerprint(to_json({"spec": spec, "runs": args.run}), args.data, *sources)
+    job = ResumableJob(outs, identity, environment, runtime.checkpoint_every)
+    run_set = RunSet(
+        models=[model_from(pruned, device, perf, data.image) for pruned in pruned_of_run],
         streams=[(1, seed) for _, _, seed in runs],
-        states=starts,
         masks=[{name: m.to(device) for name, m in pruned["masks"].items()} for pruned in pruned_of_run],
-        perf=perf,
+        states=starts,
         tags=[
             f"retrain density={pruned['spec']['density']:g} seed={seed}"
             for pruned, (_, _, seed) in zip(pruned_of_run, runs)
         ],
     )
+    finals = train_resumable(job, run_set, data, recipe, perf=perf)
     for pruned, (path, out, seed), final in zip(pruned_of_run, runs, finals):
         final.pop("optimizer")  # not needed downstream; the resume file held it
-        _save_model(
+        save_model(
             out, "retrain", final, pruned["model_cfg"], data, masks=pruned["masks"],
             spec=spec | {"seed": seed}, density_actual=pruned["density_actual"],
             environments=lineages[path],
         )  # fmt: skip
-    _finished(outs)
-
-
-def _model_metrics(payload: dict, model, data, spec: dict, perf) -> dict:
-    """Per-model numbers: test error (mean of the last epochs), train loss/error, Hessian."""
-    from threeregime.hessian import hessian_summary
-    from threeregime.metric_registry import compute_function, computed_metrics
-    from threeregime.metrics import summarize_test_error
-    from threeregime.train import evaluate
-
-    masks = {name: m.to(data.device) for name, m in payload["masks"].items()}
-    result = summarize_test_error(payload["state"]["history"], spec["test_error_last"])
-    train_loss, train_error = evaluate(model, data.eval_batches("train", spec["eval_batch_size"]), perf)
-    result |= {
-        "train_loss": train_loss,
-        "train_error": train_error,
-        "density_actual": payload["density_actual"],
-    }
-    x, y = next(data.eval_batches("train", spec["hessian_samples"], spec["hessian_samples"]))
-    result |= hessian_summary(
-        model, x, y, masks, spec["hessian_max_iter"], spec["hessian_tol"],
-        spec["hessian_probes"], spec["hessian_probe_batch"],
-        deflation=spec["hessian_trace_deflation"], density=spec.get("hessian_esd", False),
-    )  # fmt: skip
-    for metric in computed_metrics(spec):  # registered model metrics with their own function
-        result |= compute_function(metric)(model, data, spec)
-    return result
+    job.finished()
 
 
 def cmd_metrics(args) -> None:
     """All metrics of one retrain pair of one pruned model: LMC, CKA, and both models' own."""
-    import torch
-
-    from threeregime.metrics import linear_mode_connectivity, model_outputs, output_similarity
-    from threeregime.runtime import merge_environments, numeric_environment
+    from threeregime.checkpoints import environments, load_dataset, model_from, same_masks, warn_if_mixed
+    from threeregime.metrics import model_metrics, pair_metrics
+    from threeregime.runtime import job_performance, merge_environments, numeric_environment
 
     runtime, device = _runtime(args)
     spec = json.loads(args.spec)
-    perf = _performance(spec, runtime, device)
-    data = _load_data(args.data, device, perf.channels_last)
+    perf = job_performance(spec, runtime, device)
+    data = load_dataset(args.data, device, perf.channels_last)
     a, b = load_checkpoint(args.a, "retrain"), load_checkpoint(args.b, "retrain")
     environment = numeric_environment(device, args.threads, perf)
-    lineage = merge_environments([environment], _environments(a), _environments(b))
-    _warn_if_mixed(f"{args.a} / {args.b}", lineage)
-    if a["masks"].keys() != b["masks"].keys() or any(
-        not torch.equal(a["masks"][k], b["masks"][k]) for k in a["masks"]
-    ):
+    lineage = merge_environments([environment], environments(a), environments(b))
+    warn_if_mixed(f"{args.a} / {args.b}", lineage)
+    if not same_masks(a, b):
         raise CheckpointError(f"{args.a} and {args.b}: not retrainings of the same pruned model")
     started = time.perf_counter()
-    model_a, model_b = (_model_from(p, device, perf, data.image) for p in (a, b))
+    model_a, model_b = (model_from(p, device, perf, data.image) for p in (a, b))
     result = _labels(args.label)
     result["models"] = [
-        {"retrain_seed": result[f"seed_{side}"]} | _model_metrics(payload, model, data, spec, perf)
+        {"retrain_seed": result[f"seed_{side}"]} | model_metrics(payload, model, data, spec, perf)
         for side, payload, model in (("a", a, model_a), ("b", b, model_b))
     ]
-    samples = min(spec["cka_samples"], data.num_train)
-    if samples < spec["cka_samples"]:
-        log.warning(
-            "CKA on all %d training samples (fewer than cka_samples=%d)",
-            samples,
-            spec["cka_samples"],
-        )
-    batches = lambda: data.eval_batches("train", spec["eval_batch_size"], samples)  # noqa: E731
-    result |= output_similarity(
-        model_outputs(model_a, batches(), perf), model_outputs(model_b, batches(), perf)
-    )
-    state_a = {k: v.to(device) for k, v in a["model"].items()}
-    state_b = {k: v.to(device) for k, v in b["model"].items()}
-    result |= linear_mode_connectivity(
-        model_a, state_a, state_b, data, spec["lmc_points"], spec["lmc_bn_samples"],
-        spec["eval_batch_size"], perf, bn_batch_size=spec.get("lmc_bn_batch_size"),
-    )  # fmt: skip
+    result |= pair_metrics(model_a, model_b, a["model"], b["model"], data, spec, perf)
     result["seconds"] = time.perf_counter() - started
     result["environments"] = lineage
     write_json(args.out, result)
