@@ -19,10 +19,8 @@ from threeregime.checkpoints import environments as _environments  # the names c
 from threeregime.checkpoints import model_from as _model_from
 from threeregime.config import ConfigError, load_config, to_json
 from threeregime.io import (
-    REBUILD_ADVICE,
     CheckpointError,
     load_checkpoint,
-    read_json,
     save_checkpoint,
     write_csv,
     write_json,
@@ -269,48 +267,12 @@ def cmd_metrics(args) -> None:
 
 
 def cmd_collect(args) -> None:
-    import pandas as pd
+    """The run's tables (models.csv, metrics.csv, cells.csv) from its metrics files, and its
+    cost table if asked."""
+    from threeregime.collect import collect, metrics_paths
 
-    from threeregime.config import grid_cells
-    from threeregime.metric_registry import as_cell, pair_row
-    from threeregime.regimes import aggregate_cells, environments_of
-    from threeregime.runtime import environment_label
-
-    keys = ["knob", "temperature", "density", "dense_seed"]
-    rows, models = [], {}
-    cells = grid_cells(json.loads(args.grid))
-    if args.plan:  # adaptive refinement: only the planned cells were measured
-        planned = {tuple(c) for c in read_json(args.plan)["cells"]}
-        cells = [c for c in cells if (c["temperature"], c["density"]) in planned]
-    paths = [args.pattern.format(**cell) for cell in cells]
-    for path in paths:
-        record = read_json(path)
-        try:
-            pair_models = record.pop("models")
-            cell = {k: record[k] for k in keys}
-            environment = "; ".join(environment_label(e) for e in record.pop("environments", []))
-            for model in pair_models:
-                models[(*cell.values(), model["retrain_seed"])] = cell | {
-                    k: as_cell(v) for k, v in model.items()
-                }
-            pair = {k: as_cell(v) for k, v in record.items() if not k.startswith("lmc_") and k != "seconds"}
-            rows.append(pair | pair_row(pair_models) | {"environment": environment or "unrecorded"})
-        except (AttributeError, KeyError, TypeError, ValueError) as exc:
-            raise CheckpointError(
-                f"{path}: not a metrics file of this workflow ({type(exc).__name__}: {exc}); {REBUILD_ADVICE}"
-            ) from None
-    metrics = pd.DataFrame(rows).sort_values(keys + ["seed_a", "seed_b"]).reset_index(drop=True)
-    models_table = pd.DataFrame(list(models.values())).sort_values(keys + ["retrain_seed"])
-    write_csv(args.models_csv, models_table.reset_index(drop=True))
-    write_csv(args.metrics, metrics)
-    write_csv(args.cells, aggregate_cells(metrics))
-    log.info("collected %d models and %d pairs into %s", len(models_table), len(metrics), args.metrics)
-    environments = environments_of(metrics)
-    if len(environments) > 1:
-        log.warning(
-            "the table mixes %d numeric environments (see its environment column): %s",
-            len(environments), " | ".join(environments),
-        )  # fmt: skip
+    paths = metrics_paths(args.pattern, json.loads(args.grid), args.plan)
+    collect(paths, args.models_csv, args.metrics, args.cells)
     if args.cost:
         from threeregime.cost import write_cost
 
@@ -351,24 +313,19 @@ def cmd_classify(args) -> None:
     """Regimes, robustness, advice and model selection of the cells table (+ HTML views)."""
     import pandas as pd
 
-    from threeregime.confidence import add_confidence
-    from threeregime.config import RegimeConfig
-    from threeregime.regimes import analyse
+    from threeregime.confidence import classify_run
+    from threeregime.config import regime_config_from_spec
     from threeregime.report import write_html_tables
 
-    spec = json.loads(args.spec)
-    raw = spec["regimes"]
-    cfg = RegimeConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
-    result = analyse(pd.read_csv(args.cells), cfg)
+    cfg = regime_config_from_spec(json.loads(args.spec)["regimes"])
+    cells = pd.read_csv(args.cells)
     observations = pd.read_csv(args.metrics) if args.metrics else None
-    add_confidence(result, observations, cfg, cfg.bootstrap)
     if args.grid:  # adaptive refinement: unmeasured cells get inferred labels
-        from threeregime.adaptive import Grid, with_inferred
+        from threeregime.adaptive import Grid
 
-        grid = json.loads(args.grid)
-        result["regimes"] = with_inferred(result["regimes"], Grid(**grid))
-        sources = result["regimes"]["label_source"].value_counts()
-        result["summary"]["label_source"] = {k: int(v) for k, v in sources.items()}
+        result = classify_run(cells, observations, cfg, Grid(**json.loads(args.grid)))
+    else:
+        result = classify_run(cells, observations, cfg)
     for name in ("regimes", "robustness", "advice", "advice_cells", "selection"):
         write_csv(getattr(args, name), result[name])
     write_json(args.summary, result["summary"])
@@ -384,24 +341,9 @@ def cmd_classify(args) -> None:
 def cmd_adaptive_plan(args) -> None:
     """One round of adaptive refinement: classify the cells measured so far, add the cells
     that could change the map (threeregime.adaptive)."""
-    import pandas as pd
+    from threeregime.adaptive import plan_from_files
 
-    from threeregime.adaptive import Grid, coarse_cells, pair_observation, plan_round
-    from threeregime.config import RegimeConfig
-
-    spec = json.loads(args.spec)
-    grid = Grid(tuple(spec["temperatures"]), tuple(spec["densities"]), spec["reference"])
-    raw = spec["regimes"]
-    cfg = RegimeConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
-    adaptive = spec["adaptive"]
-    if args.previous:
-        previous = [tuple(c) for c in read_json(args.previous)["cells"]]
-    else:
-        previous = coarse_cells(grid, adaptive["step"])
-    metrics = [path for path in args.metrics if path != args.previous]  # the plan is an input too
-    observations = pd.DataFrame([pair_observation(read_json(path), cfg.cka_metric) for path in metrics])
-    plan = plan_round(args.round, previous, observations, grid, cfg, adaptive["budget"],
-                      adaptive["min_confidence"])  # fmt: skip
+    plan = plan_from_files(args.round, json.loads(args.spec), args.previous, args.metrics)
     write_json(args.out, plan)
     log.info("round %d: %d cells measured, %d added (%s), %d of %d planned", args.round,
              plan["measured_before"], len(plan["added"]), ", ".join("/".join(a) for a in plan["added"]),
