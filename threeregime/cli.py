@@ -12,12 +12,11 @@ import json
 import logging
 import os
 import sys
-import time
 from pathlib import Path
 
 from threeregime.checkpoints import environments as _environments  # the names cmd_prune uses
 from threeregime.checkpoints import model_from as _model_from
-from threeregime.config import ConfigError, load_config, to_json
+from threeregime.config import ConfigError, load_config
 from threeregime.io import (
     CheckpointError,
     load_checkpoint,
@@ -40,11 +39,11 @@ def _labels(pairs: list[str]) -> dict:
     return labels
 
 
-def _runtime(args):
+def _compute(args):
     """Device, threads and fast paths for this job (torch imported here, not at CLI start)."""
-    from threeregime.runtime import job_runtime
+    from threeregime.jobs import Compute
 
-    return job_runtime(args.runtime, args.threads)
+    return Compute.start(args.runtime, args.threads, args.spec)
 
 
 # ----------------------------------------------------------------------------- commands
@@ -105,41 +104,9 @@ def cmd_prepare_data(args) -> None:
 
 
 def cmd_dense(args) -> None:
-    from threeregime.checkpoints import environments, load_dataset, save_model, warn_if_mixed
-    from threeregime.config import ModelConfig, recipe_from_spec
-    from threeregime.models import init_model
-    from threeregime.resume import ResumableJob, fingerprint, train_resumable
-    from threeregime.runtime import job_performance, merge_environments, numeric_environment, place
-    from threeregime.train import RunSet
+    from threeregime import jobs
 
-    runtime, device = _runtime(args)
-    spec = json.loads(args.spec)
-    perf = job_performance(spec, runtime, device)
-    data = load_dataset(args.data, device, perf.channels_last)
-    model = init_model(ModelConfig(**spec["model"]), data.in_channels, data.num_classes, spec["seed"])
-    model = place(model, device, perf, data.image)
-    environment = numeric_environment(device, args.threads, perf)
-    state, inputs, lineage = None, [args.data], [environment]
-    if args.init:
-        init = load_checkpoint(args.init, "dense")
-        state = init["state"]
-        inputs.append(args.init)
-        lineage = merge_environments(lineage, environments(init))
-        warn_if_mixed(args.init, lineage)
-    recipe = recipe_from_spec(spec["recipe"])
-    job = ResumableJob([args.out], fingerprint(args.spec, *inputs), environment, runtime.checkpoint_every)
-    runs = RunSet([model], [(0, spec["seed"])], states=[state], tags=[f"dense seed={spec['seed']}"])
-    (final,) = train_resumable(
-        job, runs, data, recipe, stop_epoch=spec["stop_epoch"], keep_iteration=spec.get("rewind_step"),
-        perf=perf,
-    )  # fmt: skip
-    if spec.get("rewind_step") is not None and final.get("rewind") is None:
-        raise ConfigError(
-            f"retrain.rewind_step: {spec['rewind_step']} is past this dense run's "
-            f"{final['iteration']} iterations"
-        )
-    save_model(args.out, "dense", final, spec["model"], data, spec=spec, environments=lineage)
-    job.finished()
+    jobs.dense(args.spec, args.data, args.init, args.out, _compute(args))
 
 
 def cmd_prune(args) -> None:
@@ -181,89 +148,18 @@ def cmd_prune(args) -> None:
 def cmd_retrain(args) -> None:
     """Retrain pruned models with masks fixed: one ``--run PRUNED OUT SEED`` per retraining, all
     runs of the job packed into one model (runtime.retrain_pack; threeregime.pack)."""
-    from threeregime.checkpoints import environments, load_dataset, model_from, save_model, warn_if_mixed
-    from threeregime.config import recipe_from_spec
-    from threeregime.resume import ResumableJob, fingerprint, train_resumable
-    from threeregime.runtime import job_performance, merge_environments, numeric_environment
-    from threeregime.train import RunSet
+    from threeregime import jobs
 
-    runs = [(pruned, out, int(seed)) for pruned, out, seed in args.run]
-    if len({out for _, out, _ in runs}) < len(runs):
+    if len({out for _, out, _ in args.run}) < len(args.run):
         raise ConfigError(f"two --run flags write the same output ({args.run})")
-    runtime, device = _runtime(args)
-    spec = json.loads(args.spec)
-    perf = job_performance(spec, runtime, device)
-    data = load_dataset(args.data, device, perf.channels_last)
-    sources = {path: load_checkpoint(path, "pruned") for path, _, _ in runs}  # each file read once
-    pruned_of_run = [sources[path] for path, _, _ in runs]
-    outs = [out for _, out, _ in runs]
-    environment = numeric_environment(device, args.threads, perf)
-    lineages = {path: merge_environments([environment], environments(p)) for path, p in sources.items()}
-    for path, lineage in lineages.items():
-        warn_if_mixed(path, lineage)
-    recipe = recipe_from_spec(spec["recipe"])
-    starts = None  # from the pruned weights (LR rewinding, fine-tuning)
-    if spec.get("rewind_step") is not None:  # weight rewinding: from the dense weights at step k
-        from threeregime.tickets import rewind_state
-        from threeregime.train import make_schedule
-
-        steps = make_schedule(recipe, data.num_train).steps_per_epoch
-        starts = [rewind_state(pruned, path, steps) for pruned, (path, _, _) in zip(pruned_of_run, runs)]
-    identity = fingerprint(to_json({"spec": spec, "runs": args.run}), args.data, *sources)
-    job = ResumableJob(outs, identity, environment, runtime.checkpoint_every)
-    run_set = RunSet(
-        models=[model_from(pruned, device, perf, data.image) for pruned in pruned_of_run],
-        streams=[(1, seed) for _, _, seed in runs],
-        masks=[{name: m.to(device) for name, m in pruned["masks"].items()} for pruned in pruned_of_run],
-        states=starts,
-        tags=[
-            f"retrain density={pruned['spec']['density']:g} seed={seed}"
-            for pruned, (_, _, seed) in zip(pruned_of_run, runs)
-        ],
-    )
-    finals = train_resumable(job, run_set, data, recipe, perf=perf)
-    for pruned, (path, out, seed), final in zip(pruned_of_run, runs, finals):
-        final.pop("optimizer")  # not needed downstream; the resume file held it
-        save_model(
-            out, "retrain", final, pruned["model_cfg"], data, masks=pruned["masks"],
-            spec=spec | {"seed": seed}, density_actual=pruned["density_actual"],
-            environments=lineages[path],
-        )  # fmt: skip
-    job.finished()
+    jobs.retrain(args.spec, args.data, args.run, _compute(args))
 
 
 def cmd_metrics(args) -> None:
     """All metrics of one retrain pair of one pruned model: LMC, CKA, and both models' own."""
-    from threeregime.checkpoints import environments, load_dataset, model_from, same_masks, warn_if_mixed
-    from threeregime.metrics import model_metrics, pair_metrics
-    from threeregime.runtime import job_performance, merge_environments, numeric_environment
+    from threeregime import jobs
 
-    runtime, device = _runtime(args)
-    spec = json.loads(args.spec)
-    perf = job_performance(spec, runtime, device)
-    data = load_dataset(args.data, device, perf.channels_last)
-    a, b = load_checkpoint(args.a, "retrain"), load_checkpoint(args.b, "retrain")
-    environment = numeric_environment(device, args.threads, perf)
-    lineage = merge_environments([environment], environments(a), environments(b))
-    warn_if_mixed(f"{args.a} / {args.b}", lineage)
-    if not same_masks(a, b):
-        raise CheckpointError(f"{args.a} and {args.b}: not retrainings of the same pruned model")
-    started = time.perf_counter()
-    model_a, model_b = (model_from(p, device, perf, data.image) for p in (a, b))
-    result = _labels(args.label)
-    result["models"] = [
-        {"retrain_seed": result[f"seed_{side}"]} | model_metrics(payload, model, data, spec, perf)
-        for side, payload, model in (("a", a, model_a), ("b", b, model_b))
-    ]
-    result |= pair_metrics(model_a, model_b, a["model"], b["model"], data, spec, perf)
-    result["seconds"] = time.perf_counter() - started
-    result["environments"] = lineage
-    write_json(args.out, result)
-    log.info("pair: mc %.4f (at t=%.2f), CKA softmax %.4f, logits %.4f in %.1fs",
-             result["mc"], result["mc_t"], result["cka_softmax"], result["cka_logits"],
-             result["seconds"])  # fmt: skip
-    for model in result["models"]:
-        log.info("model %s", model)
+    jobs.pair(args.spec, args.data, args.a, args.b, _labels(args.label), args.out, _compute(args))
 
 
 def cmd_collect(args) -> None:
