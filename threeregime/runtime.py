@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from threeregime.config import RuntimeConfig
+
 log = logging.getLogger("threeregime")
 
 
@@ -135,11 +137,9 @@ def setup(threads: int, device: torch.device) -> None:
         torch.backends.cudnn.benchmark = True
 
 
-def job_runtime(runtime_json: str, threads: int):
+def job_runtime(runtime_json: str, threads: int) -> tuple[RuntimeConfig, torch.device]:
     """A compute job's runtime settings (``--runtime`` JSON) and device, with threads and device
-    flags set for the process. Returns (RuntimeConfig, device)."""
-    from threeregime.config import RuntimeConfig
-
+    flags set for the process."""
     cfg = RuntimeConfig(**json.loads(runtime_json))
     device = resolve_device(cfg.device, cfg.require_gpu)
     setup(threads, device)
@@ -147,7 +147,7 @@ def job_runtime(runtime_json: str, threads: int):
     return cfg, device
 
 
-def job_performance(spec: dict, runtime, device: torch.device) -> Performance:
+def job_performance(spec: dict, runtime: RuntimeConfig, device: torch.device) -> Performance:
     """The job's numeric fast paths (its spec's ``performance``, the runtime's compile); also
     sets the process-wide TF32 and CPU convolution flags to match."""
     perf = spec.get("performance", {})
