@@ -44,10 +44,10 @@ def build_problem(args):
     device = torch.device(args.device)
     data = DeviceData(synthetic_cifar(max(64 * args.train_steps, args.samples), 64, 2, True), device)
     if args.checkpoint:
-        from threeregime.cli import _model_from
+        from threeregime.checkpoints import model_from
         from threeregime.io import load_checkpoint
 
-        model = _model_from(load_checkpoint(args.checkpoint, "retrain"), device)
+        model = model_from(load_checkpoint(args.checkpoint, "retrain"), device)
     else:
         model = trained_preresnet20(device, data, args.train_steps, seed=2)
     x, y = next(data.eval_batches("train", args.samples, args.samples))

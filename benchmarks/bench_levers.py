@@ -22,7 +22,7 @@ the cost does not depend on the weights.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import numpy as np
 from common import REPO, parser, preresnet20, report, setup, synthetic_cifar, table, timed
@@ -65,11 +65,11 @@ def measure(perf, args, payload, spec) -> tuple[list, dict, tuple]:
 
     from threeregime.config import Recipe
     from threeregime.data import DeviceData
-    from threeregime.hessian import hessian_summary
+    from threeregime.hessian import HessianSettings, hessian_summary
     from threeregime.metrics import linear_mode_connectivity, model_outputs, output_similarity
     from threeregime.pack import Packed
     from threeregime.prune import compute_masks
-    from threeregime.train import evaluate, evaluate_runs, train_runs
+    from threeregime.train import RunSet, evaluate, evaluate_runs, train_runs
 
     device = torch.device(args.device)
     data = DeviceData(payload, device, perf.channels_last)
@@ -87,7 +87,7 @@ def measure(perf, args, payload, spec) -> tuple[list, dict, tuple]:
     def train_pass():
         calls[0] += 1
         streams = [(1, calls[0], r) for r in range(args.runs)]
-        return train_runs(packed, steps_data, recipe, streams, [masks] * args.runs, perf=perf)
+        return train_runs(RunSet(packed, streams, [masks] * args.runs), steps_data, recipe, perf=perf)
 
     train_s, _ = best(train_pass, device, args.repeats)
     test = lambda: data.eval_batches("test", spec.eval_batch_size)  # noqa: E731
@@ -104,13 +104,10 @@ def measure(perf, args, payload, spec) -> tuple[list, dict, tuple]:
     samples = min(spec.cka_samples, data.num_train)
     cka = lambda: data.eval_batches("train", spec.eval_batch_size, samples)  # noqa: E731
     x, y = next(data.eval_batches("train", spec.hessian_samples, spec.hessian_samples))
+    hessian = HessianSettings.from_spec(asdict(spec))  # as a metrics job reads its spec
 
     def hessians():
-        return [
-            hessian_summary(m, x, y, masks, spec.hessian_max_iter, spec.hessian_tol, spec.hessian_probes,
-                            spec.hessian_probe_batch, deflation=spec.hessian_trace_deflation)
-            for m in (a, b)
-        ]  # fmt: skip
+        return [hessian_summary(m, x, y, masks, hessian) for m in (a, b)]
 
     state_a = {k: v.clone() for k, v in a.state_dict().items()}
     state_b = {k: v.clone() for k, v in b.state_dict().items()}

@@ -22,12 +22,12 @@ from common import REPO, machine, table
 
 def pair_mc(payloads: list[dict], data, metrics, bn_batch: int | None) -> float:
     """mc of one retrain pair, as the metrics job computes it, with BN recomputed in ``bn_batch``."""
-    from threeregime.cli import _model_from
+    from threeregime.checkpoints import model_from
     from threeregime.metrics import linear_mode_connectivity
 
     states = [{k: v.clone() for k, v in p["model"].items()} for p in payloads]
     out = linear_mode_connectivity(
-        _model_from(payloads[0]), *states, data, metrics.lmc_points, metrics.lmc_bn_samples,
+        model_from(payloads[0]), *states, data, metrics.lmc_points, metrics.lmc_bn_samples,
         metrics.eval_batch_size, bn_batch_size=bn_batch,
     )  # fmt: skip
     return out["mc"]

@@ -31,7 +31,7 @@ def main() -> None:
     setup(args)
     import torch
 
-    from threeregime.cli import _model_from
+    from threeregime.checkpoints import model_from
     from threeregime.data import DeviceData
     from threeregime.hessian import HessianOperator, lanczos, trace
     from threeregime.io import load_checkpoint
@@ -46,7 +46,7 @@ def main() -> None:
     for path in paths:
         payload = load_checkpoint(path, "retrain")
         masks = {name: m.to(device) for name, m in payload["masks"].items()}
-        op = HessianOperator(_model_from(payload, device), x, y, masks)
+        op = HessianOperator(model_from(payload, device), x, y, masks)
         plain, plain_se = trace(op, args.probes, 10, seed=1)
         plain_sd = plain_se * args.probes**0.5
         row = [path.split("retrain/")[-1].rsplit("/", 1)[0], f"{plain:.4g} +- {plain_se:.2g}", plain_sd]

@@ -102,7 +102,7 @@ def project_pass(args, masked: bool, perf, runs: int = 1):
     from threeregime.pack import Packed
     from threeregime.prune import compute_masks
     from threeregime.runtime import set_tf32
-    from threeregime.train import train_runs
+    from threeregime.train import RunSet, train_runs
 
     device = torch.device(args.device)
     data = DeviceData(synthetic_cifar(args.steps * BATCH, BATCH, seed=1), device, perf.channels_last)
@@ -120,7 +120,7 @@ def project_pass(args, masked: bool, perf, runs: int = 1):
         set_tf32(perf.tf32)  # as a workflow job does
         streams = [(1, calls[0], r) for r in range(runs)]
         seconds, _ = timed(
-            lambda: train_runs(packed, data, recipe, streams, [masks] * runs, perf=perf), device
+            lambda: train_runs(RunSet(packed, streams, [masks] * runs), data, recipe, perf=perf), device
         )
         return runs * args.steps * BATCH / seconds
 

@@ -125,7 +125,7 @@ def test_tf32_enters_the_specs_only_when_on_and_sets_the_backend_flags(tiny_conf
     every training and metrics spec, and a job sets both TF32 flags to match."""
     import torch
 
-    from threeregime.cli import _performance
+    from threeregime.runtime import job_performance
 
     off = load_config(tiny_config)
     tiny_config["runtime"]["tf32"] = True
@@ -136,7 +136,7 @@ def test_tf32_enters_the_specs_only_when_on_and_sets_the_backend_flags(tiny_conf
     saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     try:
         for cfg, expected in ((on, True), (off, False)):
-            perf = _performance(cfg.retrain_spec(), cfg.runtime, torch.device("cpu"))
+            perf = job_performance(cfg.retrain_spec(), cfg.runtime, torch.device("cpu"))
             assert perf.tf32 is expected
             assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (expected,) * 2
     finally:

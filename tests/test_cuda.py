@@ -20,11 +20,11 @@ from torch._dynamo.utils import counters  # inductor counts each CUDA-graph fall
 
 from threeregime.config import Recipe
 from threeregime.data import DeviceData
-from threeregime.hessian import hessian_summary
+from threeregime.hessian import HessianSettings, hessian_summary
 from threeregime.metrics import linear_mode_connectivity, model_outputs, output_similarity
 from threeregime.prune import compute_masks
 from threeregime.runtime import Performance, set_tf32
-from threeregime.train import train, train_runs
+from threeregime.train import RunSet, train, train_runs
 
 from .reference import pyhessian_reference
 from .test_fastpaths import _losses, cifar_payload, small_resnet
@@ -126,7 +126,7 @@ def test_cuda_packed_runs_match_the_cpu_reference(payload, reference, perf):
     models = [small_resnet(seed=4).to(CUDA) for _ in all_masks]
     streams = [(1, 3), (1, 4), (1, 5)]
     counters.clear()
-    packed = train_runs(models, data, recipe, streams, all_masks, perf=perf)
+    packed = train_runs(RunSet(models, streams, all_masks), data, recipe, perf=perf)
     assert counters["inductor"]["cudagraph_skips"] == 0, "CUDA graphs skipped: the step ran eager"
     for index, (run_masks, state) in enumerate(zip(all_masks, packed)):
         expected = cpu if index == 0 else _full_batch_run(payload, "cpu", masks=run_masks)[1]
@@ -159,12 +159,12 @@ def trained(reference, payload):
 def test_cuda_hessian_matches_the_cpu(trained, masked):
     model, masks, x, y = trained
     masks = masks if masked else None
-    kwargs = dict(max_iter=100, tol=1e-6, probes=40, probe_batch=10, deflation=10)
-    cpu = hessian_summary(model, x, y, masks, **kwargs)
+    settings = HessianSettings(max_iter=100, tol=1e-6, probes=40, probe_batch=10, deflation=10)
+    cpu = hessian_summary(model, x, y, masks, settings)
     gpu_model = small_resnet().to(CUDA)
     gpu_model.load_state_dict(model.state_dict())
     gpu_masks = {k: m.to(CUDA) for k, m in masks.items()} if masks else None
-    gpu = hessian_summary(gpu_model.eval(), x.to(CUDA), y.to(CUDA), gpu_masks, **kwargs)  # vmapped
+    gpu = hessian_summary(gpu_model.eval(), x.to(CUDA), y.to(CUDA), gpu_masks, settings)  # vmapped
     assert gpu["hessian_top_eigenvalue"] == pytest.approx(cpu["hessian_top_eigenvalue"], rel=1e-3)
     spread = math.hypot(cpu["hessian_trace_stderr"], gpu["hessian_trace_stderr"])
     assert abs(gpu["hessian_trace"] - cpu["hessian_trace"]) < 4 * spread + 1e-4 * abs(cpu["hessian_trace"])
@@ -175,7 +175,7 @@ def test_cuda_hessian_agrees_with_pyhessian_on_the_gpu(trained):
     gpu_model = small_resnet().to(CUDA)
     gpu_model.load_state_dict(model.state_dict())
     x, y = x.to(CUDA), y.to(CUDA)
-    ours = hessian_summary(gpu_model.eval(), x, y, None, 100, 1e-6, probes=40, probe_batch=10, deflation=10)
+    ours = hessian_summary(gpu_model.eval(), x, y, None, HessianSettings(100, 1e-6, 40, 10, deflation=10))
     theirs = pyhessian_reference(gpu_model.eval(), x, y, max_iter=100, tol=1e-6, probes=100)
     assert ours["hessian_top_eigenvalue"] == pytest.approx(theirs["hessian_top_eigenvalue"], rel=1e-2)
     spread = math.hypot(ours["hessian_trace_stderr"], theirs["hessian_trace_stderr"])

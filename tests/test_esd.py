@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from threeregime.hessian import HessianOperator, hessian_summary, lanczos
+from threeregime.hessian import HessianOperator, HessianSettings, hessian_summary, lanczos
 from threeregime.plot import broadened_density
 
 from .conftest import TINY_CONFIG, snakemake, write_config
@@ -39,16 +39,15 @@ def test_quadrature_reproduces_the_moments_of_the_exact_hessian(masked):
 def test_a_closed_krylov_space_gives_the_exact_eigenvalues():
     model, x, y, masks = _tiny_problem(True)
     hessian = _exact_hessian(model, x, y, masks)
-    summary = hessian_summary(
-        model, x, y, masks, 200, 0.0, probes=2, probe_batch=2, deflation=200, density=True
-    )
+    settings = HessianSettings(200, 0.0, probes=2, probe_batch=2, deflation=200, density=True)
+    summary = hessian_summary(model, x, y, masks, settings)
     nodes = np.array(summary["hessian_esd_nodes"])
     weights = np.array(summary["hessian_esd_weights"])
     eigenvalues = torch.linalg.eigvalsh(hessian).numpy()
     for node in nodes[weights > 1e-10]:  # every node with weight is an eigenvalue of P H P
         assert np.min(np.abs(eigenvalues - node)) < 1e-8 * max(1.0, abs(node))
     assert summary["hessian_top_eigenvalue"] == pytest.approx(nodes[np.abs(nodes).argmax()], rel=1e-10)
-    plain = hessian_summary(model, x, y, masks, 200, 0.0, probes=2, probe_batch=2, deflation=200)
+    plain = hessian_summary(model, x, y, masks, HessianSettings(200, 0.0, 2, 2, deflation=200))
     assert "hessian_esd_nodes" not in plain
     assert {
         k: v for k, v in summary.items() if not k.startswith("hessian_esd")

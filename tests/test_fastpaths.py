@@ -19,6 +19,7 @@ from threeregime.config import ModelConfig, Recipe
 from threeregime.data import CIFAR_STATS, DeviceData
 from threeregime.hessian import (
     HessianOperator,
+    HessianSettings,
     hessian_summary,
     lanczos,
     lanczos_top_eigenvalue,
@@ -220,12 +221,12 @@ def test_deflation_cuts_the_trace_variance_of_a_trained_net(mnist1d_payload):
     assert abs(plain - reference) < 4 * math.hypot(plain_se, reference_se)
     batched = trace(HessianOperator(model, x, y, batched=True), 20, 10, seed=1, basis=basis)
     assert batched == pytest.approx((deflated, deflated_se), rel=1e-4)  # the GPU's vmapped probes
-    summary = hessian_summary(model, x, y, None, 100, 1e-3, probes=20, probe_batch=10, deflation=10)
+    summary = hessian_summary(model, x, y, None, HessianSettings(100, 1e-3, 20, 10, deflation=10))
     assert summary["hessian_trace"] == pytest.approx(deflated, rel=1e-6)
     assert summary["hessian_top_eigenvalue"] == pytest.approx(eigenvalue, rel=1e-6)
     assert (summary["hessian_trace_deflation"], summary["hessian_products"]) == (10, 30)
     with pytest.raises(ValueError, match="need eig_method='lanczos'"):
-        hessian_summary(model, x, y, None, 100, 1e-3, 20, 10, eig_method="power", deflation=10)
+        HessianSettings(100, 1e-3, 20, 10, eig_method="power", deflation=10)
 
 
 def test_bn_folding_batching_and_forward_mode_give_the_same_products(trained):
@@ -256,12 +257,14 @@ def test_bn_folding_batching_and_forward_mode_give_the_same_products(trained):
 
 def test_channels_last_hessian_matches(trained):
     model, x, y = trained
-    plain = hessian_summary(model, x, y, None, 50, 1e-6, probes=6, probe_batch=3)
+    plain = hessian_summary(model, x, y, None, HessianSettings(50, 1e-6, 6, 3))
     model_cl = small_resnet()
     model_cl.load_state_dict(model.state_dict())
     model_cl = model_cl.to(memory_format=torch.channels_last).eval()
     set_cpu_convolutions(torch.device("cpu"), channels_last=True)  # as a channels_last job does
-    fast = hessian_summary(model_cl, x.contiguous(memory_format=torch.channels_last), y, None, 50, 1e-6, 6, 3)
+    fast = hessian_summary(
+        model_cl, x.contiguous(memory_format=torch.channels_last), y, None, HessianSettings(50, 1e-6, 6, 3)
+    )
     # channels_last on the CPU runs PyTorch's native convolutions, the plain run oneDNN's:
     # rounding apart by 2.3e-4 on an AMD EPYC (AVX2) machine, 2026-11-29
     assert fast["hessian_top_eigenvalue"] == pytest.approx(plain["hessian_top_eigenvalue"], rel=1e-3)
@@ -275,7 +278,7 @@ import sys, torch
 from tests.test_fastpaths import cifar_payload, small_resnet
 from threeregime.config import Recipe
 from threeregime.data import CIFAR_STATS, DeviceData
-from threeregime.hessian import hessian_summary
+from threeregime.hessian import HessianSettings, hessian_summary
 from threeregime.metrics import linear_mode_connectivity
 from threeregime.prune import compute_masks
 from threeregime.train import train
@@ -284,7 +287,7 @@ model = small_resnet()
 masks = compute_masks(model, 0.5, "uniform")
 train(model, data, Recipe(epochs=1, batch_size=32), (1, 1), masks=masks)
 x, y = next(data.eval_batches("train", 16, 16))
-hessian_summary(model, x, y, masks, 5, 1e-3, 4, 2)
+hessian_summary(model, x, y, masks, HessianSettings(5, 1e-3, 4, 2))
 state = model.state_dict()
 linear_mode_connectivity(model, state, state, data, 3, 0, 32)
 assert "torch._dynamo" not in sys.modules, "the CPU reference path imported torch._dynamo"

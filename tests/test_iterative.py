@@ -147,7 +147,7 @@ def _level(density: str, *rseeds: str, measured: bool = True) -> set:
     return jobs
 
 
-ANALYSIS = {job("collect"), job("classify"), job("plot")}
+ANALYSIS = {job("collect"), job("classify"), job("plot"), job("plot_instability")}
 
 
 @pytest.fixture(scope="module")
@@ -165,8 +165,9 @@ def test_a_chain_runs_level_after_level(chain):
     for name, mask in second["masks"].items():
         assert not (mask & ~first["masks"][name]).any(), name
     assert second["density_actual"] == pytest.approx(0.25, abs=0.01)
-    # both levels restart from the dense run's weights at step 2
-    assert second["rewind"]["iteration"] == first["rewind"]["iteration"] == 2
+    # both levels restart from the dense run's weights at step 2, replayed once
+    assert load_checkpoint(results / "rewind/epochs-1/seed1/model.pt", "rewind")["rewind"]["iteration"] == 2
+    assert (results / "instability.png").read_bytes()[:4] == b"\x89PNG"
     log = (results / "logs/prune/epochs-1/density-0.25/seed1.log").read_text()
     assert "level 2: pruning results/tiny/retrain/epochs-1/density-0.5/seed1/retrain1/model.pt" in log
     metrics = pd.read_csv(results / "metrics.csv")
@@ -188,21 +189,25 @@ def test_adding_a_level_appends_its_jobs_and_reruns_nothing(chain):
     assert plan(folder, {"prune": {"densities": [0.5, 0.25, 0.0625]}}) == expected
 
 
-def test_changing_the_rewind_step_reruns_the_dense_run_and_every_level(chain):
-    """The dense run keeps the state at k while it trains, so a new k retrains it."""
+def test_changing_the_rewind_step_reruns_the_replay_and_the_retrainings_only(chain):
+    """The rewind job replays the dense run's first k steps: a new k keeps the dense model and
+    level 1's mask, and retrains every level (level 2 prunes level 1's new retraining)."""
     folder, _ = chain
-    expected = {job("dense_train", **CELL)} | _level("0.5", "1", "2") | _level("0.25", "1", "2")
-    assert plan(folder, {"retrain": {"rewind_step": 3}}) == expected | ANALYSIS
+    retrainings = {job("retrain", **CELL, density=d, rseed=r) for d in ("0.5", "0.25") for r in "12"}
+    metrics = {job("metrics", **CELL, density=d, a="1", b="2") for d in ("0.5", "0.25")}
+    expected = {job("rewind", **CELL), job("prune", **CELL, density="0.25")} | retrainings | metrics
+    expected |= ANALYSIS
+    assert plan(folder, {"retrain": {"rewind_step": 3}}) == expected
 
 
 def test_imp_overlay_plans_its_chain_on_the_demo(tmp_path):
     """The MNIST-1D IMP overlay: 7 levels pruned per temperature, the 4 measured levels retrained
-    twice and the 3 links once (runtime.retrain_pack none)."""
+    twice and the 3 links once (runtime.retrain_pack none), one rewind replay per temperature."""
     folder = tmp_path / "demo"
     write_config(folder, read_config_file(REPO / "config.yaml"))
     jobs = plan(folder, read_config_file(IMP))
     counts = Counter(rule for rule, _ in jobs)
     assert counts == {
-        "prepare_data": 1, "dense_train": 4, "prune": 28, "retrain": 44, "metrics": 16,
-        "collect": 1, "classify": 1, "plot": 1,
+        "prepare_data": 1, "dense_train": 4, "rewind": 4, "prune": 28, "retrain": 44, "metrics": 16,
+        "collect": 1, "classify": 1, "plot": 1, "plot_instability": 1,
     }  # fmt: skip

@@ -10,7 +10,7 @@ from torch import nn
 
 from threeregime.config import ModelConfig
 from threeregime.data import DeviceData
-from threeregime.hessian import HessianOperator, hessian_summary, top_eigenvalue, trace
+from threeregime.hessian import HessianOperator, HessianSettings, hessian_summary, top_eigenvalue, trace
 from threeregime.metrics import (
     barrier_height,
     linear_cka,
@@ -168,12 +168,13 @@ def test_hessian_agrees_with_pyhessian():
     torch.manual_seed(1)
     model = init_model(ModelConfig(width=0.25), 1, 10, seed=3).double().eval()
     x, y = torch.randn(64, 1, 40, dtype=torch.double), torch.randint(0, 10, (64,))
-    ours = hessian_summary(model, x, y, None, max_iter=200, tol=1e-8, probes=400, probe_batch=50)
+    settings = HessianSettings(max_iter=200, tol=1e-8, probes=400, probe_batch=50)
+    ours = hessian_summary(model, x, y, None, settings)
     reference = pyhessian_reference(model, x, y, max_iter=200, tol=1e-8, probes=400)
     assert ours["hessian_top_eigenvalue"] == pytest.approx(reference["hessian_top_eigenvalue"], rel=1e-3)
     assert abs(ours["hessian_trace"] - reference["hessian_trace"]) < 6 * ours["hessian_trace_stderr"]
     # the deflated estimator (the presets' default) estimates the same trace as PyHessian's
-    deflated = hessian_summary(model, x, y, None, 200, 1e-8, probes=50, probe_batch=50, deflation=10)
+    deflated = hessian_summary(model, x, y, None, HessianSettings(200, 1e-8, 50, 50, deflation=10))
     assert deflated["hessian_top_eigenvalue"] == pytest.approx(reference["hessian_top_eigenvalue"], rel=1e-3)
     spread = math.hypot(deflated["hessian_trace_stderr"], ours["hessian_trace_stderr"])
     assert abs(deflated["hessian_trace"] - reference["hessian_trace"]) < 6 * spread

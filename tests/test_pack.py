@@ -19,7 +19,7 @@ from threeregime.models import init_model
 from threeregime.pack import Packed
 from threeregime.prune import compute_masks
 from threeregime.runtime import Performance
-from threeregime.train import evaluate, evaluate_runs, train, train_runs
+from threeregime.train import RunSet, evaluate, evaluate_runs, train, train_runs
 
 from .test_fastpaths import cifar_payload
 
@@ -76,11 +76,11 @@ def _mnist_runs(mnist1d_payload, optimizer: str):
 def test_packed_training_equals_separate_runs(mnist1d_payload, optimizer):
     data, recipe, models, masks, streams = _mnist_runs(mnist1d_payload, optimizer)
     originals = [{k: v.clone() for k, v in m.state_dict().items()} for m in models]
-    packed_states = train_runs(models, data, recipe, streams, masks, eval_batch_size=128)
+    packed_states = train_runs(RunSet(models, streams, masks), data, recipe, eval_batch_size=128)
     for model, original in zip(models, originals):  # packing trains a copy
         assert all(torch.equal(model.state_dict()[k], v) for k, v in original.items())
     for r, (model, mask, stream) in enumerate(zip(models, masks, streams)):
-        reference = train(model, data, recipe, stream, mask, eval_batch_size=128)
+        reference = train(model, data, recipe, stream, masks=mask, eval_batch_size=128)
         _assert_states_close(packed_states[r], reference, atol=2e-5)
         for name, m in (mask or {}).items():
             assert not packed_states[r]["model"][name][~m].any(), f"run {r}: pruned weights of {name} moved"
@@ -98,9 +98,10 @@ def test_packed_image_runs_with_augmentation_and_channels_last():
         models = [m.to(memory_format=fmt) for m in _models("preresnet20", (4, 4), 3)]
         masks = [compute_masks(models[0], 0.3, "lamp")] * 2
         perf = Performance(channels_last=channels_last)
-        packed = train_runs(models, data, recipe, streams, masks, perf=perf)
+        packed = train_runs(RunSet(models, streams, masks), data, recipe, perf=perf)
         references = [
-            train(copy.deepcopy(m), data, recipe, s, k, perf=perf) for m, s, k in zip(models, streams, masks)
+            train(copy.deepcopy(m), data, recipe, s, masks=k, perf=perf)
+            for m, s, k in zip(models, streams, masks)
         ]
         # One step, compared with atol 1e-3: the plain fp32 conv1 weight gradient of run 1's
         # batch is itself 2.2e-4 away from float64 (oneDNN; the packed one is 1e-8 away), while
@@ -113,14 +114,14 @@ def test_packed_image_runs_with_augmentation_and_channels_last():
 
 def test_packed_resume_is_bit_identical(mnist1d_payload):
     data, recipe, models, masks, streams = _mnist_runs(mnist1d_payload, "sgd")
-    whole = train_runs(models, data, recipe, streams, masks)
-    halves = train_runs(models, data, recipe, streams, masks, stop_epoch=1)
-    resumed = train_runs(models, data, recipe, streams, masks, states=halves)
+    whole = train_runs(RunSet(models, streams, masks), data, recipe)
+    halves = train_runs(RunSet(models, streams, masks), data, recipe, stop_epoch=1)
+    resumed = train_runs(RunSet(models, streams, masks, states=halves), data, recipe)
     for a, b in zip(whole, resumed):
         _assert_states_close(b, a, atol=0)
     for mixed in ([halves[0], None, halves[2]], [None, halves[1], halves[2]]):
         with pytest.raises(ValueError, match="same epoch and iteration"):
-            train_runs(models, data, recipe, streams, masks, states=mixed)
+            train_runs(RunSet(models, streams, masks, states=mixed), data, recipe)
 
 
 def test_evaluate_runs_matches_evaluate(mnist1d_payload):
@@ -148,10 +149,10 @@ def test_packed_bf16_autocast_keeps_the_dtypes_of_separate_models():
 def test_a_given_packed_model_is_trained_in_place(mnist1d_payload):
     data, recipe, models, masks, streams = _mnist_runs(mnist1d_payload, "sgd")
     packed = Packed(models)
-    states = train_runs(packed, data, recipe, streams, masks)
+    states = train_runs(RunSet(packed, streams, masks), data, recipe)
     for state, current in zip(states, packed.states()):
         assert all(torch.equal(state["model"][k], v) for k, v in current.items())
-    _assert_states_close(states[1], train_runs(models, data, recipe, streams, masks)[1], atol=0)
+    _assert_states_close(states[1], train_runs(RunSet(models, streams, masks), data, recipe)[1], atol=0)
 
 
 def test_unpackable_models_are_refused():
@@ -169,7 +170,7 @@ def test_unpackable_models_are_refused():
     with pytest.raises(ValueError, match="model 1 is not the architecture of model 0"):
         Packed(_models("cnn1d", (1,), 1) + _models("cnn1d", (1,), 1, width=0.5))
     with pytest.raises(ValueError, match="2 models need as many streams"):
-        train_runs(_models("cnn1d", (1, 2), 1), None, Recipe(), [(1, 1)])
+        train_runs(RunSet(_models("cnn1d", (1, 2), 1), [(1, 1)]), None, Recipe())
 
 
 def test_retrain_command_refuses_two_runs_with_one_output(capsys):

@@ -331,7 +331,7 @@ def test_lottery_preset_has_frankle_et_al_2020s_settings(fake_root):
 
     assert (cfg.retrain.mode, cfg.retrain.rewind_step) == ("rewind_weights", 2000)
     assert cfg.retrain_recipe() == train  # weight rewinding continues the dense schedule from k
-    assert cfg.retrain_spec()["rewind_step"] == 2000 and cfg.dense_spec("160", 1)["rewind_step"] == 2000
+    assert cfg.retrain_spec()["rewind_step"] == 2000 and cfg.rewind_spec("160", 1)["rewind_step"] == 2000
     assert cfg.seeds.dense == (1, 2, 3) and cfg.seeds.retrain == (1, 2)
     assert cfg.retrain_pairs == [(1, 2)] and cfg.chain_seed == 1
     r = cfg.runtime
@@ -354,7 +354,8 @@ def test_embedded_config_yaml_does_not_leak_into_the_lottery_preset(fake_root):
 def _lottery_jobs() -> dict[str, int]:
     """The lottery preset's jobs counted from its YAML: level l keeps 0.8**l, so a requested
     density d is level round(log d / log 0.8); every level down to the deepest is pruned; a
-    measured level is retrained once per retrain seed, a link of the chain once."""
+    measured level is retrained once per retrain seed, a link of the chain once; each chain's
+    dense run has one rewind replay."""
     raw = yaml.safe_load(LOTTERY.read_text())
     rate, densities = raw["prune"]["rate"], raw["prune"]["densities"]
     measured = {round(math.log(d) / math.log(1 - rate)) for d in densities}
@@ -366,6 +367,7 @@ def _lottery_jobs() -> dict[str, int]:
     return {
         "prepare_data": 1,
         "dense_train": chains,
+        "rewind": chains,
         "prune": chains * levels,
         "retrain": chains * (len(measured) * retrain_seeds + (levels - len(measured))),
         "metrics": chains * len(measured) * pairs,
@@ -375,7 +377,9 @@ def _lottery_jobs() -> dict[str, int]:
 def test_lottery_preset_dry_run_plans_its_chains(tmp_path, capsys):
     """`snakemake -n --configfile presets/lottery.yaml` from a folder holding data/ and config.yaml."""
     expected = _lottery_jobs()
-    assert expected == {"prepare_data": 1, "dense_train": 3, "prune": 60, "retrain": 90, "metrics": 30}
+    assert expected == {
+        "prepare_data": 1, "dense_train": 3, "rewind": 3, "prune": 60, "retrain": 90, "metrics": 30,
+    }  # fmt: skip
     write_fake_cifar(tmp_path / "data")
     shutil.copy(REPO / "config.yaml", tmp_path / "config.yaml")
     started = time.perf_counter()
@@ -383,47 +387,8 @@ def test_lottery_preset_dry_run_plans_its_chains(tmp_path, capsys):
     seconds = time.perf_counter() - started
     stats = _job_stats(result.stdout)
     assert {k: stats[k] for k in expected} == expected
-    assert stats["total"] == sum(expected.values()) + 4  # collect, classify, plot, all
+    assert stats["total"] == sum(expected.values()) + 5  # collect, classify, plot, plot_instability, all
     assert not (tmp_path / "results").exists(), "a dry run computes nothing"
     with capsys.disabled():
         print(f"\nlottery: snakemake -n plans {stats['total']} jobs {expected} in {seconds:.1f} s")
     assert seconds < 4 * DRY_RUN_LIMIT_S
-
-
-@pytest.mark.slow
-def test_the_lottery_preset_runs_end_to_end_on_fake_cifar(tmp_path):
-    """The lottery preset, shrunk by an overlay (ResNet-20 at width 0.25, 2 epochs), through the
-    real workflow: level 1 pruned and retrained once as a link, level 2 measured."""
-    from threeregime.io import load_checkpoint
-
-    write_fake_cifar(tmp_path / "data", train=48, test=16)
-    shutil.copy(REPO / "config.yaml", tmp_path / "config.yaml")
-    tiny = {
-        "run_name": "tiny-lottery",
-        "model": {"width": 0.25},
-        "train": {"epochs": 2, "batch_size": 16},
-        "knob": {"values": [2]},
-        "prune": {"densities": [0.64]},
-        "retrain": {"rewind_step": 2},
-        "seeds": {"dense": [1], "retrain": [1, 2]},
-        "metrics": {"lmc_points": 3, "cka_samples": 16, "hessian_samples": 16, "hessian_max_iter": 3},
-        "runtime": {"device": "cpu", "require_gpu": False, "threads": 1},
-    }
-    tiny["metrics"] |= {"hessian_probes": 2, "hessian_trace_deflation": 2}
-    snakemake(tmp_path, "--configfile", str(LOTTERY), str(write_config(tmp_path, tiny, "tiny.yaml")))
-    import pandas as pd
-
-    results = tmp_path / "results" / "tiny-lottery"
-    metrics = pd.read_csv(results / "metrics.csv")
-    assert list(metrics["density"]) == [0.64] and metrics["density_actual"][0] == pytest.approx(
-        0.64, abs=1e-4
-    )
-    cell = "epochs-2/density-{}/seed1"
-    first = load_checkpoint(results / "pruned" / cell.format("0.8") / "model.pt", "pruned")
-    second = load_checkpoint(results / "pruned" / cell.format("0.64") / "model.pt", "pruned")
-    assert set(second["masks"]) == set(first["masks"]) and "conv.weight" in second["masks"]
-    for name, mask in second["masks"].items():
-        assert not (mask & ~first["masks"][name]).any(), name  # nested
-    assert first["rewind"]["iteration"] == second["rewind"]["iteration"] == 2
-    retrained = sorted(p.parent.name for p in (results / "retrain").rglob("model.pt"))
-    assert retrained == ["retrain1", "retrain1", "retrain2"], "the link (level 1) is retrained once"

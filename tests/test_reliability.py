@@ -321,7 +321,7 @@ def test_collect_names_a_metrics_file_of_the_wrong_shape(cell_metrics, tmp_path,
 
 def test_resume_under_another_numeric_environment_starts_over(dataset, tmp_path):
     """A run killed under 2 threads and resumed under 1 would mix both in one model."""
-    from threeregime.cli import _fingerprint
+    from threeregime.resume import fingerprint
 
     out = tmp_path / "model.pt"
     spec = _dense_spec(2)
@@ -329,7 +329,7 @@ def test_resume_under_another_numeric_environment_starts_over(dataset, tmp_path)
     theirs = {"device": "cpu", "threads": 2, "torch": torch.__version__, "amp": "none"}
     theirs |= {"tf32": False, "channels_last": False, "compile": False}
     planted = {
-        "fingerprint": _fingerprint(spec, str(dataset)),
+        "fingerprint": fingerprint(spec, str(dataset)),
         "states": [{"epoch": 1}],
         "environment": theirs,
     }

@@ -156,9 +156,9 @@ def test_alpha_pruning_and_the_alpha_metric_through_the_commands(tmp_path, tiny_
     payload = load_checkpoint(pruned, "pruned")
     sizes = {k: m.numel() for k, m in payload["masks"].items()}
     assert payload["density_actual"] == pytest.approx(0.3, abs=len(sizes) / (2 * sum(sizes.values())))
-    from threeregime.cli import _model_from
+    from threeregime.checkpoints import model_from
 
-    dense_layers = prunable_layers(_model_from(load_checkpoint(dense, "dense")))
+    dense_layers = prunable_layers(model_from(load_checkpoint(dense, "dense")))
     expected = alpha_densities(sizes, layer_alphas(dense_layers), 0.3, 0.25)
     assert {k: int(m.sum()) for k, m in payload["masks"].items()} == {
         k: round(expected[k] * sizes[k]) for k in sizes
@@ -185,7 +185,7 @@ def test_alpha_pruning_and_the_alpha_metric_through_the_commands(tmp_path, tiny_
     assert main([*args, "--b", retrained[1], *flags, "--out", str(metrics), *compute]) == 0
     result = json.loads(metrics.read_text())
     for side, path in zip(result["models"], retrained):
-        model = _model_from(load_checkpoint(path, "retrain"))
+        model = model_from(load_checkpoint(path, "retrain"))
         by_layer = list(layer_alphas(prunable_layers(model)).values())
         assert side["weight_alpha_layers"] == pytest.approx(by_layer, rel=1e-9)
         assert side["weight_alpha"] == pytest.approx(np.mean(by_layer), rel=1e-9)

@@ -16,7 +16,7 @@ from threeregime.data import DeviceData
 from threeregime.io import load_checkpoint, save_checkpoint
 from threeregime.models import init_model
 from threeregime.tickets import control_seed, fresh_weights, rewind_state
-from threeregime.train import make_schedule, train_runs
+from threeregime.train import RunSet, make_schedule, train_runs
 
 from .conftest import TINY_CONFIG
 
@@ -129,10 +129,10 @@ def test_rewound_run_continues_the_schedule_from_k_exactly(dataset, tmp_path):
     data = DeviceData(load_checkpoint(dataset, "dataset"), "cpu")
     recipe = recipe_from_spec(cfg.dense_spec("3", 1)["recipe"])
     schedule = make_schedule(recipe, data.num_train)
-    start = rewind_state(replayed, "rewind.pt", schedule.steps_per_epoch)
+    start = rewind_state(replayed, "rewind.pt", 10, schedule.steps_per_epoch, {})
     assert (start["iteration"], start["epoch"]) == (10, 1) and schedule.lr_at(10) == pytest.approx(0.005)
     model = init_model(ModelConfig(width=0.25), 1, 10, seed=99)  # overwritten by the state
-    (final,) = train_runs([model], data, recipe, [(0, 1)], states=[start])
+    (final,) = train_runs(RunSet([model], [(0, 1)], states=[start]), data, recipe)
     assert final["iteration"] == schedule.total_iterations == 21
     for key, value in dense["model"].items():
         assert torch.equal(final["model"][key], value), key
@@ -184,3 +184,46 @@ def test_controls_keep_the_tickets_per_layer_densities(dataset, tmp_path):
         assert not torch.equal(fresh[name], ticket["model"][name])
         assert torch.equal(reinit["model"][name], fresh[name] * mask)
     assert reinit["density_actual"] == shuffled["density_actual"] == ticket["density_actual"]
+
+
+def test_rewind_step_knob_shares_one_dense_run_between_its_steps(tmp_path):
+    from .test_incremental import jobs_in, run
+
+    config = _config()
+    config["knob"] = {"name": "rewind_step", "values": [0, 3, 7]}
+    cfg = load_config(config)
+    assert cfg.temperatures == ["7", "3", "0"]  # coldest first: a later rewind is colder
+    assert cfg.shared_dense and cfg.dense_spec(None, 1)["stop_epoch"] is None
+    more = load_config(config | {"knob": {"name": "rewind_step", "values": [0, 3, 7, 5]}})
+    assert to_json(more.dense_spec(None, 1)) == to_json(cfg.dense_spec(None, 1))  # a new k: same run
+    assert [cfg.retrain_spec(t)["rewind_step"] for t in cfg.temperatures] == [7, 3, 0]
+    assert cfg.rewind_spec("3", 1)["rewind_step"] == 3
+    assert cfg.analysis_spec()["regimes"]["reference_temperature"] == 0.0  # retrain.rewind_step's
+    folder = tmp_path / "knob"
+    from .conftest import write_config
+
+    write_config(folder, config)
+    jobs = jobs_in(run(folder, "-n"))
+    dense = [wildcards for rule, wildcards in jobs if rule == "dense_train"]
+    assert dense == [frozenset({("seed", "1")})]  # one dense run for the three rewind steps
+    assert {dict(w)["temperature"] for rule, w in jobs if rule == "rewind"} == {"0", "3", "7"}
+    counts = {rule: sum(1 for r, _ in jobs if r == rule) for rule, _ in jobs}
+    assert counts == {
+        "prepare_data": 1, "dense_train": 1, "rewind": 3, "prune": 6, "retrain": 12, "metrics": 6,
+        "collect": 1, "classify": 1, "plot": 1, "plot_instability": 1,
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("knob", "retrain", "expected"),
+    [
+        ({"values": [0, 3]}, {"mode": "rewind_lr"}, "knob.name: rewind_step sets the rewind step"),
+        ({"values": [0, 22]}, {"mode": "rewind_weights"}, "knob.values: 22 is past the dense run"),
+        ({"values": [0, 1.5]}, {"mode": "rewind_weights"}, "knob.values[1]: 1.5 must be a whole number"),
+    ],
+)
+def test_bad_rewind_step_knob_is_one_line(knob, retrain, expected):
+    config = copy.deepcopy(TINY_CONFIG) | {"retrain": retrain, "knob": {"name": "rewind_step", **knob}}
+    with pytest.raises(ConfigError) as info:
+        load_config(config, source="k.yaml")
+    assert expected in str(info.value) and "\n" not in str(info.value), str(info.value)

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from threeregime.confidence import P_COLUMNS, bootstrap
-from threeregime.config import RegimeConfig, fmt_value
+from threeregime.config import RegimeConfig, fmt_value, regime_config_from_spec
 from threeregime.regimes import CELL, REGIMES, aggregate_cells, choose_thresholds, classify
 
 Cell = tuple[str, str]  # (temperature, density) as canonical grid strings
@@ -185,6 +185,26 @@ def plan_round(
         "thresholds": thresholds,
         "labels": {f"{t}/{d}": labels[(t, d)] for t, d in sorted(labels, key=grid.index)},
     }
+
+
+def plan_from_files(round_number: int, spec: dict, previous: str, metrics: list[str]) -> dict:
+    """:func:`plan_round` of an adaptive-plan job: its ``spec`` (grid, regimes, adaptive
+    settings), the previous round's plan file ("": none, start from the coarse grid) and the
+    metrics files of the cells planned so far (the previous plan, an input too, is skipped)."""
+    from threeregime.io import read_json
+
+    grid = Grid(tuple(spec["temperatures"]), tuple(spec["densities"]), spec["reference"])
+    cfg = regime_config_from_spec(spec["regimes"])
+    adaptive = spec["adaptive"]
+    if previous:
+        planned = [tuple(c) for c in read_json(previous)["cells"]]
+    else:
+        planned = coarse_cells(grid, adaptive["step"])
+    paths = [path for path in metrics if path != previous]
+    observations = pd.DataFrame([pair_observation(read_json(path), cfg.cka_metric) for path in paths])
+    return plan_round(
+        round_number, planned, observations, grid, cfg, adaptive["budget"], adaptive["min_confidence"]
+    )
 
 
 def with_inferred(regimes: pd.DataFrame, grid: Grid) -> pd.DataFrame:

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from threeregime.config import RegimeConfig
-from threeregime.regimes import CELL, REGIMES, choose_thresholds, classify, temperature_order
+from threeregime.regimes import CELL, REGIMES, analyse, choose_thresholds, classify, temperature_order
 
 BOOTSTRAP_SEED = 20230  # fixed: the probabilities are part of the results
 P_COLUMNS = {"I": "p_I", "II-A": "p_IIA", "II-B": "p_IIB"}
@@ -204,6 +204,22 @@ def add_confidence(
         measured = np.isfinite(selection["rule_p_label"].to_numpy())
         selection["rule_pick_p"] = np.where(measured, same, np.nan)
     result["summary"]["confidence"] = confidence_summary(regimes, resamples)
+    return result
+
+
+def classify_run(
+    cells: pd.DataFrame, observations: pd.DataFrame | None, cfg: RegimeConfig, grid=None
+) -> dict:
+    """The classify stage: :func:`threeregime.regimes.analyse` of the cells table, each label's
+    bootstrap confidence from the per-pair ``observations`` (None: off), and on an adaptive
+    ``grid`` (threeregime.adaptive.Grid) an inferred label for every cell not measured."""
+    result = add_confidence(analyse(cells, cfg), observations, cfg, cfg.bootstrap)
+    if grid is not None:
+        from threeregime.adaptive import with_inferred
+
+        result["regimes"] = with_inferred(result["regimes"], grid)
+        sources = result["regimes"]["label_source"].value_counts()
+        result["summary"]["label_source"] = {k: int(v) for k, v in sources.items()}
     return result
 
 

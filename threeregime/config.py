@@ -472,6 +472,11 @@ def recipe_from_spec(spec: dict) -> Recipe:
     return Recipe(**{**spec, "lr_milestones": tuple(spec["lr_milestones"])})
 
 
+def regime_config_from_spec(spec: dict) -> RegimeConfig:
+    """A spec's ``regimes`` settings (JSON lists back to tuples) as a RegimeConfig."""
+    return RegimeConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()})
+
+
 def grid_cells(axes: dict) -> list[dict]:
     """Every (temperature, density, seed, a, b) of ``metrics_axes``: one metrics file each."""
     return [

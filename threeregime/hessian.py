@@ -323,47 +323,72 @@ def trace(
     return exact_part + float(values.mean()), stderr
 
 
+@dataclass(frozen=True)
+class HessianSettings:
+    """How :func:`hessian_summary` estimates the Hessian metrics.
+
+    ``max_iter``/``tol``: the top-eigenvalue iteration (``eig_method``: "lanczos" or "power");
+    ``probes`` Hutchinson probes, ``probe_batch`` per backward pass, the trace deflated by at
+    least ``deflation`` Lanczos vectors (0: plain, as PyHessian); ``density``: also the
+    eigenvalue density's quadrature; ``seed``: the random start and probes; ``mode``: how
+    Hessian-vector products are taken (:class:`HessianOperator`).
+    """
+
+    max_iter: int
+    tol: float
+    probes: int
+    probe_batch: int
+    deflation: int = 0
+    density: bool = False
+    seed: int = 0
+    eig_method: str = "lanczos"
+    mode: str = "reverse"
+
+    def __post_init__(self):
+        if self.eig_method not in ("lanczos", "power"):
+            raise ValueError(f"unknown eigenvalue method {self.eig_method!r}")
+        if (self.deflation or self.density) and self.eig_method != "lanczos":
+            raise ValueError("a deflated trace and the density need eig_method='lanczos' (its basis)")
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> HessianSettings:
+        """The settings of a metrics job's spec (config ``metrics.hessian_*``)."""
+        return cls(
+            max_iter=spec["hessian_max_iter"],
+            tol=spec["hessian_tol"],
+            probes=spec["hessian_probes"],
+            probe_batch=spec["hessian_probe_batch"],
+            deflation=spec["hessian_trace_deflation"],
+            density=spec.get("hessian_esd", False),
+        )
+
+
 def hessian_summary(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    masks: dict | None,
-    max_iter: int,
-    tol: float,
-    probes: int,
-    probe_batch: int,
-    seed: int = 0,
-    eig_method: str = "lanczos",
-    mode: str = "reverse",
-    deflation: int = 0,
-    density: bool = False,
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, masks: dict | None, settings: HessianSettings
 ) -> dict:
-    """Top eigenvalue (``eig_method``: "lanczos" or "power") and Hutchinson trace of P H P,
-    the trace deflated by at least ``deflation`` Lanczos vectors (0: plain, as PyHessian); with
-    ``density``, also the eigenvalue density's quadrature nodes and weights from the same
-    Lanczos run (:meth:`KrylovBasis.spectral_density`, no extra Hessian products)."""
-    if eig_method not in ("lanczos", "power"):
-        raise ValueError(f"unknown eigenvalue method {eig_method!r}")
-    if (deflation or density) and eig_method != "lanczos":
-        raise ValueError("a deflated trace and the density need eig_method='lanczos' (its basis)")
-    op = HessianOperator(model, x, y, masks, mode=mode)
+    """Top eigenvalue and Hutchinson trace of P H P (see :class:`HessianSettings`); with
+    ``settings.density``, also the eigenvalue density's quadrature nodes and weights from the
+    same Lanczos run (:meth:`KrylovBasis.spectral_density`, no extra Hessian products)."""
+    op = HessianOperator(model, x, y, masks, mode=settings.mode)
     basis, quadrature = None, {}
-    if eig_method == "power":
-        eigenvalue, iterations = top_eigenvalue(op, max_iter, tol, seed)
+    if settings.eig_method == "power":
+        eigenvalue, iterations = top_eigenvalue(op, settings.max_iter, settings.tol, settings.seed)
     else:
-        eigenvalue, iterations, krylov = lanczos(op, max_iter, tol, seed, min_products=deflation)
-        basis = krylov if deflation else None
-        if density:
+        eigenvalue, iterations, krylov = lanczos(
+            op, settings.max_iter, settings.tol, settings.seed, min_products=settings.deflation
+        )
+        basis = krylov if settings.deflation else None
+        if settings.density:
             nodes, weights = krylov.spectral_density()
             quadrature = {"hessian_esd_nodes": nodes, "hessian_esd_weights": weights}
-    trace_value, trace_stderr = trace(op, probes, probe_batch, seed + 1, basis)
+    trace_value, trace_stderr = trace(op, settings.probes, settings.probe_batch, settings.seed + 1, basis)
     return {
         "hessian_top_eigenvalue": eigenvalue,
         "hessian_eig_iterations": iterations,
         "hessian_trace": trace_value,
         "hessian_trace_stderr": trace_stderr,
-        "hessian_trace_probes": probes,
+        "hessian_trace_probes": settings.probes,
         "hessian_trace_deflation": 0 if basis is None else len(basis.vectors),
-        "hessian_products": iterations + probes,
+        "hessian_products": iterations + settings.probes,
         "hessian_samples": len(y),
     } | quadrature

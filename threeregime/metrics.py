@@ -1,4 +1,4 @@
-"""Loss-landscape metrics of retrained sparse models: test/train error, LMC, CKA.
+"""Loss-landscape metrics of retrained sparse models: test/train error, Hessian, LMC, CKA.
 
 Definitions follow the paper (docs/method.md): LMC interpolates two retrainings of the same pruned
 model at evenly spaced points, recomputes BatchNorm statistics at each point on the (unaugmented)
@@ -9,13 +9,19 @@ models' outputs on the first training samples.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 from torch import nn
 
 from threeregime.data import DeviceData
+from threeregime.hessian import HessianSettings, hessian_summary
+from threeregime.metric_registry import compute_function, computed_metrics
 from threeregime.runtime import Performance
 from threeregime.train import evaluate
+
+log = logging.getLogger("threeregime")
 
 
 def summarize_test_error(history: list[dict], last: int) -> dict:
@@ -149,3 +155,47 @@ def output_similarity(logits_a: torch.Tensor, logits_b: torch.Tensor) -> dict:
         "cka_softmax": linear_cka(logits_a.softmax(1), logits_b.softmax(1)),
         "cka_samples": len(logits_a),
     }
+
+
+def model_metrics(payload: dict, model: nn.Module, data: DeviceData, spec: dict, perf: Performance) -> dict:
+    """Per-model numbers of a retrained checkpoint (``payload``, rebuilt as ``model``): test
+    error (mean of the last epochs), train loss/error, Hessian, and the registered model
+    metrics with their own function that the metrics ``spec`` turns on."""
+    masks = {name: m.to(data.device) for name, m in payload["masks"].items()}
+    result = summarize_test_error(payload["state"]["history"], spec["test_error_last"])
+    train_loss, train_error = evaluate(model, data.eval_batches("train", spec["eval_batch_size"]), perf)
+    result |= {
+        "train_loss": train_loss,
+        "train_error": train_error,
+        "density_actual": payload["density_actual"],
+    }
+    x, y = next(data.eval_batches("train", spec["hessian_samples"], spec["hessian_samples"]))
+    result |= hessian_summary(model, x, y, masks, HessianSettings.from_spec(spec))
+    for metric in computed_metrics(spec):
+        result |= compute_function(metric)(model, data, spec)
+    return result
+
+
+def pair_metrics(
+    model_a: nn.Module, model_b: nn.Module, state_a: dict, state_b: dict, data: DeviceData, spec: dict,
+    perf: Performance,
+) -> dict:  # fmt: skip
+    """What two retrainings of one pruned model share: CKA of their outputs on the first
+    ``cka_samples`` training samples, and their linear mode connectivity (``model_a`` is
+    overwritten along the path)."""
+    samples = min(spec["cka_samples"], data.num_train)
+    if samples < spec["cka_samples"]:
+        log.warning(
+            "CKA on all %d training samples (fewer than cka_samples=%d)", samples, spec["cka_samples"]
+        )
+    batches = lambda: data.eval_batches("train", spec["eval_batch_size"], samples)  # noqa: E731
+    result = output_similarity(
+        model_outputs(model_a, batches(), perf), model_outputs(model_b, batches(), perf)
+    )
+    state_a = {k: v.to(data.device) for k, v in state_a.items()}
+    state_b = {k: v.to(data.device) for k, v in state_b.items()}
+    result |= linear_mode_connectivity(
+        model_a, state_a, state_b, data, spec["lmc_points"], spec["lmc_bn_samples"],
+        spec["eval_batch_size"], perf, bn_batch_size=spec.get("lmc_bn_batch_size"),
+    )  # fmt: skip
+    return result

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -11,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from threeregime.config import RuntimeConfig
 
 log = logging.getLogger("threeregime")
 
@@ -132,6 +135,32 @@ def setup(threads: int, device: torch.device) -> None:
     torch.set_num_threads(threads)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+
+
+def job_runtime(runtime_json: str, threads: int) -> tuple[RuntimeConfig, torch.device]:
+    """A compute job's runtime settings (``--runtime`` JSON) and device, with threads and device
+    flags set for the process."""
+    cfg = RuntimeConfig(**json.loads(runtime_json))
+    device = resolve_device(cfg.device, cfg.require_gpu)
+    setup(threads, device)
+    log.info("runtime: device %s, %d threads, %s", device, threads, cfg)
+    return cfg, device
+
+
+def job_performance(spec: dict, runtime: RuntimeConfig, device: torch.device) -> Performance:
+    """The job's numeric fast paths (its spec's ``performance``, the runtime's compile); also
+    sets the process-wide TF32 and CPU convolution flags to match."""
+    perf = spec.get("performance", {})
+    tf32 = perf.get("tf32", False)
+    set_tf32(tf32)
+    set_cpu_convolutions(device, perf.get("channels_last", False))
+    return Performance(perf.get("amp", "none"), perf.get("channels_last", False), runtime.compile, tf32)
+
+
+def place(model: torch.nn.Module, device, perf: Performance, image: bool) -> torch.nn.Module:
+    """Move a model to the device, in channels_last memory order for image models if asked."""
+    model = model.to(device)
+    return model.to(memory_format=torch.channels_last) if perf.channels_last and image else model
 
 
 def numeric_environment(device: torch.device, threads: int, perf: Performance) -> dict:

@@ -46,19 +46,16 @@ def fresh_weights(model_cfg: dict, in_channels: int, num_classes: int, seed: int
     return {key: value.clone() for key, value in model.state_dict().items()}
 
 
-def rewind_state(pruned: dict, source: str, steps_per_epoch: int) -> dict:
+def rewind_state(kept: dict, source: str, step: int, steps_per_epoch: int, pruned: dict) -> dict:
     """The training state a weight-rewound retraining starts from: the dense run's weights at
-    iteration k (masked when training starts), the learning-rate schedule at k, and fresh
-    momentum (open_lth's rewinding keeps no optimiser state either)."""
-    kept = pruned.get("rewind")
-    if kept is None:
-        raise TicketError(
-            f"{source}: holds no rewind state; its dense model was trained without "
-            "retrain.mode: rewind_weights (rerun with that mode to rebuild it)"
-        )
-    iteration = kept["iteration"]
+    iteration k from ``kept`` (a rewind checkpoint; the ``pruned`` model's own weights instead
+    under the reinit control), masked when training starts, the learning-rate schedule at k, and
+    fresh momentum (open_lth's rewinding keeps no optimiser state either)."""
+    iteration = kept["rewind"]["iteration"]
+    if iteration != step:
+        raise TicketError(f"{source}: holds the dense state at iteration {iteration}, not {step}")
     return {
-        "model": kept["model"],
+        "model": pruned["model"] if pruned.get("reinit") else kept["rewind"]["model"],
         "optimizer": {"momentum_buffers": None},
         "epoch": iteration // steps_per_epoch,
         "iteration": iteration,

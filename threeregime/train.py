@@ -153,11 +153,28 @@ def _sam_perturb(packed: Packed, params: list[torch.Tensor], rho: float) -> list
     return saved
 
 
+@dataclass(frozen=True)
+class RunSet:
+    """The runs that one :func:`train_runs` call trains together, one list entry per run.
+
+    Run r starts from ``models[r]`` (or ``states[r]``), draws its data from ``streams[r]``, keeps
+    ``masks[r]`` fixed and logs as ``tags[r]``. ``models`` may be a ``Packed`` model instead of
+    a list (trained in place). None for masks, states or tags: none for any run.
+    """
+
+    models: list[nn.Module] | Packed
+    streams: list[tuple[int, ...]]
+    masks: list[dict[str, torch.Tensor] | None] | None = None
+    states: list[dict | None] | None = None
+    tags: list[str] | None = None
+
+
 def train(
     model: nn.Module,
     data: DeviceData,
     recipe: Recipe,
     stream: tuple[int, ...],
+    *,
     masks: dict[str, torch.Tensor] | None = None,
     state: dict | None = None,
     stop_epoch: int | None = None,
@@ -172,30 +189,27 @@ def train(
     re-zeroed after every step. Returns the final state dict (see module docstring).
     """
     callback = None if on_epoch_end is None else lambda states: on_epoch_end(states[0])
+    runs = RunSet([model], [stream], [masks], [state], [tag])
     return train_runs(
-        [model], data, recipe, [stream], [masks], [state], stop_epoch, perf, eval_batch_size,
-        callback, [tag],
+        runs, data, recipe, stop_epoch=stop_epoch, perf=perf, eval_batch_size=eval_batch_size,
+        on_epoch_end=callback,
     )[0]  # fmt: skip
 
 
 def train_runs(
-    models: list[nn.Module] | Packed,
+    run_set: RunSet,
     data: DeviceData,
     recipe: Recipe,
-    streams: list[tuple[int, ...]],
-    masks: list[dict[str, torch.Tensor] | None] | None = None,
-    states: list[dict | None] | None = None,
+    *,
     stop_epoch: int | None = None,
     perf: Performance = Performance(),
     eval_batch_size: int = 1000,
     on_epoch_end: Callable[[list[dict]], None] | None = None,
-    tags: list[str] | None = None,
     keep_iteration: int | None = None,
 ) -> list[dict]:
     """:func:`train` for several runs of one recipe at once, packed into one model (threeregime.pack).
 
-    Run r starts from ``models[r]`` (or ``states[r]``), draws its data from ``streams[r]`` and keeps
-    ``masks[r]``; it ends where a separate ``train`` call would. One run trains ``models[0]`` in
+    Each run ends where a separate ``train`` call would. One run trains ``run_set.models[0]`` in
     place; several train a packed copy, and only the returned states hold their results. A
     ``Packed`` given instead of the list is trained in place (a benchmark's repeated passes
     then reuse one module, and so one compiled graph).
@@ -204,9 +218,10 @@ def train_runs(
     (weight rewinding, lottery tickets); a run started from a state that already holds it
     carries it on.
     """
+    models, streams = run_set.models, run_set.streams
     runs = models.runs if isinstance(models, Packed) else len(models)
-    masks, states = masks or [None] * runs, states or [None] * runs
-    tags = tags or [f"train {r}" for r in range(runs)]
+    masks, states = run_set.masks or [None] * runs, run_set.states or [None] * runs
+    tags = run_set.tags or [f"train {r}" for r in range(runs)]
     if not len(streams) == len(masks) == len(states) == len(tags) == runs:
         raise ValueError(f"train_runs: {runs} models need as many streams, masks, states and tags")
     if recipe.label_noise:

@@ -1,0 +1,238 @@
+"""The workflow's compute jobs: dense training, weight rewinding's replay, pruning, retraining of
+pruned models, metrics of a pair.
+
+Each reads its JSON spec (every setting that changes the output) and its input files, computes
+where :class:`Compute` says, records the numeric environments of its lineage and writes its
+outputs atomically. The CLI only parses arguments; the work is done by threeregime.resume
+(resumable training), threeregime.checkpoints (model files) and threeregime.metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+
+import torch
+
+from threeregime.checkpoints import (
+    environments,
+    load_dataset,
+    model_from,
+    same_masks,
+    save_model,
+    warn_if_mixed,
+)
+from threeregime.config import ConfigError, ModelConfig, RuntimeConfig, recipe_from_spec, to_json
+from threeregime.io import CheckpointError, load_checkpoint, save_checkpoint, write_json
+from threeregime.metrics import model_metrics, pair_metrics, summarize_test_error
+from threeregime.models import init_model
+from threeregime.resume import ResumableJob, fingerprint, train_resumable
+from threeregime.runtime import (
+    Performance,
+    job_performance,
+    job_runtime,
+    merge_environments,
+    numeric_environment,
+    place,
+)
+from threeregime.train import RunSet
+
+log = logging.getLogger("threeregime")
+
+
+@dataclass(frozen=True)
+class Compute:
+    """Where and how a job computes: runtime settings, device, threads and numeric fast paths."""
+
+    runtime: RuntimeConfig
+    device: torch.device
+    threads: int
+    perf: Performance
+
+    @classmethod
+    def start(cls, runtime_json: str, threads: int, spec_json: str) -> Compute:
+        """Set up the process for a job with this runtime and spec (device, threads, TF32 and
+        convolution flags)."""
+        runtime, device = job_runtime(runtime_json, threads)
+        return cls(runtime, device, threads, job_performance(json.loads(spec_json), runtime, device))
+
+    def environment(self) -> dict:
+        """What decides the job's last bits besides config and seeds (recorded in its outputs)."""
+        return numeric_environment(self.device, self.threads, self.perf)
+
+
+def dense(spec_json: str, data_path: str, init: str, out: str, compute: Compute) -> None:
+    """Train one dense model (from ``init``, a dense checkpoint, if given: the epochs knob)."""
+    spec = json.loads(spec_json)
+    data = load_dataset(data_path, compute.device, compute.perf.channels_last)
+    model = init_model(ModelConfig(**spec["model"]), data.in_channels, data.num_classes, spec["seed"])
+    model = place(model, compute.device, compute.perf, data.image)
+    environment = compute.environment()
+    state, inputs, lineage = None, [data_path], [environment]
+    if init:
+        start = load_checkpoint(init, "dense")
+        state = start["state"]
+        inputs.append(init)
+        lineage = merge_environments(lineage, environments(start))
+        warn_if_mixed(init, lineage)
+    recipe = recipe_from_spec(spec["recipe"])
+    job = ResumableJob([out], fingerprint(spec_json, *inputs), environment, compute.runtime.checkpoint_every)
+    runs = RunSet([model], [(0, spec["seed"])], states=[state], tags=[f"dense seed={spec['seed']}"])
+    (final,) = train_resumable(job, runs, data, recipe, stop_epoch=spec["stop_epoch"], perf=compute.perf)
+    save_model(out, "dense", final, spec["model"], data, spec=spec, environments=lineage)
+    job.finished()
+
+
+def rewind(spec_json: str, data_path: str, out: str, compute: Compute) -> None:
+    """Weight rewinding's start: the dense run's first ``rewind_step`` iterations replayed (same
+    initialisation, recipe, data order and label noise), so the state at k is the dense run's
+    own without the dense job keeping it, and a new k never retrains the dense model. It
+    trains to the end of k's epoch (at most one epoch more than k) and keeps the state at k."""
+    from threeregime.train import make_schedule, train_runs
+
+    spec = json.loads(spec_json)
+    step = spec["rewind_step"]
+    data = load_dataset(data_path, compute.device, compute.perf.channels_last)
+    model = init_model(ModelConfig(**spec["model"]), data.in_channels, data.num_classes, spec["seed"])
+    model = place(model, compute.device, compute.perf, data.image)
+    recipe = recipe_from_spec(spec["recipe"])
+    schedule = make_schedule(recipe, data.num_train)
+    if step > schedule.total_iterations:
+        total = schedule.total_iterations
+        raise ConfigError(f"rewind_step: {step} is past the dense run's {total} iterations")
+    runs = RunSet([model], [(0, spec["seed"])], tags=[f"rewind seed={spec['seed']} step={step}"])
+    epochs = -(-step // schedule.steps_per_epoch)
+    (final,) = train_runs(runs, data, recipe, stop_epoch=epochs, keep_iteration=step, perf=compute.perf)
+    payload = {"rewind": final["rewind"], "spec": spec, "environments": [compute.environment()]}
+    save_checkpoint(out, payload, "rewind")
+    log.info("kept the state at iteration %d (epoch %d of the replay)", step, epochs)
+
+
+def prune(spec_json: str, models: list[str], out: str) -> None:
+    """Prune the dense model (``models[0]``), or under iterative pruning the previous level's
+    retrained model (``models[1]``), to the spec's density; apply a lottery-ticket control."""
+    from threeregime.prune import apply_masks, check_nested, compute_masks, layer_densities, mask_density
+    from threeregime.tickets import control_seed, fresh_weights, random_masks
+
+    spec = json.loads(spec_json)
+    if len(models) > 2:
+        raise ConfigError(f"prune --dense: a dense model and at most one previous level, got {models}")
+    dense = load_checkpoint(models[0], "dense")
+    previous = models[1] if len(models) == 2 else None  # iterative pruning: level l-1
+    source = load_checkpoint(previous, "retrain") if previous else dense
+    model = model_from(source)
+    masks = compute_masks(model, spec["density"], spec["method"], spec)
+    if previous:
+        check_nested(masks, source["masks"], spec["method"])
+        log.info("level %d: pruning %s (level %d)", spec["level"], previous, spec["level"] - 1)
+    control = spec.get("control", "none")
+    seed = control_seed(dense["spec"]["seed"], spec["density"])
+    if control == "random_mask":
+        masks = random_masks(masks, seed)
+    elif control == "reinit":
+        shape = (dense["model_cfg"], dense["in_channels"], dense["num_classes"])
+        model.load_state_dict(fresh_weights(*shape, seed))
+    if control != "none":
+        log.info("lottery-ticket control %s (seed %d)", control, seed)
+    apply_masks(model, masks)
+    achieved = mask_density(masks)
+    log.info("pruned with %s to density %.5f (target %g)", spec["method"], achieved, spec["density"])
+    for name, value in layer_densities(masks).items():
+        log.info("  %-40s density %.4f", name, value)
+    payload = {key: dense[key] for key in ("model_cfg", "in_channels", "num_classes")}
+    payload |= {
+        "model": model.state_dict(),
+        "environments": environments(source),
+        "reinit": control == "reinit",  # weight rewinding then keeps these fresh weights
+        "masks": masks,
+        "spec": spec,
+        "density_actual": achieved,
+        "dense_history": dense["state"]["history"],  # the matching criterion's reference
+    }
+    save_checkpoint(out, payload, "pruned")
+
+
+def retrain(
+    spec_json: str, data_path: str, run_flags: list[list[str]], rewind_path: str, compute: Compute
+) -> None:
+    """Retrain pruned models with masks fixed, one ``[pruned, out, seed]`` per run, all runs
+    packed into one model (threeregime.pack); weight rewinding starts from ``rewind_path``."""
+    runs = [(pruned, out, int(seed)) for pruned, out, seed in run_flags]
+    spec = json.loads(spec_json)
+    device, perf = compute.device, compute.perf
+    data = load_dataset(data_path, device, perf.channels_last)
+    sources = {path: load_checkpoint(path, "pruned") for path, _, _ in runs}  # each file read once
+    pruned_of_run = [sources[path] for path, _, _ in runs]
+    environment = compute.environment()
+    lineages = {path: merge_environments([environment], environments(p)) for path, p in sources.items()}
+    for path, lineage in lineages.items():
+        warn_if_mixed(path, lineage)
+    recipe = recipe_from_spec(spec["recipe"])
+    starts, inputs = None, [data_path, *sources]  # from the pruned weights (LR rewinding, fine-tuning)
+    if spec.get("rewind_step") is not None:  # weight rewinding: from the dense weights at step k
+        from threeregime.tickets import rewind_state
+        from threeregime.train import make_schedule
+
+        if not rewind_path:
+            raise ConfigError(f"retrain: weight rewinding to step {spec['rewind_step']} needs --rewind")
+        kept = load_checkpoint(rewind_path, "rewind")
+        steps = make_schedule(recipe, data.num_train).steps_per_epoch
+        step = spec["rewind_step"]
+        starts = [rewind_state(kept, rewind_path, step, steps, pruned) for pruned in pruned_of_run]
+        inputs.append(rewind_path)
+        lineages = {path: merge_environments(lin, environments(kept)) for path, lin in lineages.items()}
+    identity = fingerprint(to_json({"spec": spec, "runs": run_flags}), *inputs)
+    job = ResumableJob([out for _, out, _ in runs], identity, environment, compute.runtime.checkpoint_every)
+    run_set = RunSet(
+        models=[model_from(pruned, device, perf, data.image) for pruned in pruned_of_run],
+        streams=[(1, seed) for _, _, seed in runs],
+        masks=[{name: m.to(device) for name, m in pruned["masks"].items()} for pruned in pruned_of_run],
+        states=starts,
+        tags=[
+            f"retrain density={pruned['spec']['density']:g} seed={seed}"
+            for pruned, (_, _, seed) in zip(pruned_of_run, runs)
+        ],
+    )
+    finals = train_resumable(job, run_set, data, recipe, perf=perf)
+    for pruned, (path, out, seed), final in zip(pruned_of_run, runs, finals):
+        final.pop("optimizer")  # not needed downstream; the resume file held it
+        save_model(
+            out, "retrain", final, pruned["model_cfg"], data, masks=pruned["masks"],
+            spec=spec | {"seed": seed}, density_actual=pruned["density_actual"],
+            environments=lineages[path], dense_history=pruned.get("dense_history"),
+        )  # fmt: skip
+    job.finished()
+
+
+def pair(spec_json: str, data_path: str, a_path: str, b_path: str, labels: dict, out: str, compute: Compute):
+    """All metrics of one retrain pair of one pruned model: LMC, CKA, and both models' own;
+    ``labels`` (knob, temperature, density, seeds) name the cell in the output."""
+    spec = json.loads(spec_json)
+    device, perf = compute.device, compute.perf
+    data = load_dataset(data_path, device, perf.channels_last)
+    a, b = load_checkpoint(a_path, "retrain"), load_checkpoint(b_path, "retrain")
+    lineage = merge_environments([compute.environment()], environments(a), environments(b))
+    warn_if_mixed(f"{a_path} / {b_path}", lineage)
+    if not same_masks(a, b):
+        raise CheckpointError(f"{a_path} and {b_path}: not retrainings of the same pruned model")
+    started = time.perf_counter()
+    model_a, model_b = (model_from(p, device, perf, data.image) for p in (a, b))
+    result = dict(labels)
+    result["models"] = [
+        {"retrain_seed": result[f"seed_{side}"]} | model_metrics(payload, model, data, spec, perf)
+        for side, payload, model in (("a", a, model_a), ("b", b, model_b))
+    ]
+    result |= pair_metrics(model_a, model_b, a["model"], b["model"], data, spec, perf)
+    if a.get("dense_history"):  # pruned before the dense history was kept: no matching verdict
+        dense = summarize_test_error(a["dense_history"], spec["test_error_last"])
+        result["dense_test_error"] = dense["test_error"]
+    result["seconds"] = time.perf_counter() - started
+    result["environments"] = lineage
+    write_json(out, result)
+    log.info("pair: mc %.4f (at t=%.2f), CKA softmax %.4f, logits %.4f in %.1fs",
+             result["mc"], result["mc_t"], result["cka_softmax"], result["cka_logits"],
+             result["seconds"])  # fmt: skip
+    for model in result["models"]:
+        log.info("model %s", model)
