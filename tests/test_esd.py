@@ -3,17 +3,13 @@ exact Hessian of a tiny model, and the optional metric through the workflow to i
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
 from threeregime.hessian import HessianOperator, HessianSettings, hessian_summary, lanczos
 from threeregime.plot import broadened_density
 
-from .conftest import TINY_CONFIG, snakemake, write_config
 from .test_metrics import _exact_hessian, _tiny_problem
 
 
@@ -59,24 +55,3 @@ def test_broadened_density_integrates_to_one():
     density = broadened_density([0.0, 10.0], [0.25, 0.75], grid, sigma=0.3)
     assert np.trapezoid(density, grid) == pytest.approx(1.0, rel=1e-6)
     assert density[np.argmin(np.abs(grid - 10))] == pytest.approx(0.75 / (0.3 * np.sqrt(2 * np.pi)), rel=1e-4)
-
-
-@pytest.mark.slow
-def test_the_density_metric_through_the_workflow(tmp_path):
-    config = json.loads(json.dumps(TINY_CONFIG))
-    config["prune"]["densities"] = [0.5]
-    config["metrics"]["hessian_esd"] = True
-    write_config(tmp_path, config)
-    plan = snakemake(tmp_path, "-n").stdout
-    assert any(line.split() == ["plot_esd", "1"] for line in plan.splitlines()), plan[-1500:]
-    snakemake(tmp_path)
-    results = tmp_path / "results" / "tiny"
-    cells = pd.read_csv(results / "cells.csv")
-    for _, cell in cells.iterrows():
-        nodes = json.loads(cell["hessian_esd_nodes_mean"])
-        weights = json.loads(cell["hessian_esd_weights_mean"])
-        assert len(nodes) == len(weights) >= 2 * 4  # two models, >= 4 Lanczos steps each
-        assert sum(weights) == pytest.approx(1.0, abs=1e-9)
-        assert max(nodes) == pytest.approx(cell["hessian_top_eigenvalue_mean"], rel=0.5)
-    assert (results / "hessian_esd.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert (results / "hessian_esd.pdf").stat().st_size > 1000

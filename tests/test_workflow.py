@@ -17,7 +17,9 @@ def tiny_run(tmp_path_factory):
     from .conftest import TINY_CONFIG
 
     folder = tmp_path_factory.mktemp("tiny")
-    write_config(folder, TINY_CONFIG)
+    config = json.loads(json.dumps(TINY_CONFIG))
+    config["metrics"]["hessian_esd"] = True  # an optional metric, with its own figure
+    write_config(folder, config)
     result = snakemake(folder)
     return folder, folder / "results" / "tiny", result
 
@@ -49,6 +51,20 @@ def test_outputs_and_columns(tiny_run):
     assert (results / "phase_diagram.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for name in ("robustness.csv", "advice.csv", "selection.csv"):
         assert len(pd.read_csv(results / name)) > 0, name
+
+
+def test_the_hessian_density_flows_into_cells_and_its_figure(tiny_run):
+    _, results, _ = tiny_run
+    cells = pd.read_csv(results / "cells.csv")
+    for _, cell in cells.iterrows():
+        nodes = json.loads(cell["hessian_esd_nodes_mean"])
+        weights = json.loads(cell["hessian_esd_weights_mean"])
+        assert len(nodes) == len(weights) >= 2 * 4  # two models, >= 4 Lanczos steps each
+        assert sum(weights) == pytest.approx(1.0, abs=1e-9)
+        # the top eigenvalue is the largest in magnitude (it can be negative on this tiny model)
+        assert max(nodes, key=abs) == pytest.approx(cell["hessian_top_eigenvalue_mean"], rel=0.5)
+    assert (results / "hessian_esd.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (results / "hessian_esd.pdf").stat().st_size > 1000
 
 
 def test_every_job_logged_progress(tiny_run):
