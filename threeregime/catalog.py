@@ -155,9 +155,10 @@ def _cnn1d_shapes(width: float, in_channels: int) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _preresnet20_shapes(width: float, in_channels: int) -> dict[str, tuple[int, ...]]:
-    planes = [scaled(c, width) for c in PRERESNET_PLANES]
-    shapes = {"conv1.weight": (planes[0], in_channels, 3, 3)}
+def _residual_shapes(planes: list[int], in_channels: int, stem: str, shortcut: str) -> dict:
+    """Conv shapes of a CIFAR ResNet-20 layout: a 3x3 stem, three stages of three basic blocks,
+    a 1x1 shortcut conv where a block changes stride or width (named as each model names them)."""
+    shapes = {stem: (planes[0], in_channels, 3, 3)}
     previous, block = planes[0], 0
     for stage, channels in enumerate(planes):
         for index in range(3):
@@ -165,24 +166,19 @@ def _preresnet20_shapes(width: float, in_channels: int) -> dict[str, tuple[int, 
             shapes[f"{name}.conv1.weight"] = (channels, previous, 3, 3)
             shapes[f"{name}.conv2.weight"] = (channels, channels, 3, 3)
             if (stage > 0 and index == 0) or previous != channels:
-                shapes[f"{name}.downsample.weight"] = (channels, previous, 1, 1)
+                shapes[f"{name}.{shortcut}"] = (channels, previous, 1, 1)
             previous, block = channels, block + 1
     return shapes
+
+
+def _preresnet20_shapes(width: float, in_channels: int) -> dict[str, tuple[int, ...]]:
+    planes = [scaled(c, width) for c in PRERESNET_PLANES]
+    return _residual_shapes(planes, in_channels, "conv1.weight", "downsample.weight")
 
 
 def _resnet20_shapes(width: float, in_channels: int) -> dict[str, tuple[int, ...]]:
     planes = [scaled(c, width) for c in RESNET_PLANES]
-    shapes = {"conv.weight": (planes[0], in_channels, 3, 3)}
-    previous, block = planes[0], 0
-    for stage, channels in enumerate(planes):
-        for index in range(3):
-            name = f"blocks.{block}"
-            shapes[f"{name}.conv1.weight"] = (channels, previous, 3, 3)
-            shapes[f"{name}.conv2.weight"] = (channels, channels, 3, 3)
-            if (stage > 0 and index == 0) or previous != channels:
-                shapes[f"{name}.shortcut.0.weight"] = (channels, previous, 1, 1)
-            previous, block = channels, block + 1
-    return shapes
+    return _residual_shapes(planes, in_channels, "conv.weight", "shortcut.0.weight")
 
 
 def _vgg16_bn_shapes(width: float, in_channels: int) -> dict[str, tuple[int, ...]]:

@@ -61,6 +61,17 @@ class PreActBlock(nn.Module):
         return out + shortcut
 
 
+def residual_stages(block, planes: list[int], blocks_per_stage: int) -> tuple[nn.Sequential, int]:
+    """The blocks of a CIFAR ResNet's three stages (stride 2 entering stages 2 and 3) and the
+    last stage's width."""
+    stages, previous = [], planes[0]
+    for stage, channels in enumerate(planes):
+        for index in range(blocks_per_stage):
+            stages.append(block(previous, channels, 2 if stage > 0 and index == 0 else 1))
+            previous = channels
+    return nn.Sequential(*stages), previous
+
+
 class PreResNet(nn.Module):
     """PreResNet-(6n+2) for 32x32 inputs: 16/32/64 channels times ``width``, fc 64 -> classes.
 
@@ -76,13 +87,7 @@ class PreResNet(nn.Module):
         blocks_per_stage = (depth - 2) // 6
         planes = [_scaled(c, width) for c in PRERESNET_PLANES]
         self.conv1 = nn.Conv2d(in_channels, planes[0], 3, 1, 1, bias=False)
-        stages, previous = [], planes[0]
-        for stage, channels in enumerate(planes):
-            for block in range(blocks_per_stage):
-                stride = 2 if stage > 0 and block == 0 else 1
-                stages.append(PreActBlock(previous, channels, stride))
-                previous = channels
-        self.blocks = nn.Sequential(*stages)
+        self.blocks, previous = residual_stages(PreActBlock, planes, blocks_per_stage)
         self.bn = nn.BatchNorm2d(previous)
         self.relu = nn.ReLU(inplace=True)
         self.fc = nn.Linear(previous, num_classes)
@@ -138,13 +143,7 @@ class ResNet(nn.Module):
         self.conv = nn.Conv2d(in_channels, planes[0], 3, 1, 1, bias=False)
         self.bn = nn.BatchNorm2d(planes[0])
         self.relu = nn.ReLU(inplace=True)
-        stages, previous = [], planes[0]
-        for stage, channels in enumerate(planes):
-            for block in range(blocks_per_stage):
-                stride = 2 if stage > 0 and block == 0 else 1
-                stages.append(BasicBlock(previous, channels, stride))
-                previous = channels
-        self.blocks = nn.Sequential(*stages)
+        self.blocks, previous = residual_stages(BasicBlock, planes, blocks_per_stage)
         self.fc = nn.Linear(previous, num_classes)
         for module in self.modules():
             if isinstance(module, (nn.Conv2d, nn.Linear)):
