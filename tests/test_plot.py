@@ -197,7 +197,7 @@ def test_layout_follows_ncols(ncols):
     plt.close(fig)
 
 
-def test_instability_figure_draws_each_densitys_barrier_in_grid_order():
+def test_instability_figure_draws_each_densitys_barrier_against_the_knob():
     from threeregime.plot import instability_figure
 
     regimes = _regimes()
@@ -207,10 +207,10 @@ def test_instability_figure_draws_each_densitys_barrier_in_grid_order():
     ax = fig.axes[0]
     lines = {line.get_gid(): line for line in ax.get_lines() if line.get_gid()}
     assert set(lines) == {"barrier-0.1", "barrier-0.5", "stable-barrier"}
-    # epochs: coldest (most epochs) first, evenly spaced
-    assert [t.get_text() for t in ax.get_xticklabels()] == ["40", "20", "10"]
+    # the knob's values evenly spaced, smallest left
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["10", "20", "40"]
     for density in ("0.1", "0.5"):
         x, y = lines[f"barrier-{density}"].get_data()
-        assert list(x) == [0, 1, 2] and np.allclose(y, [0.04, 0.02, 0.01])
+        assert list(x) == [0, 1, 2] and np.allclose(y, [0.01, 0.02, 0.04])
     assert lines["stable-barrier"].get_ydata()[0] == 0.02
     plt.close(fig)

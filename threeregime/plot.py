@@ -279,9 +279,9 @@ def esd_diagram(regimes: pd.DataFrame, cfg: PlotConfig, outputs: list[str]) -> N
 def instability_figure(regimes: pd.DataFrame, stable_barrier: float):
     """Frankle et al. 2020's instability plot: the error barrier between the two retrainings
     against the temperature (the rewind step k under the rewind_step knob), one line per
-    density, with the stable cut. Temperatures sit evenly spaced in grid order, coldest left."""
+    density, with the stable cut. The knob's values sit evenly spaced, smallest left."""
     knob = regimes["knob"].iloc[0]
-    temps = temperature_order(regimes)
+    temps = sorted(regimes["temperature"].unique())
     fig, ax = plt.subplots(figsize=(2.5 + 0.6 * len(temps), 3.6))
     colours = plt.get_cmap("viridis")(np.linspace(0, 0.9, regimes["density"].nunique()))
     for colour, (density, column) in zip(colours, regimes.groupby("density")):
