@@ -96,14 +96,25 @@ def plan_cells(cfg: ExperimentConfig) -> list[Cell]:
     res, knob = Path("results") / cfg.run_name, cfg.knob.name
     seeds = [str(s) for s in cfg.seeds.retrain]
     pack = cfg.runtime.retrain_pack
+    dense_run = (lambda t: "shared") if cfg.shared_dense else (lambda t: f"{knob}-{t}")
     dense = {
         (t, s): Job(
             "dense_train",
-            [res / f"dense/{knob}-{t}/seed{s}/model.pt"],
-            res / f"logs/dense/{knob}-{t}/seed{s}.log",
+            [res / f"dense/{dense_run(t)}/seed{s}/model.pt"],
+            res / f"logs/dense/{dense_run(t)}/seed{s}.log",
         )
         for t in cfg.temperatures
         for s in map(str, cfg.seeds.dense)
+    }
+    rewind = {  # weight rewinding's replay of the dense run's first k iterations
+        (t, s): Job(
+            "rewind",
+            [res / f"rewind/{knob}-{t}/seed{s}/model.pt"],
+            res / f"logs/rewind/{knob}-{t}/seed{s}.log",
+        )
+        for t in cfg.temperatures
+        for s in map(str, cfg.seeds.dense)
+        if cfg.retrain.rewinds_weights
     }
     cells = []
     for t in cfg.temperatures:
@@ -112,6 +123,8 @@ def plan_cells(cfg: ExperimentConfig) -> list[Cell]:
             for s in map(str, cfg.seeds.dense):
                 path = f"{knob}-{t}/density-{d}/seed{s}"
                 cell.dense.append(dense[(t, s)])
+                if (t, s) in rewind:
+                    cell.dense.append(rewind[(t, s)])
                 pruned = res / f"pruned/{path}/model.pt"
                 cell.jobs.append(Job("prune", [pruned], res / f"logs/prune/{path}.log"))
                 retrained = [res / f"retrain/{path}/retrain{r}/model.pt" for r in seeds]
