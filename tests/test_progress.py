@@ -207,3 +207,17 @@ def test_cost_is_measured_per_job_and_projected(watched):
     assert cost.returncode == 0, cost.stderr
     assert "projected from the jobs measured in results/tiny (17 jobs)" in cost.stdout
     assert "assumes: each rule's time is linear in its units" in cost.stdout
+
+
+def test_status_plans_the_shared_dense_run_and_the_rewind_replays():
+    from threeregime.config import load_config
+    from threeregime.status import plan_cells
+
+    config = copy.deepcopy(TINY_CONFIG)
+    config["knob"] = {"name": "rewind_step", "values": [0, 3]}
+    config["retrain"] = {"mode": "rewind_weights"}
+    cells = plan_cells(load_config(config))
+    dense = {str(job.outputs[0]) for cell in cells for job in cell.dense if job.rule == "dense_train"}
+    assert dense == {"results/tiny/dense/shared/seed1/model.pt"}
+    rewinds = {str(job.outputs[0]) for cell in cells for job in cell.dense if job.rule == "rewind"}
+    assert rewinds == {f"results/tiny/rewind/rewind_step-{k}/seed1/model.pt" for k in (0, 3)}
