@@ -211,3 +211,10 @@ def test_imp_overlay_plans_its_chain_on_the_demo(tmp_path):
         "prepare_data": 1, "dense_train": 4, "rewind": 4, "prune": 28, "retrain": 44, "metrics": 16,
         "collect": 1, "classify": 1, "plot": 1, "plot_instability": 1,
     }  # fmt: skip
+    # the cost projection counts the same jobs (threeregime cost)
+    from threeregime.cost import target_units
+
+    cfg = load_config(merge_configs(read_config_file(REPO / "config.yaml"), read_config_file(IMP)))
+    computed = ("prepare_data", "dense_train", "rewind", "prune", "retrain", "metrics")
+    projected = {rule: jobs for rule, (jobs, _) in target_units(cfg).items()}
+    assert projected == {rule: counts[rule] for rule in computed}

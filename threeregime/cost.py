@@ -24,6 +24,7 @@ GPU_RULES = ("dense_train", "retrain", "metrics")  # the rules that run on runti
 UNITS = {
     "prepare_data": "job",
     "dense_train": "training samples processed (x2 under SAM)",
+    "rewind": "training samples processed (the replay trains to the end of k's epoch)",
     "prune": "job",
     "retrain": "training samples processed, all runs of the job",
     "metrics": "LMC points x training samples",
@@ -138,8 +139,12 @@ def retrain_runs(keys: dict, retrain_seeds: int, densities: int) -> int:
 
 def job_units(cfg: ExperimentConfig, rule: str, keys: dict) -> float:
     n_train = train_samples(cfg)
+    if rule == "rewind":  # epochs up to the one holding iteration k
+        recipe = cfg.dense_recipe(None if cfg.shared_dense else keys["temperature"])
+        steps = recipe.steps_per_epoch(n_train)
+        return _samples(recipe, n_train, -(-cfg.rewind_step(keys["temperature"]) // steps))
     if rule == "dense_train":
-        recipe = cfg.dense_recipe(keys["temperature"])
+        recipe = cfg.dense_recipe(keys.get("temperature"))
         if cfg.knob.name == "epochs":  # each checkpoint trains on from the previous grid epoch
             parent = cfg.dense_parent(keys["temperature"])
             return _samples(recipe, n_train, float(keys["temperature"]) - float(parent or 0))
@@ -153,19 +158,26 @@ def job_units(cfg: ExperimentConfig, rule: str, keys: dict) -> float:
 
 
 def target_units(cfg: ExperimentConfig) -> dict[str, tuple[int, float]]:
-    """(jobs, units of work) per rule for the whole config."""
-    dense = [{"temperature": t} for t in cfg.temperatures for _ in cfg.seeds.dense]
-    cells = len(dense) * len(cfg.densities)
-    runs = cells * len(cfg.seeds.retrain)
-    retrain_jobs = {"none": runs, "cell": cells, "temperature": len(dense)}[cfg.runtime.retrain_pack]
+    """(jobs, units of work) per rule for the whole config: iterative pruning's links are
+    pruned and retrained too (once each, or with every retrain seed when packed by cell)."""
+    models = [{"temperature": t} for t in cfg.temperatures for _ in cfg.seeds.dense]
+    dense = [{} for _ in cfg.seeds.dense] if cfg.shared_dense else models
+    cells = len(models) * len(cfg.densities)
+    links = len(models) * (len(cfg.pruned_densities) - len(cfg.densities))
+    seeds, pack = len(cfg.seeds.retrain), cfg.runtime.retrain_pack
+    runs = cells * seeds + links * (1 if pack == "none" else seeds)
+    retrain_jobs = {"none": runs, "cell": cells + links, "temperature": len(models)}[pack]
     pairs = cells * len(cfg.retrain_pairs)
-    return {
+    units = {
         "prepare_data": (1, 1.0),
         "dense_train": (len(dense), sum(job_units(cfg, "dense_train", k) for k in dense)),
-        "prune": (cells, float(cells)),
+        "prune": (cells + links, float(cells + links)),
         "retrain": (retrain_jobs, runs * _samples(cfg.retrain_recipe(), train_samples(cfg))),
         "metrics": (pairs, pairs * job_units(cfg, "metrics", {})),
     }
+    if cfg.retrain.rewinds_weights:
+        units["rewind"] = (len(models), sum(job_units(cfg, "rewind", k) for k in models))
+    return units
 
 
 def project(costs: pd.DataFrame, measured_cfg: ExperimentConfig, target: ExperimentConfig) -> pd.DataFrame:
