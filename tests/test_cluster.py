@@ -119,3 +119,20 @@ def test_slurm_profile_groups_each_preset_into_few_full_jobs(name, tmp_path, cap
     assert not (tmp_path / "results").exists()
     with capsys.disabled():
         print(f"\n{name}: {total} Slurm jobs ({dict(got)}) instead of {UNGROUPED[name]}")
+
+
+def test_iterative_chains_are_submitted_job_by_job_with_the_documented_groups(tmp_path):
+    """The profile's `cell` group would join an IMP chain into one Slurm job (each level prunes
+    the previous level's retraining); the override docs/cluster.md gives submits each alone."""
+    from .test_incremental import snakemake
+
+    write_fake_cifar(tmp_path / "data")
+    shutil.copy(REPO / "config.yaml", tmp_path / "config.yaml")
+    lottery = str(REPO / "presets" / "lottery.yaml")
+    result = snakemake(tmp_path, "-n", "--profile", "profiles/slurm", "--configfile", lottery)
+    assert submissions(result.stdout)["cell"] == 3  # one chain per dense seed
+    overridden = ["--groups", "prune=prune", "retrain=retrain", "metrics=metrics"]
+    result = snakemake(tmp_path, "-n", "--profile", "profiles/slurm", "--configfile", lottery, *overridden)
+    assert result.returncode == 0, result.stderr[-3000:]
+    counts = submissions(result.stdout)
+    assert (counts["prune"], counts["retrain"], counts["metrics"]) == (60, 90, 1)

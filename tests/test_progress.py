@@ -219,5 +219,7 @@ def test_status_plans_the_shared_dense_run_and_the_rewind_replays():
     cells = plan_cells(load_config(config))
     dense = {str(job.outputs[0]) for cell in cells for job in cell.dense if job.rule == "dense_train"}
     assert dense == {"results/tiny/dense/shared/seed1/model.pt"}
+    jobs = {id(job) for cell in cells for job in cell.dense if job.rule == "dense_train"}
+    assert len(jobs) == 1  # counted once in the jobs line, however many rewind steps share it
     rewinds = {str(job.outputs[0]) for cell in cells for job in cell.dense if job.rule == "rewind"}
     assert rewinds == {f"results/tiny/rewind/rewind_step-{k}/seed1/model.pt" for k in (0, 3)}

@@ -376,3 +376,5 @@ def test_ticket_criteria_use_the_configured_cuts_and_stay_empty_without_data():
     assert strict["matching"].tolist()[:2] == [True, False]
     old = ticket_criteria(cells.drop(columns="dense_test_error_mean"), RegimeConfig())
     assert old["matching"].tolist() == [None] * 4
+    unknown = ticket_criteria(cells.assign(test_error_mean=np.nan), RegimeConfig())
+    assert unknown["matching"].tolist() == [None] * 4

@@ -20,7 +20,7 @@ from threeregime.config import KNOBS, ExperimentConfig, Recipe
 KEYS = ["temperature", "density", "seed", "rseed", "a", "b"]
 COLUMNS = ["rule", *KEYS, "runs", "wall_s", "cpu_s", "max_rss_mb", "device"]
 LOG_FOLDER = {"dense_train": "dense"}  # a rule's log folder under logs/, when not its own name
-GPU_RULES = ("dense_train", "retrain", "metrics")  # the rules that run on runtime.device
+GPU_RULES = ("dense_train", "rewind", "retrain", "metrics")  # the rules that run on runtime.device
 UNITS = {
     "prepare_data": "job",
     "dense_train": "training samples processed (x2 under SAM)",

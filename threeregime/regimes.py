@@ -253,7 +253,7 @@ def ticket_criteria(cells: pd.DataFrame, cfg: RegimeConfig) -> pd.DataFrame:
     out["stable"] = _verdict(out, "barrier_mean", lambda barrier: barrier < cfg.stable_barrier)
     out["matching"] = _verdict(
         out, "dense_test_error_mean", lambda dense: out["test_error_mean"] <= dense + cfg.matching_tolerance
-    )
+    ).where(out["test_error_mean"].notna(), None)
     return out
 
 

@@ -97,8 +97,8 @@ def plan_cells(cfg: ExperimentConfig) -> list[Cell]:
     seeds = [str(s) for s in cfg.seeds.retrain]
     pack = cfg.runtime.retrain_pack
     dense_run = (lambda t: "shared") if cfg.shared_dense else (lambda t: f"{knob}-{t}")
-    dense = {
-        (t, s): Job(
+    runs = {  # one job per dense file: a shared dense run serves every temperature
+        (dense_run(t), s): Job(
             "dense_train",
             [res / f"dense/{dense_run(t)}/seed{s}/model.pt"],
             res / f"logs/dense/{dense_run(t)}/seed{s}.log",
@@ -106,6 +106,7 @@ def plan_cells(cfg: ExperimentConfig) -> list[Cell]:
         for t in cfg.temperatures
         for s in map(str, cfg.seeds.dense)
     }
+    dense = {(t, s): runs[(dense_run(t), s)] for t in cfg.temperatures for s in map(str, cfg.seeds.dense)}
     rewind = {  # weight rewinding's replay of the dense run's first k iterations
         (t, s): Job(
             "rewind",

@@ -148,7 +148,7 @@ def retrain_runs(wildcards, input, output):
         f"--run {shlex.quote(path)} {shlex.quote(out)} {seed}"
         for (path, seed), out in zip(runs, output, strict=True)
     ]
-    if "rewind" in input.keys():
+    if CFG.retrain.rewinds_weights:
         flags.append(f"--rewind {shlex.quote(input.rewind)}")
     return " ".join(flags)
 
