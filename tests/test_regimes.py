@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from threeregime.confidence import add_confidence
-from threeregime.config import ConfigError, RegimeConfig, load_config
+from threeregime.config import ConfigError, RegimeConfig, load_config, regime_config_from_spec
 from threeregime.regimes import (
     aggregate_cells,
     analyse,
@@ -338,7 +338,7 @@ def test_demo_output_reclassifies_consistently():
     """The demo's real cells: recomputing gives the workflow's regimes, and the advice and
     selection tables agree with the cells they come from."""
     cfg_spec = load_config(REPO / "config.yaml").analysis_spec()["regimes"]
-    cfg = RegimeConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg_spec.items()})
+    cfg = regime_config_from_spec(cfg_spec)
     cells = pd.read_csv(DEMO / "cells.csv")
     result = add_confidence(analyse(cells, cfg), pd.read_csv(DEMO / "metrics.csv"), cfg, cfg.bootstrap)
     written = pd.read_csv(DEMO / "regimes.csv")

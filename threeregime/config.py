@@ -71,6 +71,11 @@ class Recipe:
         """SGD steps in one pass over ``num_train`` samples (0: no full batch under drop_last)."""
         return num_train // self.batch_size if self.drop_last else -(-num_train // self.batch_size)
 
+    def epochs_to_reach(self, iteration: int, num_train: int) -> int:
+        """Whole epochs a run of this recipe trains to pass ``iteration`` (weight rewinding's
+        replay stops at the end of that epoch)."""
+        return -(-iteration // self.steps_per_epoch(num_train))
+
     label_noise: float = 0.0
     label_noise_seed: int = 0
 
@@ -269,7 +274,8 @@ class ExperimentConfig:
         """The iterative level of a pruned density (None for one-shot pruning)."""
         if not self.prune.iterative:
             return None
-        return len(self.pruned_densities) - self.pruned_densities.index(density)
+        levels = self.pruned_densities  # deepest first
+        return len(levels) - levels.index(density)
 
     def prune_parent(self, density: str) -> str | None:
         """Iterative pruning: the density of the previous level, whose retrained model
@@ -311,6 +317,11 @@ class ExperimentConfig:
         """A knob of the retraining (rewind_step): one dense run per seed serves every
         temperature (its jobs and files carry no temperature)."""
         return self.knob_entry.schedule == "retrain"
+
+    def dense_folder(self, temperature: str) -> str:
+        """The folder of a temperature's dense run under dense/ and logs/dense/ ("shared" when
+        one run serves every temperature)."""
+        return "shared" if self.shared_dense else f"{self.knob.name}-{temperature}"
 
     def dense_recipe(self, temperature: str | None) -> Recipe:
         """The dense recipe at one temperature: the knob's entry sets its field (and any fields it

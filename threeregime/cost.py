@@ -141,8 +141,9 @@ def job_units(cfg: ExperimentConfig, rule: str, keys: dict) -> float:
     n_train = train_samples(cfg)
     if rule == "rewind":  # epochs up to the one holding iteration k
         recipe = cfg.dense_recipe(None if cfg.shared_dense else keys["temperature"])
-        steps = recipe.steps_per_epoch(n_train)
-        return _samples(recipe, n_train, -(-cfg.rewind_step(keys["temperature"]) // steps))
+        return _samples(
+            recipe, n_train, recipe.epochs_to_reach(cfg.rewind_step(keys["temperature"]), n_train)
+        )
     if rule == "dense_train":
         recipe = cfg.dense_recipe(keys.get("temperature"))
         if cfg.knob.name == "epochs":  # each checkpoint trains on from the previous grid epoch

@@ -63,12 +63,17 @@ class Compute:
         return numeric_environment(self.device, self.threads, self.perf)
 
 
+def _initialised(spec: dict, data, compute: Compute):
+    """The dense run's freshly initialised model (its seed), on the job's device."""
+    model = init_model(ModelConfig(**spec["model"]), data.in_channels, data.num_classes, spec["seed"])
+    return place(model, compute.device, compute.perf, data.image)
+
+
 def dense(spec_json: str, data_path: str, init: str, out: str, compute: Compute) -> None:
     """Train one dense model (from ``init``, a dense checkpoint, if given: the epochs knob)."""
     spec = json.loads(spec_json)
     data = load_dataset(data_path, compute.device, compute.perf.channels_last)
-    model = init_model(ModelConfig(**spec["model"]), data.in_channels, data.num_classes, spec["seed"])
-    model = place(model, compute.device, compute.perf, data.image)
+    model = _initialised(spec, data, compute)
     environment = compute.environment()
     state, inputs, lineage = None, [data_path], [environment]
     if init:
@@ -95,15 +100,13 @@ def rewind(spec_json: str, data_path: str, out: str, compute: Compute) -> None:
     spec = json.loads(spec_json)
     step = spec["rewind_step"]
     data = load_dataset(data_path, compute.device, compute.perf.channels_last)
-    model = init_model(ModelConfig(**spec["model"]), data.in_channels, data.num_classes, spec["seed"])
-    model = place(model, compute.device, compute.perf, data.image)
+    model = _initialised(spec, data, compute)
     recipe = recipe_from_spec(spec["recipe"])
-    schedule = make_schedule(recipe, data.num_train)
-    if step > schedule.total_iterations:
-        total = schedule.total_iterations
+    total = make_schedule(recipe, data.num_train).total_iterations
+    if step > total:
         raise ConfigError(f"rewind_step: {step} is past the dense run's {total} iterations")
     runs = RunSet([model], [(0, spec["seed"])], tags=[f"rewind seed={spec['seed']} step={step}"])
-    epochs = -(-step // schedule.steps_per_epoch)
+    epochs = recipe.epochs_to_reach(step, data.num_train)
     (final,) = train_runs(runs, data, recipe, stop_epoch=epochs, keep_iteration=step, perf=compute.perf)
     payload = {"rewind": final["rewind"], "spec": spec, "environments": [compute.environment()]}
     save_checkpoint(out, payload, "rewind")
@@ -173,12 +176,11 @@ def retrain(
     starts, inputs = None, [data_path, *sources]  # from the pruned weights (LR rewinding, fine-tuning)
     if spec.get("rewind_step") is not None:  # weight rewinding: from the dense weights at step k
         from threeregime.tickets import rewind_state
-        from threeregime.train import make_schedule
 
         if not rewind_path:
             raise ConfigError(f"retrain: weight rewinding to step {spec['rewind_step']} needs --rewind")
         kept = load_checkpoint(rewind_path, "rewind")
-        steps = make_schedule(recipe, data.num_train).steps_per_epoch
+        steps = recipe.steps_per_epoch(data.num_train)
         step = spec["rewind_step"]
         starts = [rewind_state(kept, rewind_path, step, steps, pruned) for pruned in pruned_of_run]
         inputs.append(rewind_path)

@@ -228,12 +228,13 @@ def classify_cells(cells: pd.DataFrame, cfg: RegimeConfig) -> tuple[pd.DataFrame
     return ticket_criteria(out, cfg), thresholds
 
 
-def _verdict(cells: pd.DataFrame, column: str, test) -> pd.Series:
-    """True/False where ``column`` is known, empty where it is missing or NaN."""
-    if column not in cells:
+def _verdict(cells: pd.DataFrame, columns: list[str], test) -> pd.Series:
+    """``test(cells)`` as True/False where every one of ``columns`` is known, empty where one
+    is missing or NaN."""
+    if not set(columns) <= set(cells):
         return pd.Series([None] * len(cells), index=cells.index, dtype=object)
-    values = cells[column]
-    return test(values).astype(object).where(values.notna(), None)
+    known = cells[columns].notna().all(axis=1)
+    return test(cells).astype(object).where(known, None)
 
 
 def _count(verdicts: pd.Series) -> int | None:
@@ -250,10 +251,9 @@ def ticket_criteria(cells: pd.DataFrame, cfg: RegimeConfig) -> pd.DataFrame:
     test error is at most the dense model's plus ``matching_tolerance``; empty when the metrics
     files predate the dense test error."""
     out = cells.copy()
-    out["stable"] = _verdict(out, "barrier_mean", lambda barrier: barrier < cfg.stable_barrier)
-    out["matching"] = _verdict(
-        out, "dense_test_error_mean", lambda dense: out["test_error_mean"] <= dense + cfg.matching_tolerance
-    ).where(out["test_error_mean"].notna(), None)
+    out["stable"] = _verdict(out, ["barrier_mean"], lambda c: c["barrier_mean"] < cfg.stable_barrier)
+    sparse, dense = "test_error_mean", "dense_test_error_mean"
+    out["matching"] = _verdict(out, [sparse, dense], lambda c: c[sparse] <= c[dense] + cfg.matching_tolerance)
     return out
 
 

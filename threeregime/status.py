@@ -96,17 +96,18 @@ def plan_cells(cfg: ExperimentConfig) -> list[Cell]:
     res, knob = Path("results") / cfg.run_name, cfg.knob.name
     seeds = [str(s) for s in cfg.seeds.retrain]
     pack = cfg.runtime.retrain_pack
-    dense_run = (lambda t: "shared") if cfg.shared_dense else (lambda t: f"{knob}-{t}")
     runs = {  # one job per dense file: a shared dense run serves every temperature
-        (dense_run(t), s): Job(
+        (folder, s): Job(
             "dense_train",
-            [res / f"dense/{dense_run(t)}/seed{s}/model.pt"],
-            res / f"logs/dense/{dense_run(t)}/seed{s}.log",
+            [res / f"dense/{folder}/seed{s}/model.pt"],
+            res / f"logs/dense/{folder}/seed{s}.log",
         )
-        for t in cfg.temperatures
+        for folder in {cfg.dense_folder(t) for t in cfg.temperatures}
         for s in map(str, cfg.seeds.dense)
     }
-    dense = {(t, s): runs[(dense_run(t), s)] for t in cfg.temperatures for s in map(str, cfg.seeds.dense)}
+    dense = {
+        (t, s): runs[(cfg.dense_folder(t), s)] for t in cfg.temperatures for s in map(str, cfg.seeds.dense)
+    }
     rewind = {  # weight rewinding's replay of the dense run's first k iterations
         (t, s): Job(
             "rewind",

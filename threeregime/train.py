@@ -215,8 +215,7 @@ def train_runs(
     then reuse one module, and so one compiled graph).
 
     ``keep_iteration`` k: each state also holds ``rewind``, the run's weights after k steps
-    (weight rewinding, lottery tickets); a run started from a state that already holds it
-    carries it on.
+    (weight rewinding's replay, threeregime.jobs.rewind).
     """
     models, streams = run_set.models, run_set.streams
     runs = models.runs if isinstance(models, Packed) else len(models)
@@ -235,7 +234,7 @@ def train_runs(
     optimizer = make_optimizer(model, recipe)
     enforce_masks = MaskApplier(model, packed.masks(masks))
     epoch, iteration, histories = 0, 0, [[] for _ in range(runs)]
-    kept = [None if s is None else s.get("rewind") for s in states]
+    kept = [None] * runs
     if any(s is not None for s in states):
         if any(s is None or (s["epoch"], s["iteration"]) != (states[0]["epoch"], states[0]["iteration"])
                for s in states):  # fmt: skip

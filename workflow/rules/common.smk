@@ -44,7 +44,7 @@ DATA = f"{RES}/data/dataset.pt"
 CELL = f"{KNOB}-{{temperature}}/density-{{density}}/seed{{seed}}"
 # A dense run per temperature and seed, or, for a knob of the retraining (rewind_step), one per
 # seed that every temperature prunes.
-DENSE_RUN = "shared" if CFG.shared_dense else f"{KNOB}-{{temperature}}"
+DENSE_RUN = CFG.dense_folder("{temperature}")
 DENSE = f"{RES}/dense/{DENSE_RUN}/seed{{seed}}/model.pt"
 # Weight rewinding's start: the dense run's first k iterations, replayed (rule rewind).
 REWIND = f"{RES}/rewind/{KNOB}-{{temperature}}/seed{{seed}}/model.pt"
