@@ -10,7 +10,7 @@ measured and computes only the rest: the two runs together cost one full grid. R
 * label agreement with the full grid, on measured and on inferred cells separately,
 * every disagreement, with the full grid's own bootstrap confidence at that cell.
 
-    python benchmarks/bench_adaptive.py                 # 8 x 8 grid, 2 dense x 3 retrain seeds
+    python benchmarks/bench_adaptive.py                 # 8 x 8 grid, 2 dense x 2 retrain seeds
     python benchmarks/bench_adaptive.py --small         # 3 x 3 tiny grid: checks the script
     python benchmarks/bench_adaptive.py --keep --cores 2
 """
@@ -39,7 +39,7 @@ FULL = {
     "knob": {"name": "epochs", "values": [1, 2, 3, 4, 6, 8, 12, 16]},
     "prune": {"method": "uniform", "densities": [0.05, 0.07, 0.1, 0.14, 0.2, 0.3, 0.4, 0.6]},
     "retrain": {"mode": "rewind"},
-    "seeds": {"dense": [1, 2], "retrain": [1, 2, 3]},
+    "seeds": {"dense": [1, 2], "retrain": [1, 2]},
     "metrics": {
         "cka_samples": 2000,
         "hessian_samples": 64,
@@ -49,8 +49,8 @@ FULL = {
         "hessian_trace_deflation": 4,
     },
     "regimes": {"eps_mode": "noise", "eps": 0.02, "cka_cut_mode": "split", "bootstrap": 200},
-    "adaptive": {"enabled": True, "step": 2, "rounds": 3, "budget": 0.5, "min_confidence": 0.8},
-    "runtime": {"device": "cpu", "threads": 1},
+    "adaptive": {"enabled": True, "step": 3, "rounds": 3, "budget": 0.5, "min_confidence": 0.8},
+    "runtime": {"device": "cpu", "threads": 1, "retrain_pack": "cell"},
 }
 SMALL = copy.deepcopy(FULL) | {
     "data": {"name": "mnist1d", "num_samples": 600, "generation_seed": 3},
@@ -60,8 +60,9 @@ SMALL = copy.deepcopy(FULL) | {
     "prune": {"method": "uniform", "densities": [0.2, 0.4, 0.6]},
     "seeds": {"dense": [1], "retrain": [1, 2, 3]},
     "metrics": FULL["metrics"] | {"cka_samples": 200, "lmc_points": 5},
+    "runtime": {"device": "cpu", "threads": 1},
 }
-SMALL["adaptive"] = FULL["adaptive"] | {"budget": 0.7, "rounds": 2}
+SMALL["adaptive"] = FULL["adaptive"] | {"step": 2, "budget": 0.7, "rounds": 2}
 JOB = re.compile(r"^(?:local)?(?:rule|checkpoint) (\w+):$", re.MULTILINE)
 COUNTED = ("retrain", "metrics")
 

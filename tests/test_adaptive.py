@@ -172,7 +172,10 @@ def test_adaptive_run_then_a_new_density_reuses_every_measured_cell(tmp_path):
 
     write_config(tmp_path, _adaptive_config())
     results = tmp_path / "results" / "tiny"
-    first = jobs_in(run(tmp_path))
+    output = run(tmp_path)
+    first = jobs_in(output)
+    # a planning round runs where snakemake runs (localrules), never as a queued cluster job
+    assert "localcheckpoint adaptive_round:" in output
     measured = _plan_cells(results, 2)
     coarse = {("3", "0.2"), ("3", "0.6"), ("1", "0.2"), ("1", "0.6")}
     assert coarse < measured and _plan_cells(results, 1) <= measured

@@ -238,6 +238,7 @@ def test_packed_retraining_reproduces_the_separate_retrainings(done, tmp_path):
         {"data": {"root": "/elsewhere", "download": True, "augment": False}},  # not read by MNIST-1D
         {"train": {"sam_rho": 0.3}},  # plain SGD: rho is not used
         {"retrain": {"recipe": {"sam_rho": 0.3}}},
+        {"adaptive": {"enabled": False, "step": 3, "rounds": 5, "budget": 0.2}},  # a grid not adaptive
     ],
 )
 def test_settings_that_change_no_number_rerun_nothing(done, overlay):

@@ -15,6 +15,9 @@ plan makes without the grouping (a copy of the profile without `groups`) and wit
 group job (prune + retrainings) cancelled half way through its retraining, and the rerun, which
 redoes exactly that group's unfinished retrainings (resuming them; its prune stays done) and the
 metrics group waiting for them, nothing else.
+
+A third runs an adaptive grid (a planning round between the coarse cells and the rest) through the
+profile and checks what was submitted and the regimes table it ends with.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from threeregime.config import fmt_value
+
 from .conftest import REPO, TINY_CONFIG, write_config
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -44,6 +49,7 @@ HARNESS = REPO / "tests" / "slurm"
 PROFILE = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
 GPU_RULES = {"dense_train", "retrain", "metrics"}
 RULES = ["prepare_data", "dense_train", "prune", "retrain", "metrics", "collect", "classify", "plot"]
+RULES += ["adaptive_round"]  # a local rule: never submitted, named so a regression reads clearly
 GROUP_JOBS = {"cell_prune_retrain": "cell", "cell_retrain": "cell", "metrics_metrics": "metrics"}
 
 # One dense run of 30 epochs (~0.5 s each on the 2-core dev machine, a checkpoint after each) so it
@@ -426,6 +432,40 @@ def test_rerun_after_group_cancel_resumes_and_completes(grid):
     metrics = pd.read_csv(grid.folder / GRID_RESULTS / "metrics.csv")
     assert sorted(metrics["density"]) == [0.3, 0.6]
     assert metrics[["mc", "cka_softmax", "test_error"]].notna().all().all()
+
+
+# Adaptive refinement on the cluster: the coarse sub-grid, one planning round (a checkpoint,
+# run where snakemake runs), the cells it adds, and the inferred rest, all through the profile.
+def test_adaptive_grid_runs_through_the_slurm_profile(cluster, tmp_path):
+    from .test_adaptive import _adaptive_config, _plan_cells
+
+    runtime = CONFIG["runtime"] | {"retrain_pack": "cell"}  # a cell's retrainings in one process
+    config = _adaptive_config() | {"run_name": "adaptive", "runtime": runtime}
+    config["adaptive"] |= {"rounds": 1}
+    folder = checkout(tmp_path / "checkout", config)
+    log = folder / "run.log"
+    with log.open("w") as out:
+        process = profile_run(cluster, folder, stdout=out, stderr=subprocess.STDOUT)
+    returncode, output = finish(process, log, 600)
+    assert returncode == 0, output[-4000:]
+    results = folder / "results" / "adaptive"
+    measured = _plan_cells(results, 1)
+    coarse = {("3", "0.2"), ("3", "0.6"), ("1", "0.2"), ("1", "0.6")}
+    assert coarse < measured and len(measured) < 9  # the round added cells, not the whole grid
+    records = job_records(cluster, folder)
+    submitted = Counter(rule_of(r) for r in records)
+    # Every measured cell is one `cell` group job (prune + its packed retrainings); the planning
+    # round and the tables are local rules, never submitted.
+    assert submitted["cell"] == len(measured) and submitted["dense_train"] == 3, submitted
+    assert set(submitted) == {"dense_train", "cell", "metrics"}, submitted
+    regimes = pd.read_csv(results / "regimes.csv")
+    assert len(regimes) == 9
+    sources = regimes[["temperature", "density", "label_source"]].values
+    assert {(fmt_value(t), fmt_value(d)) for t, d, s in sources if s == "measured"} == measured
+    with (folder / "dry.log").open("w") as out:
+        dry = profile_run(cluster, folder, "-n", stdout=out, stderr=subprocess.STDOUT)
+    output = finish(dry, folder / "dry.log", 120)[1]
+    assert "Nothing to be done" in output, output[-3000:]
 
 
 def test_down_never_signals_a_process_it_did_not_start(tmp_path):

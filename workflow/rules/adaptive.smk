@@ -65,6 +65,11 @@ CLASSIFY_FLAGS = (
 
 if ADAPTIVE:
 
+    # Planning a round reads metrics files and writes a small plan (seconds): bookkeeping that
+    # runs where snakemake runs, like collect and classify, never a queued cluster job.
+    localrules:
+        adaptive_round,
+
     checkpoint adaptive_round:
         input:
             adaptive_round_input,
