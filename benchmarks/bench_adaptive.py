@@ -8,11 +8,16 @@ measured and computes only the rest: the two runs together cost one full grid. R
 * the share of ``retrain`` + ``metrics`` jobs the adaptive run needed (counted from Snakemake's
   own job list of each run),
 * label agreement with the full grid, on measured and on inferred cells separately,
-* every disagreement, with the full grid's own bootstrap confidence at that cell.
+* every disagreement, with the full grid's own bootstrap confidence at that cell,
+* a replay: what other coarse steps and budgets would have measured and inferred, computed by the
+  workflow's own planning and classification functions from the full grid's metrics files (a
+  cell's files do not depend on the round, so a replay needs no training). The replay of the run's
+  own settings must plan exactly the cells the real adaptive run measured; the script checks it.
 
     python benchmarks/bench_adaptive.py                 # 8 x 8 grid, 2 dense x 2 retrain seeds
     python benchmarks/bench_adaptive.py --small         # 3 x 3 tiny grid: checks the script
     python benchmarks/bench_adaptive.py --keep --cores 2
+    python benchmarks/bench_adaptive.py --replay /tmp/threeregime-adaptive-XXXX   # a kept folder
 """
 
 from __future__ import annotations
@@ -29,7 +34,17 @@ import pandas as pd
 import yaml
 from common import machine, run_snakemake, table
 
-from threeregime.adaptive import compare_maps
+from threeregime.adaptive import (
+    Grid,
+    coarse_cells,
+    compare_maps,
+    infer_labels,
+    measured_labels,
+    next_cells,
+    pair_observation,
+)
+from threeregime.config import fmt_value, load_config, regime_config_from_spec
+from threeregime.io import read_json
 
 FULL = {
     "run_name": "adaptive-bench",
@@ -65,6 +80,7 @@ SMALL = copy.deepcopy(FULL) | {
 SMALL["adaptive"] = FULL["adaptive"] | {"step": 2, "budget": 0.7, "rounds": 2}
 JOB = re.compile(r"^(?:local)?(?:rule|checkpoint) (\w+):$", re.MULTILINE)
 COUNTED = ("retrain", "metrics")
+REPLAYED = [(step, budget) for step in (2, 3) for budget in (0.3, 0.4, 0.5, 0.6, 0.8)]  # (step, budget)
 
 
 def run(folder: Path, config: dict, cores: int) -> tuple[float, dict]:
@@ -80,13 +96,73 @@ def run(folder: Path, config: dict, cores: int) -> tuple[float, dict]:
     return wall, counts
 
 
+def replay(folder: Path, adaptive: dict) -> tuple[list, pd.DataFrame]:
+    """What an adaptive run with the settings ``adaptive`` would measure in ``folder``'s grid, and
+    the regimes it would end with, from the full grid's metrics files there: (cells measured,
+    regimes table with inferred labels)."""
+    config = load_config(folder / "config.yaml")
+    spec = config.adaptive_spec()
+    grid = Grid(tuple(spec["temperatures"]), tuple(spec["densities"]), spec["reference"])
+    cfg = regime_config_from_spec(spec["regimes"])
+    results = folder / "results" / config.run_name
+    files = sorted((results / "metrics").rglob("*.json"))
+    observations = pd.DataFrame([pair_observation(read_json(f), cfg.cka_metric) for f in files])
+    key = pd.Series(
+        [(fmt_value(t), fmt_value(d)) for t, d in zip(observations["temperature"], observations["density"])]
+    )
+
+    def measured(cells):
+        return measured_labels(observations[key.isin(set(cells)).values].reset_index(drop=True), cfg)
+
+    cells = coarse_cells(grid, adaptive["step"])
+    for _ in range(adaptive["rounds"]):
+        labels, p_label, _ = measured(cells)
+        added = next_cells(labels, p_label, grid, adaptive["budget"], adaptive["min_confidence"])
+        cells = sorted({*cells, *(c for c, _ in added)}, key=grid.index)
+    labels, p_label, _ = measured(cells)
+    regimes = infer_labels(labels, p_label, grid)
+    regimes["temperature"] = regimes["temperature"].astype(float)
+    regimes["density"] = regimes["density"].astype(float)
+    return cells, regimes
+
+
+def replay_table(folder: Path, config: dict) -> str:
+    """Agreement with the full grid for each replayed (step, budget); checks the run's own."""
+    full = pd.read_csv(folder / "results" / config["run_name"] / "regimes.csv")
+    own = (config["adaptive"]["step"], config["adaptive"]["budget"])
+    plans = sorted((folder / "results" / config["run_name"] / "adaptive").glob("round*.json"))
+    rows = []
+    for step, budget in sorted({*REPLAYED, own}):
+        cells, regimes = replay(folder, config["adaptive"] | {"step": step, "budget": budget})
+        if (step, budget) == own and plans:
+            ran = [tuple(c) for c in read_json(plans[-1])["cells"]]
+            if sorted(ran) != sorted(cells):
+                sys.exit(f"replay of the run's own settings planned {len(cells)} cells, the run {len(ran)}")
+        _, summary = compare_maps(full, regimes)
+        rows.append([
+            step, budget, f"{len(cells)} of {summary['cells']} ({len(cells) / summary['cells']:.0%})",
+            f"{summary['agreement']:.1%}", f"{summary['agreement_measured']:.1%}",
+            "-" if summary["agreement_inferred"] is None else f"{summary['agreement_inferred']:.1%}",
+            f"{summary['disagreements']} ({summary['disagreements_uncertain_in_full']})",
+            "the run's own (checked)" if (step, budget) == own and plans else "",
+        ])  # fmt: skip
+    headers = ["step", "budget", "cells measured", "agree all", "measured", "inferred"]
+    return table(headers + ["disagreements (uncertain in full)", ""], rows)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--small", action="store_true", help="3 x 3 tiny grid (checks the script)")
     p.add_argument("--cores", type=int, default=2)
     p.add_argument("--keep", action="store_true", help="keep the scratch folder")
+    p.add_argument("--replay", type=Path, help="only the replay table, of a folder this script kept")
     args = p.parse_args()
     config = SMALL if args.small else FULL
+    replay_header = "\nReplay on the full grid's metrics (same rounds and min_confidence):\n"
+    if args.replay:
+        print(replay_header)
+        print(replay_table(args.replay, config))
+        return
     folder = Path(tempfile.mkdtemp(prefix="threeregime-adaptive-"))
     results = folder / "results" / config["run_name"]
     adaptive_s, adaptive_jobs = run(folder, config, args.cores)
@@ -126,6 +202,8 @@ def main() -> None:
         columns = ["temperature", "density", "full_regime", "adaptive_regime", "label_source"]
         columns += [c for c in ("full_p_label", "full_confidence") if c in disagree]
         print(table(columns, disagree[columns].astype(str).values.tolist()))
+    print(replay_header)
+    print(replay_table(folder, config))
     if args.keep:
         print(f"\nresults kept in {folder}")
     else:
