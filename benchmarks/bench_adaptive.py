@@ -40,10 +40,10 @@ from threeregime.adaptive import (
     compare_maps,
     infer_labels,
     measured_labels,
-    next_cells,
     pair_observation,
+    plan_round,
 )
-from threeregime.config import fmt_value, load_config, regime_config_from_spec
+from threeregime.config import RegimeConfig, fmt_value, load_config, regime_config_from_spec
 from threeregime.io import read_json
 
 FULL = {
@@ -96,30 +96,38 @@ def run(folder: Path, config: dict, cores: int) -> tuple[float, dict]:
     return wall, counts
 
 
-def replay(folder: Path, adaptive: dict) -> tuple[list, pd.DataFrame]:
-    """What an adaptive run with the settings ``adaptive`` would measure in ``folder``'s grid, and
-    the regimes it would end with, from the full grid's metrics files there: (cells measured,
-    regimes table with inferred labels)."""
+def measured_grid(folder: Path) -> tuple[Grid, RegimeConfig, pd.DataFrame]:
+    """A kept folder's grid, regime settings and every measured pair (read once), each pair
+    keyed by its cell."""
     config = load_config(folder / "config.yaml")
     spec = config.adaptive_spec()
     grid = Grid(tuple(spec["temperatures"]), tuple(spec["densities"]), spec["reference"])
     cfg = regime_config_from_spec(spec["regimes"])
-    results = folder / "results" / config.run_name
-    files = sorted((results / "metrics").rglob("*.json"))
+    files = sorted((folder / "results" / config.run_name / "metrics").rglob("*.json"))
     observations = pd.DataFrame([pair_observation(read_json(f), cfg.cka_metric) for f in files])
-    key = pd.Series(
-        [(fmt_value(t), fmt_value(d)) for t, d in zip(observations["temperature"], observations["density"])]
-    )
+    observations["cell"] = [
+        (fmt_value(t), fmt_value(d)) for t, d in zip(observations["temperature"], observations["density"])
+    ]
+    return grid, cfg, observations
 
-    def measured(cells):
-        return measured_labels(observations[key.isin(set(cells)).values].reset_index(drop=True), cfg)
+
+def replay(
+    grid: Grid, cfg: RegimeConfig, observations: pd.DataFrame, adaptive: dict
+) -> tuple[list, pd.DataFrame]:
+    """What an adaptive run with the settings ``adaptive`` would measure, round by round with the
+    workflow's own planner, and the regimes it would end with: (cells measured, regimes table
+    with inferred labels)."""
+
+    def of(cells):
+        return observations[observations["cell"].isin(set(cells))].drop(columns="cell").reset_index(drop=True)
 
     cells = coarse_cells(grid, adaptive["step"])
-    for _ in range(adaptive["rounds"]):
-        labels, p_label, _ = measured(cells)
-        added = next_cells(labels, p_label, grid, adaptive["budget"], adaptive["min_confidence"])
-        cells = sorted({*cells, *(c for c, _ in added)}, key=grid.index)
-    labels, p_label, _ = measured(cells)
+    for round_number in range(1, adaptive["rounds"] + 1):
+        plan = plan_round(
+            round_number, cells, of(cells), grid, cfg, adaptive["budget"], adaptive["min_confidence"]
+        )
+        cells = [tuple(c) for c in plan["cells"]]
+    labels, p_label, _ = measured_labels(of(cells), cfg)
     regimes = infer_labels(labels, p_label, grid)
     regimes["temperature"] = regimes["temperature"].astype(float)
     regimes["density"] = regimes["density"].astype(float)
@@ -131,9 +139,11 @@ def replay_table(folder: Path, config: dict) -> str:
     full = pd.read_csv(folder / "results" / config["run_name"] / "regimes.csv")
     own = (config["adaptive"]["step"], config["adaptive"]["budget"])
     plans = sorted((folder / "results" / config["run_name"] / "adaptive").glob("round*.json"))
+    grid, cfg, observations = measured_grid(folder)
     rows = []
     for step, budget in sorted({*REPLAYED, own}):
-        cells, regimes = replay(folder, config["adaptive"] | {"step": step, "budget": budget})
+        settings = config["adaptive"] | {"step": step, "budget": budget}
+        cells, regimes = replay(grid, cfg, observations, settings)
         if (step, budget) == own and plans:
             ran = [tuple(c) for c in read_json(plans[-1])["cells"]]
             if sorted(ran) != sorted(cells):
