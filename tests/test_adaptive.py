@@ -194,7 +194,27 @@ def test_adaptive_run_then_a_new_density_reuses_every_measured_cell(tmp_path):
     expected |= {job("adaptive_round", round=r) for r in ("1", "2")}
     expected |= {job("collect"), job("classify"), job("plot")}
     assert second == expected  # no cell measured before runs again
-    assert len(pd.read_csv(results / "regimes.csv")) == 12
+    regimes = pd.read_csv(results / "regimes.csv")
+    assert len(regimes) == 12
+    measured_now = _measured_rows(regimes)
+    assert measured_now >= remeasured | measured
+
+    # a lower budget plans fewer cells, but every cell measured before stays measured (its rows
+    # exactly), and no cell job runs
+    lower = _adaptive_config(densities=(0.2, 0.4, 0.6, 0.8))
+    lower["adaptive"]["budget"] = 0.3
+    write_config(tmp_path, lower)
+    third = jobs_in(run(tmp_path))
+    assert not {j for j in third if j[0] in ("prune", "retrain", "metrics")}
+    assert len(_plan_cells(results, 2)) < len(measured_now)
+    regimes = pd.read_csv(results / "regimes.csv")
+    assert _measured_rows(regimes) == measured_now
+    assert plan(tmp_path) == set()  # and it stays so: nothing to do on the next look
+
+
+def _measured_rows(regimes: pd.DataFrame) -> set:
+    rows = regimes[regimes["label_source"] == "measured"]
+    return {(fmt_value(t), fmt_value(d)) for t, d in zip(rows["temperature"], rows["density"])}
 
 
 def test_compare_maps_counts_agreement_by_label_source():

@@ -62,7 +62,17 @@ def test_canonical_grid_strings():
         ),
         (lambda c: c["metrics"].update(hessian_trace_deflation=-1), "hessian_trace_deflation: -1 is less"),
         (lambda c: c["train"].update(lr=float("nan")), "train.lr: nan is not a finite number"),
-        (lambda c: c["train"].update(lr=float("inf")), "train.lr: inf is not a finite number"),
+        (lambda c: c["regimes"].update(eps=float("inf")), "regimes.eps: inf is not a finite number"),
+        (lambda c: c["train"].update(lr=1e300), "train.lr: 1e+300 is greater than the maximum of 10"),
+        (lambda c: c["train"].update(weight_decay=1e300), "train.weight_decay: 1e+300 is greater than"),
+        (
+            lambda c: c.update(retrain={"recipe": {"lr": 1e300}}),
+            "retrain.recipe.lr: 1e+300 is greater than the maximum of 10",
+        ),
+        (
+            lambda c: c.update(retrain={"recipe": {"label_noise": 0.2}}),
+            "retrain.recipe.label_noise: retraining uses clean labels",
+        ),
         (lambda c: c["regimes"].update(eps_range=[0.1, float("nan")]), "regimes.eps_range[1]: nan is not"),
         (lambda c: c["train"].update(batch_size=481), "train.batch_size: batch size 481 exceeds the 480"),
         (

@@ -223,3 +223,75 @@ def test_status_plans_the_shared_dense_run_and_the_rewind_replays():
     assert len(jobs) == 1  # counted once in the jobs line, however many rewind steps share it
     rewinds = {str(job.outputs[0]) for cell in cells for job in cell.dense if job.rule == "rewind"}
     assert rewinds == {f"results/tiny/rewind/rewind_step-{k}/seed1/model.pt" for k in (0, 3)}
+
+
+# ----------------------------------------------------------------------------- half-done or broken runs
+def _fabricated_pair(temperature: str, density: str, mc: float, cka: float) -> dict:
+    """A metrics record of one retrain pair, as the metrics job writes it (the fields status and
+    classification read)."""
+    model = {"test_error": 0.1, "train_loss": 0.1, "train_error": 0.02, "hessian_top_eigenvalue": 5.0}
+    model |= {"hessian_trace": 50.0, "density_actual": float(density)}
+    record = {"knob": "epochs", "temperature": float(temperature), "density": float(density)}
+    record |= {"dense_seed": 1, "seed_a": 1, "seed_b": 2, "mc": mc, "barrier": max(0.0, -mc)}
+    record |= {"cka_softmax": cka, "cka_logits": cka, "cka_samples": 200, "environments": []}
+    return record | {"models": [model | {"retrain_seed": 1}, model | {"retrain_seed": 2}]}
+
+
+def _write_cell(folder: Path, temperature: str, density: str, mc: float = -0.1, cka: float = 0.9) -> None:
+    from threeregime.io import write_json
+
+    path = folder / RESULTS / f"metrics/epochs-{temperature}/density-{density}/seed1/pair1-2.json"
+    write_json(path, _fabricated_pair(temperature, density, mc, cka))
+
+
+def _status(folder: Path) -> str:
+    result = cli(folder, "status")
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_status_of_a_half_done_run_without_the_reference_row_draws_what_is_measured(tmp_path):
+    write_config(tmp_path, TINY_CONFIG)  # epochs 1 and 3; the advice's reference is 3
+    _write_cell(tmp_path, "1", "0.2", mc=-0.2, cka=0.8)
+    _write_cell(tmp_path, "1", "0.6", mc=0.0, cka=0.99)
+    out = _status(tmp_path)
+    assert "cells: # done 2, > running 0, X failed 0, ~ partial 0, . not started 2" in out, out
+    assert "wrote results/tiny/partial_regime_map.png" in out
+
+
+def test_status_names_a_failed_run_job_and_a_damaged_output(tmp_path):
+    write_config(tmp_path, TINY_CONFIG)
+    for t in ("1", "3"):
+        for d in ("0.2", "0.6"):
+            _write_cell(tmp_path, t, d, mc=float("nan"), cka=float("nan"))  # collapsed models
+    logs = tmp_path / RESULTS / "logs"
+    logs.mkdir(parents=True)
+    (logs / "classify.log").write_text("threeregime classify: error: something went wrong\n")
+    data = tmp_path / RESULTS / "data" / "dataset.pt"
+    data.parent.mkdir(parents=True)
+    data.write_bytes(b"PK\x03\x04 a zip cut short")
+    out = _status(tmp_path)
+    assert "cells: # done 4, > running 0, X failed 0," in out, out  # measured before the damage
+    failed = [line for line in out.splitlines() if line.startswith("failed ")]
+    assert failed == [
+        "failed classify (results/tiny/logs/classify.log): threeregime classify: error: something went wrong",
+        "failed prepare_data (results/tiny/logs/prepare_data.log): results/tiny/data/dataset.pt is "
+        "damaged (truncated?); delete it and run snakemake again",
+    ], out
+    assert "wrote results/tiny/partial_regime_map.png" in out  # NaN cells are drawn, not a crash
+
+
+def test_cost_says_which_benchmark_file_it_cannot_read(tmp_path):
+    folder = tmp_path / RESULTS / "benchmarks" / "prune" / "epochs-1" / "density-0.2"
+    folder.mkdir(parents=True)
+    header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+    (folder / "seed1.tsv").write_text(header + "1.5\t0:00:01\t100\t200\t90\t95\t0\t0\t50\t1.2\n")
+    (folder / "seed2.tsv").write_text(header)  # a job killed before its row was written
+    (folder / "seed3.tsv").write_bytes(b"\x00\xff garbage")
+    assert read_costs(tmp_path / RESULTS)["seed"].tolist() == ["1"]
+    write_config(tmp_path, TINY_CONFIG)
+    result = cli(tmp_path, "cost")
+    assert result.returncode == 0, result.stderr
+    for name in ("seed2.tsv", "seed3.tsv"):
+        assert f"{folder.relative_to(tmp_path)}/{name}: unreadable benchmark file, left out" in result.stdout
+    assert "projected from the jobs measured in results/tiny (1 jobs)" in result.stdout

@@ -90,13 +90,15 @@ def test_resume_file_from_other_settings_is_ignored(dataset, tmp_path):
     first = _cli("dense", "--spec", _dense_spec(2), "--data", str(dataset), "--out", str(out))
     subprocess.run(first, env=env, check=True, capture_output=True)
     # plant a resume file written for another spec; the job must not continue from it
-    save_checkpoint(f"{out}.resume", {"fingerprint": "other", "states": [{"epoch": 1}]}, "resume")
+    planted = {"fingerprint": "other", "states": [{"epoch": 1}], "environment": {}}
+    save_checkpoint(f"{out}.resume", planted, "resume")
     again = subprocess.run(first, env=env, check=True, capture_output=True, text=True)
     assert "ignoring" in again.stdout and "built from other settings" in again.stdout
     # a one-run resume file of an older version (a "state", not "states") is skipped too
     save_checkpoint(f"{out}.resume", {"fingerprint": "any", "state": {"epoch": 1}}, "resume")
     again = subprocess.run(first, env=env, check=True, capture_output=True, text=True)
-    assert "written by an older threeregime" in again.stdout
+    assert "a 'resume' checkpoint without a valid states, environment" in again.stdout
+    assert "starting over" in again.stdout
     # and a truncated resume file is reported and skipped, not fatal
     Path(f"{out}.resume").write_bytes(b"PK\x03\x04 truncated")
     again = subprocess.run(first, env=env, check=True, capture_output=True, text=True)
@@ -326,7 +328,7 @@ def test_resume_under_another_numeric_environment_starts_over(dataset, tmp_path)
     out = tmp_path / "model.pt"
     spec = _dense_spec(2)
     env = os.environ | {"THREEREGIME_RUNTIME": to_json({"device": "cpu"})}
-    theirs = {"device": "cpu", "threads": 2, "torch": torch.__version__, "amp": "none"}
+    theirs = {"device": "cpu", "threads": 2, "torch": str(torch.__version__), "amp": "none"}
     theirs |= {"tf32": False, "channels_last": False, "compile": False}
     planted = {
         "fingerprint": fingerprint(spec, str(dataset)),

@@ -133,3 +133,32 @@ def test_regime_analysis_and_html_report(tiny_run):
     for needle in ("1. Figures", "3. Advice and model selection", "phase_diagram.png", "regime_map.png",
                    "advice.html", "selection.html", "robustness.html", "Three-regime model"):  # fmt: skip
         assert needle in text, needle
+
+
+def test_a_run_from_another_folder_uses_the_workflow_profile(tiny_run, tmp_path):
+    """`snakemake -s <repo>/workflow/Snakefile -d DIR` from elsewhere, without --cores: the
+    workflow profile (cores, rerun-incomplete) is found beside the Snakefile."""
+    import subprocess
+    import sys
+
+    from .conftest import SNAKEFILE
+
+    folder, _, _ = tiny_run
+    command = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "-d", str(folder)]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-2000:]
+    assert f"workflow specific profile {SNAKEFILE.parent / 'profiles' / 'default'}" in output, output
+    assert "Nothing to be done" in output
+
+
+def test_results_that_mix_numeric_environments_are_named_on_the_console(tiny_run):
+    """One metrics job recomputed under 2 threads: the run ends with a warning on the console
+    (not only in collect's log). Last in this module: it changes the run's tables."""
+    folder, results, _ = tiny_run
+    (results / "metrics" / "epochs-3" / "density-0.6" / "seed1" / "pair1-2.json").unlink()
+    write_config(folder, {"runtime": {"threads": 2}}, "threads.yaml")
+    result = snakemake(folder, "--configfile", str(folder / "threads.yaml"))
+    console = result.stdout + result.stderr
+    assert "results/tiny mixes 2 numeric environments (threads, device or library versions" in console
+    assert "2 threads" in console and "1 thread," in console

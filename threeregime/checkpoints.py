@@ -10,27 +10,69 @@ from __future__ import annotations
 
 import logging
 
-from threeregime.io import save_checkpoint
+from threeregime.io import REBUILD_ADVICE, CheckpointError, load_checkpoint, save_checkpoint
 
 log = logging.getLogger("threeregime")
+
+TENSOR = "tensor"  # a torch.Tensor (named, so that this module imports torch only when it loads)
+_MODEL = {"model": dict, "model_cfg": dict, "in_channels": int, "num_classes": int}
+# What each kind of checkpoint must hold (key: type): checked on load, so that a file of the
+# right kind with the wrong content is one line naming it, not a KeyError deep in a job.
+CONTENTS: dict[str, dict[str, type | str]] = {
+    "dataset": dict.fromkeys(("train_x", "train_y", "test_x", "test_y"), TENSOR)
+    | {"num_classes": int, "in_channels": int, "image": bool, "augment": bool},
+    "dense": _MODEL | {"state": dict, "spec": dict, "environments": list},
+    "rewind": {"rewind": dict, "spec": dict, "environments": list},
+    "pruned": _MODEL | {"masks": dict, "spec": dict, "density_actual": float, "environments": list},
+    "retrain": _MODEL
+    | {"state": dict, "masks": dict, "spec": dict, "density_actual": float}
+    | {"environments": list},
+    "resume": {"fingerprint": str, "states": list, "environment": dict},
+}
+
+
+def load(path, kind: str, map_location: str = "cpu") -> dict:
+    """A checkpoint of ``kind`` (threeregime.io.load_checkpoint: nothing in it runs), with the
+    content that kind holds (:data:`CONTENTS`), or one CheckpointError line naming the file."""
+    import torch
+
+    payload = load_checkpoint(path, kind, map_location)
+    wrong = [
+        key
+        for key, expected in CONTENTS[kind].items()
+        if not isinstance(payload.get(key), torch.Tensor if expected == TENSOR else expected)
+    ]
+    if wrong:
+        raise CheckpointError(
+            f"{path}: a '{kind}' checkpoint without a valid {', '.join(wrong)}; {REBUILD_ADVICE}"
+        )
+    return payload
 
 
 def load_dataset(path: str, device, channels_last: bool):
     """A prepared dataset (prepare-data) on ``device``, ready to batch."""
     from threeregime.data import DeviceData
-    from threeregime.io import load_checkpoint
 
-    return DeviceData(load_checkpoint(path, "dataset"), device, channels_last)
+    return DeviceData(load(path, "dataset"), device, channels_last)
 
 
-def model_from(payload: dict, device="cpu", perf=None, image: bool = False):
-    """Rebuild the architecture recorded in a checkpoint and load its weights."""
+def model_from(payload: dict, device="cpu", perf=None, image: bool = False, source: str = "checkpoint"):
+    """Rebuild the architecture recorded in a checkpoint (read from ``source``) and load its
+    weights; a record that names no known architecture, or weights that do not fit it, is one
+    CheckpointError line."""
     from threeregime.config import ModelConfig
     from threeregime.models import build_model
     from threeregime.runtime import Performance, place
 
-    model = build_model(ModelConfig(**payload["model_cfg"]), payload["in_channels"], payload["num_classes"])
-    model.load_state_dict(payload["model"])
+    try:
+        shape = payload["in_channels"], payload["num_classes"]
+        model = build_model(ModelConfig(**payload["model_cfg"]), *shape)
+        model.load_state_dict(payload["model"])
+    except (TypeError, ValueError, RuntimeError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"{source}: its weights do not fit the architecture it records ({first}); {REBUILD_ADVICE}"
+        ) from None
     return place(model, device, perf or Performance(), image)
 
 

@@ -171,8 +171,8 @@ def cmd_status(args) -> None:
     from threeregime.status import draw, read_status, terminal_grid
 
     cfg = load_overlays(args.configfile)
-    cells = read_status(cfg)
-    print(terminal_grid(cfg, cells))
+    cells, run = read_status(cfg)
+    print(terminal_grid(cfg, cells, run))
     folder = Path(args.out) if args.out else results_dir(cfg)
     for path in draw(cfg, cells, Path("."), folder):
         print(f"wrote {path}")
@@ -361,16 +361,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 EXPECTED_ERRORS = (ConfigError, CheckpointError)
+# The first output of each compute job: the job holds its lock while it runs (threeregime.locks),
+# so that a job of a killed run that is still running and its rerun never compute it together.
+JOB_OUTPUT = {
+    "prepare-data": lambda args: args.out,
+    "dense": lambda args: args.out,
+    "rewind": lambda args: args.out,
+    "prune": lambda args: args.out,
+    "retrain": lambda args: args.run[0][1],
+    "metrics": lambda args: args.out,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
+    from contextlib import nullcontext
+
+    from threeregime.locks import Locked, job_lock
     from threeregime.runtime import configure_logging
 
     configure_logging()
     args = build_parser().parse_args(argv)
+    output = JOB_OUTPUT.get(args.command)
     try:
-        args.func(args)
-    except EXPECTED_ERRORS + _domain_errors() as exc:
+        with job_lock(output(args)) if output else nullcontext():
+            args.func(args)
+    except EXPECTED_ERRORS + (Locked,) + _domain_errors() as exc:
         print(f"threeregime {args.command}: error: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:  # full disk, permissions, a vanished folder: one line naming the file

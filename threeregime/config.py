@@ -733,6 +733,13 @@ def check_semantics(cfg: ExperimentConfig, source: str, check_paths: bool = True
         problem = _value_problem(section, knob.field, knob_value(knob, value))
         if problem:
             fail(f"knob.values[{i}]", f"{value} is not a valid {section}.{knob.field}: {problem}")
+    for key in ("label_noise", "label_noise_seed"):
+        if key in cfg.retrain.recipe:
+            fail(
+                f"retrain.recipe.{key}",
+                "retraining uses clean labels: label noise belongs to dense training "
+                "(train.label_noise, or the label_noise knob)",
+            )
     canonical = [fmt_value(v) for v in cfg.knob.values]
     if len(set(canonical)) != len(canonical):
         fail("knob.values", f"duplicate grid values {canonical}")

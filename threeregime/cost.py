@@ -9,6 +9,7 @@ per unit of work to the units a target config needs; the units are in :data:`UNI
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from pathlib import Path
@@ -16,6 +17,8 @@ from pathlib import Path
 import pandas as pd
 
 from threeregime.config import KNOBS, ExperimentConfig, Recipe
+
+log = logging.getLogger("threeregime")
 
 KEYS = ["temperature", "density", "seed", "rseed", "a", "b"]
 COLUMNS = ["rule", *KEYS, "runs", "wall_s", "cpu_s", "max_rss_mb", "device"]
@@ -73,18 +76,37 @@ def _device(results: Path, rule: str, job_path: Path) -> str:
     return match.group(1) if match else ""
 
 
+BENCHMARK_COLUMNS = ("s", "cpu_time", "max_rss")
+
+
+def _benchmark(path: Path) -> pd.Series | None:
+    """The first row of a Snakemake benchmark file, or None (with a warning naming the file)
+    when it cannot be read: the job's cost is then left out, and said to be."""
+    try:
+        table = pd.read_csv(path, sep="\t", na_values=["NA", "-"])
+        if table.empty or not set(BENCHMARK_COLUMNS) <= set(table.columns):
+            raise ValueError(f"expected a header with {', '.join(BENCHMARK_COLUMNS)} and one row")
+        first = table.iloc[0]
+        [float(first[column]) for column in BENCHMARK_COLUMNS]
+    except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        log.warning("%s: unreadable benchmark file, left out of the cost (%s)", path, reason)
+        return None
+    return first
+
+
 def read_costs(results: Path, retrain_seeds: int = 1, densities: int = 1) -> pd.DataFrame:
     """One row per benchmarked job under ``results`` (finished jobs only: Snakemake writes the
-    file when a job ends). ``runs``: retrainings in the job (:func:`retrain_runs`), else 1."""
+    file when a job ends). ``runs``: retrainings in the job (:func:`retrain_runs`), else 1.
+    An unreadable file is left out with a warning naming it."""
     rows = []
     for path in sorted((results / "benchmarks").rglob("*.tsv")):
         relative = path.relative_to(results / "benchmarks")
         rule = relative.parts[0].removesuffix(".tsv")
         keys = job_keys(Path(*relative.parts[1:])) if len(relative.parts) > 1 else {}
-        table = pd.read_csv(path, sep="\t", na_values=["NA", "-"])
-        if table.empty:
+        first = _benchmark(path)
+        if first is None:
             continue
-        first = table.iloc[0]
         rows.append(
             {
                 "rule": rule,

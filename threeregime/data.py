@@ -34,6 +34,27 @@ class DataError(RuntimeError):
     """A dataset that is missing or not in the expected on-disk format."""
 
 
+class CifarUnpickler(pickle.Unpickler):
+    """Reads torchvision's CIFAR batches, which are Python pickles, building only what a batch
+    holds: dicts, lists, strings, numbers and numpy arrays. Any other object a pickle names (a
+    function to call, a class to build) is refused before it is created, so a tampered file
+    cannot run code. The prepared dataset is then stored as a threeregime checkpoint, which no
+    later job unpickles."""
+
+    ALLOWED = {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),  # numpy 1 and Python 2 pickles
+        ("numpy._core.multiarray", "_reconstruct"),  # numpy 2
+        ("_codecs", "encode"),  # bytes in protocol-2 pickles
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refused {module}.{name}: a CIFAR batch holds arrays and lists")
+        return super().find_class(module, name)
+
+
 def _read_cifar_files(
     folder: Path, files: tuple[str, ...], label_key: str, classes: int, howto: str
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -44,7 +65,7 @@ def _read_cifar_files(
             raise DataError(f"{path}: missing CIFAR file (torchvision's on-disk format expected); {howto}")
         try:
             with open(path, "rb") as handle:
-                batch = pickle.load(handle, encoding="latin1")
+                batch = CifarUnpickler(handle, encoding="latin1").load()
             data = np.asarray(batch["data"], dtype=np.uint8)
             label = np.asarray(batch[label_key], dtype=np.int64)
         except Exception as exc:

@@ -115,29 +115,58 @@ def save_figure(fig, path: str | Path, dpi: int) -> None:
     write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format=fmt, bbox_inches="tight"))
 
 
+# Checkpoints hold tensors and plain data only (dicts, lists, strings, numbers), and are read with
+# torch's weights-only unpickler, which builds nothing else: a file from elsewhere (a shared results
+# folder, a cluster, a download) cannot run code when it is loaded. The format tag and version let
+# a reader tell this format from an older threeregime's (version 1 pickled Python objects).
+CHECKPOINT_FORMAT = "threeregime-checkpoint"
+CHECKPOINT_VERSION = 2
+NOT_A_CHECKPOINT = (
+    "not a threeregime checkpoint: it holds Python objects other than tensors and plain data, "
+    "which are refused unread because loading them could run code (a file of another program, "
+    "or one written by threeregime before 0.2); if threeregime wrote it, " + REBUILD_ADVICE
+)
+
+
 def save_checkpoint(path: str | Path, payload: dict, kind: str) -> None:
+    """Write ``payload`` (tensors and plain data) as a checkpoint of ``kind``, atomically."""
     import torch
 
-    write_atomic(path, lambda tmp: torch.save({"kind": kind, **payload}, tmp))
+    header = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "kind": kind}
+    write_atomic(path, lambda tmp: torch.save(header | payload, tmp))
 
 
 def load_checkpoint(path: str | Path, kind: str, map_location: str = "cpu") -> dict:
-    """Load a checkpoint written by :func:`save_checkpoint`, with a clear error if it is bad."""
+    """Load a checkpoint written by :func:`save_checkpoint` without running anything in it, with
+    one clear line if it is missing, damaged, of another format or of the wrong kind."""
+    import pickle
+    import warnings
+
     import torch
 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=False)
+        with warnings.catch_warnings():  # torch warns about the pickle protocol of foreign files
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(f"{path}: {NOT_A_CHECKPOINT}") from None
     except Exception as exc:  # torch raises several types for truncated or garbled zips
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CheckpointError(
             f"{path}: corrupted or truncated checkpoint ({message}); {REBUILD_ADVICE}"
         ) from None
-    if not isinstance(payload, dict) or payload.get("kind") != kind:
-        found = payload.get("kind") if isinstance(payload, dict) else type(payload).__name__
-        raise CheckpointError(f"{path}: expected a '{kind}' checkpoint, found '{found}'")
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: {NOT_A_CHECKPOINT}")
+    if payload.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"{path}: a threeregime checkpoint of format version {payload.get('version')}, this "
+            f"threeregime reads version {CHECKPOINT_VERSION}; {REBUILD_ADVICE}"
+        )
+    if payload.get("kind") != kind:
+        raise CheckpointError(f"{path}: expected a '{kind}' checkpoint, found '{payload.get('kind')}'")
     return payload
 
 

@@ -18,6 +18,7 @@ import torch
 
 from threeregime.checkpoints import (
     environments,
+    load,
     load_dataset,
     model_from,
     same_masks,
@@ -25,7 +26,7 @@ from threeregime.checkpoints import (
     warn_if_mixed,
 )
 from threeregime.config import ConfigError, ModelConfig, RuntimeConfig, recipe_from_spec, to_json
-from threeregime.io import CheckpointError, load_checkpoint, save_checkpoint, write_json
+from threeregime.io import CheckpointError, save_checkpoint, write_json
 from threeregime.metrics import model_metrics, pair_metrics, summarize_test_error
 from threeregime.models import init_model
 from threeregime.resume import ResumableJob, fingerprint, train_resumable
@@ -77,7 +78,7 @@ def dense(spec_json: str, data_path: str, init: str, out: str, compute: Compute)
     environment = compute.environment()
     state, inputs, lineage = None, [data_path], [environment]
     if init:
-        start = load_checkpoint(init, "dense")
+        start = load(init, "dense")
         state = start["state"]
         inputs.append(init)
         lineage = merge_environments(lineage, environments(start))
@@ -122,10 +123,10 @@ def prune(spec_json: str, models: list[str], out: str) -> None:
     spec = json.loads(spec_json)
     if len(models) > 2:
         raise ConfigError(f"prune --dense: a dense model and at most one previous level, got {models}")
-    dense = load_checkpoint(models[0], "dense")
+    dense = load(models[0], "dense")
     previous = models[1] if len(models) == 2 else None  # iterative pruning: level l-1
-    source = load_checkpoint(previous, "retrain") if previous else dense
-    model = model_from(source)
+    source = load(previous, "retrain") if previous else dense
+    model = model_from(source, source=previous or models[0])
     masks = compute_masks(model, spec["density"], spec["method"], spec)
     if previous:
         check_nested(masks, source["masks"], spec["method"])
@@ -166,7 +167,7 @@ def retrain(
     spec = json.loads(spec_json)
     device, perf = compute.device, compute.perf
     data = load_dataset(data_path, device, perf.channels_last)
-    sources = {path: load_checkpoint(path, "pruned") for path, _, _ in runs}  # each file read once
+    sources = {path: load(path, "pruned") for path, _, _ in runs}  # each file read once
     pruned_of_run = [sources[path] for path, _, _ in runs]
     environment = compute.environment()
     lineages = {path: merge_environments([environment], environments(p)) for path, p in sources.items()}
@@ -179,7 +180,7 @@ def retrain(
 
         if not rewind_path:
             raise ConfigError(f"retrain: weight rewinding to step {spec['rewind_step']} needs --rewind")
-        kept = load_checkpoint(rewind_path, "rewind")
+        kept = load(rewind_path, "rewind")
         steps = recipe.steps_per_epoch(data.num_train)
         step = spec["rewind_step"]
         starts = [rewind_state(kept, rewind_path, step, steps, pruned) for pruned in pruned_of_run]
@@ -188,7 +189,7 @@ def retrain(
     identity = fingerprint(to_json({"spec": spec, "runs": run_flags}), *inputs)
     job = ResumableJob([out for _, out, _ in runs], identity, environment, compute.runtime.checkpoint_every)
     run_set = RunSet(
-        models=[model_from(pruned, device, perf, data.image) for pruned in pruned_of_run],
+        models=[model_from(sources[path], device, perf, data.image, path) for path, _, _ in runs],
         streams=[(1, seed) for _, _, seed in runs],
         masks=[{name: m.to(device) for name, m in pruned["masks"].items()} for pruned in pruned_of_run],
         states=starts,
@@ -214,13 +215,14 @@ def pair(spec_json: str, data_path: str, a_path: str, b_path: str, labels: dict,
     spec = json.loads(spec_json)
     device, perf = compute.device, compute.perf
     data = load_dataset(data_path, device, perf.channels_last)
-    a, b = load_checkpoint(a_path, "retrain"), load_checkpoint(b_path, "retrain")
+    a, b = load(a_path, "retrain"), load(b_path, "retrain")
     lineage = merge_environments([compute.environment()], environments(a), environments(b))
     warn_if_mixed(f"{a_path} / {b_path}", lineage)
     if not same_masks(a, b):
         raise CheckpointError(f"{a_path} and {b_path}: not retrainings of the same pruned model")
     started = time.perf_counter()
-    model_a, model_b = (model_from(p, device, perf, data.image) for p in (a, b))
+    model_a = model_from(a, device, perf, data.image, a_path)
+    model_b = model_from(b, device, perf, data.image, b_path)
     result = dict(labels)
     result["models"] = [
         {"retrain_seed": result[f"seed_{side}"]} | model_metrics(payload, model, data, spec, perf)

@@ -14,8 +14,9 @@ import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from threeregime.checkpoints import load
 from threeregime.config import to_json
-from threeregime.io import CheckpointError, file_digest, load_checkpoint, save_checkpoint
+from threeregime.io import CheckpointError, file_digest, save_checkpoint
 
 log = logging.getLogger("threeregime")
 
@@ -53,16 +54,14 @@ class ResumableJob:
         if not resume.exists():
             return None
         try:
-            saved = load_checkpoint(resume, "resume")
+            saved = load(resume, "resume")
         except CheckpointError as exc:
             log.warning("%s; starting over", exc)
             return None
-        if "states" not in saved:
-            log.warning("ignoring %s: written by an older threeregime (one run per file)", resume)
-        elif saved["fingerprint"] != self.fingerprint:
+        if saved["fingerprint"] != self.fingerprint:
             log.warning("ignoring %s: it was built from other settings or inputs", resume)
-        elif saved.get("environment") != self.environment:
-            was = environment_label(saved["environment"]) if saved.get("environment") else "unknown"
+        elif saved["environment"] != self.environment:
+            was = environment_label(saved["environment"]) if saved["environment"] else "unknown"
             log.warning(
                 "NOT resuming from %s: it was computed under [%s], this job runs under [%s]; "
                 "starting over so that the run is computed in one environment",

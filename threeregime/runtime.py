@@ -170,7 +170,7 @@ def numeric_environment(device: torch.device, threads: int, perf: Performance) -
     env = {
         "device": device.type,
         "threads": int(threads),
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),  # a str subclass, which checkpoints do not hold
         "amp": perf.amp,
         "tf32": perf.tf32,
         "channels_last": perf.channels_last,

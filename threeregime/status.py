@@ -4,21 +4,27 @@ Every job's state comes from what is on disk: its output (written atomically, so
 complete), Snakemake's incomplete marker (``.snakemake/incomplete/``, set when a job starts and
 removed when it ends or fails), and its log. A job is
 
-* ``done``: its outputs exist;
+* ``done``: its outputs exist and are whole (a checkpoint is a complete zip archive, a JSON
+  file parses): a file truncated by a copy or a full disk is not counted as done;
 * ``running``: Snakemake marked an output incomplete (started, not ended);
-* ``failed``: its log exists but no output and no marker; the log's last error line says why;
+* ``failed``: its log exists but no output and no marker (the log's last error line says why),
+  or an output is damaged;
 * ``not started``: no log, no output.
 
 A cell (temperature, density) is done when all its metrics files exist, failed when a job it
-needs failed, running when one of its jobs runs, ``partial`` when some of its jobs are done and
-none runs, else not started. The paths are the workflow's (``workflow/rules/common.smk``).
+needs failed (the dataset's included), running when one of its jobs runs, ``partial`` when some
+of its jobs are done and none runs, else not started. The run's own jobs (dataset, collect,
+classify, plot) are counted and named too. The paths are the workflow's
+(``workflow/rules/common.smk``).
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import math
 import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,17 +88,46 @@ def last_error(log: Path) -> str:
     return f"no error in its log (killed?); last line: {lines[-1] if lines else '(empty)'}"[:200]
 
 
+def whole(path: Path) -> bool:
+    """Whether an existing output is complete: a torch checkpoint is a zip archive with its
+    central directory (written last), a JSON file parses; other files count as they are."""
+    if path.suffix == ".pt":
+        return zipfile.is_zipfile(path)
+    if path.suffix == ".json":
+        try:
+            json.loads(path.read_text())
+        except (OSError, ValueError):
+            return False
+    return True
+
+
 def job_state(job: Job, workdir: Path, marked: set[Path]) -> None:
-    if all((workdir / out).exists() for out in job.outputs) and not marked & set(job.outputs):
-        job.state = "done"
-    elif marked & set(job.outputs):
+    if marked & set(job.outputs):
         job.state = "running"
+    elif all((workdir / out).exists() for out in job.outputs):
+        damaged = [out for out in job.outputs if not whole(workdir / out)]
+        job.state = "failed" if damaged else "done"
+        if damaged:
+            job.error = f"{damaged[0]} is damaged (truncated?); delete it and run snakemake again"
     elif (workdir / job.log).exists():
         job.state, job.error = "failed", last_error(workdir / job.log)
 
 
-def plan_cells(cfg: ExperimentConfig) -> list[Cell]:
-    """Every cell of the grid with the jobs it needs (the workflow's paths and log names)."""
+def run_jobs(cfg: ExperimentConfig) -> dict[str, Job]:
+    """The run's jobs outside the cells: the dataset, and the analysis of the whole grid."""
+    res = Path("results") / cfg.run_name
+    outputs = {
+        "prepare_data": [res / "data/dataset.pt"],
+        "collect": [res / "metrics.csv", res / "cells.csv"],
+        "classify": [res / "regimes.csv", res / "summary.json"],
+        "plot": [res / "phase_diagram.png", res / "regime_map.png"],
+    }
+    return {rule: Job(rule, files, res / f"logs/{rule}.log") for rule, files in outputs.items()}
+
+
+def plan_cells(cfg: ExperimentConfig, data: Job | None = None) -> list[Cell]:
+    """Every cell of the grid with the jobs it needs (the workflow's paths and log names); every
+    cell needs the dataset's job ``data`` too (None: not tracked)."""
     res, knob = Path("results") / cfg.run_name, cfg.knob.name
     seeds = [str(s) for s in cfg.seeds.retrain]
     pack = cfg.runtime.retrain_pack
@@ -122,6 +157,8 @@ def plan_cells(cfg: ExperimentConfig) -> list[Cell]:
     for t in cfg.temperatures:
         for d in cfg.densities:
             cell = Cell(t, d)
+            if data is not None:
+                cell.dense.append(data)
             for s in map(str, cfg.seeds.dense):
                 path = f"{knob}-{t}/density-{d}/seed{s}"
                 cell.dense.append(dense[(t, s)])
@@ -148,9 +185,13 @@ def plan_cells(cfg: ExperimentConfig) -> list[Cell]:
     return cells
 
 
-def read_status(cfg: ExperimentConfig, workdir: Path = Path(".")) -> list[Cell]:
+def read_status(cfg: ExperimentConfig, workdir: Path = Path(".")) -> tuple[list[Cell], list[Job]]:
+    """The grid's cells and the run's own jobs, each with its state read from disk."""
     marked = incomplete_outputs(workdir)
-    cells = plan_cells(cfg)
+    run = run_jobs(cfg)
+    for job in run.values():
+        job_state(job, workdir, marked)
+    cells = plan_cells(cfg, run["prepare_data"])
     for cell in cells:
         for job in cell.jobs + cell.dense:
             if job.state == "not started":  # a dense job is shared by a row's cells
@@ -164,12 +205,13 @@ def read_status(cfg: ExperimentConfig, workdir: Path = Path(".")) -> list[Cell]:
             cell.state = "running"
         elif "done" in own:
             cell.state = "partial"
-    return cells
+    return cells, list(run.values())
 
 
-def terminal_grid(cfg: ExperimentConfig, cells: list[Cell]) -> str:
+def terminal_grid(cfg: ExperimentConfig, cells: list[Cell], run: list[Job] = ()) -> str:
     """Rows: temperatures (hottest on top, as in the figures); columns: densities; each cell
-    its state symbol and metrics files done / needed; then counts and every failed job."""
+    its state symbol and metrics files done / needed; then counts of the cells and of all jobs
+    (the run's own ``run`` jobs too), and every failed job."""
     by_key = {(c.temperature, c.density): c for c in cells}
     width = max(8, *(len(d) + 2 for d in cfg.densities))
     lines = [f"{cfg.run_name}: {cfg.knob.name} (rows) x density (columns)"]
@@ -183,7 +225,7 @@ def terminal_grid(cfg: ExperimentConfig, cells: list[Cell]) -> str:
         lines.append(t.rjust(10) + "".join(row))
     counts = {s: sum(c.state == s for c in cells) for s in STATES}
     lines.append("cells: " + ", ".join(f"{SYMBOL[s]} {s} {n}" for s, n in counts.items()))
-    jobs = {id(j): j for c in cells for j in c.jobs + c.dense}.values()
+    jobs = {id(j): j for j in [*run, *(j for c in cells for j in c.jobs + c.dense)]}.values()
     lines.append(
         "jobs: " + ", ".join(f"{s} {sum(j.state == s for j in jobs)}" for s in STATES if s != "partial")
     )
@@ -300,10 +342,11 @@ def draw(cfg: ExperimentConfig, cells: list[Cell], workdir: Path, folder: Path) 
 
 
 def _partial_regimes(cfg: ExperimentConfig, measured: pd.DataFrame) -> dict:
-    """Regime of each measured cell, by the config's rules applied to the measured cells only."""
+    """Regime of each measured cell, by the config's rules applied to the measured cells only
+    (no advice: its reference cell may not be measured yet)."""
     from threeregime.config import RegimeConfig, fmt_value
-    from threeregime.regimes import analyse
+    from threeregime.regimes import classify_cells
 
-    regimes = analyse(measured, RegimeConfig(**cfg.analysis_spec()["regimes"]))["regimes"]
+    regimes, _ = classify_cells(measured, RegimeConfig(**cfg.analysis_spec()["regimes"]))
     keys = zip(regimes["temperature"], regimes["density"], regimes["regime"])
     return {(fmt_value(t), fmt_value(d)): regime for t, d, regime in keys}

@@ -45,11 +45,21 @@ def adaptive_round_input(wildcards):
     return metrics if previous == 0 else [PLAN.format(round=previous)] + metrics
 
 
+def measured_on_disk(cells):
+    """The cells among ``cells`` whose every metrics file exists: measured by an earlier run,
+    whatever its plan (a larger budget, another grid), so they stay measured, never inferred.
+    """
+    return [cell for cell in cells if all(map(os.path.exists, cell_metrics([cell])))]
+
+
 def collected_metrics(wildcards):
-    """collect's inputs: the whole grid, or the cells of the last adaptive round and its plan."""
+    """collect's inputs: the whole grid, or the cells of the last adaptive round, every other
+    cell measured before (threeregime.collect.metrics_paths keeps them) and the plan."""
     if not ADAPTIVE:
         return all_metrics()
-    return cell_metrics(planned_cells(CFG.adaptive.rounds)) + [FINAL_PLAN]
+    planned = planned_cells(CFG.adaptive.rounds)
+    earlier = [c for c in measured_on_disk(ADAPTIVE_GRID.cells()) if c not in planned]
+    return cell_metrics(planned + earlier) + [FINAL_PLAN]
 
 
 # Extra command-line flags of collect and classify under adaptive refinement ("" otherwise, so

@@ -18,20 +18,48 @@ try:
 except ConfigError as exc:
     raise WorkflowError(f"invalid configuration: {exc}") from None
 
-# A run killed hard (SIGKILL, SIGHUP, OOM) leaves its locks behind; remove those whose owner is
-# provably dead before Snakemake checks them (never in the jobs of a cluster or subprocess run).
+# A run killed hard (SIGKILL, SIGHUP, OOM) leaves Snakemake's locks behind; remove those of runs
+# that provably died (their run lock is free) before Snakemake checks them, and say when another
+# run is writing these results (threeregime.locks). Never in the jobs of a cluster or subprocess.
 if not (workflow.remote_exec or workflow.subprocess_exec):
     _removed, _kept = locks.remove_stale_locks(os.getcwd())
     for _path in _removed:
         logger.warning(
             f"removed {_path}: its Snakemake run was killed and cannot resume it"
         )
+    _holder = locks.run_holder(os.getcwd(), CFG.run_name)
+    if _holder:
+        logger.warning(
+            f"results/{CFG.run_name} is being written by a running snakemake ({_holder}):"
+            " a second run of it is refused, a dry run is not"
+        )
 
 
+# The run lock of results/<run_name>, held until this process ends: a second live run of the
+# same results is refused here, before any job (hooks run only in the main process of a real
+# run, never in a dry run or inside a job).
 onstart:
-    locks.record_owner(
-        os.getcwd(), getattr(workflow.persistence, "_lockfile", {}).values()
-    )
+    try:
+        locks.acquire_run(
+            os.getcwd(),
+            CFG.run_name,
+            getattr(workflow.persistence, "_lockfile", {}).values(),
+        )
+    except locks.Locked as exc:
+        raise WorkflowError(str(exc)) from None
+
+
+onsuccess:
+    locks.release_run(os.getcwd(), CFG.run_name)
+    from threeregime.collect import mixed_environments_warning
+
+    _mixed = mixed_environments_warning(f"results/{CFG.run_name}/summary.json")
+    if _mixed:
+        logger.warning(_mixed)
+
+
+onerror:
+    locks.release_run(os.getcwd(), CFG.run_name)
 
 
 RES = f"results/{CFG.run_name}"
