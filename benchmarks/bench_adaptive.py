@@ -34,17 +34,19 @@ import pandas as pd
 import yaml
 from common import machine, run_snakemake, table
 
-from threeregime.adaptive import (
+from threeregime.analysis.adaptive import (
     Grid,
     coarse_cells,
     compare_maps,
     infer_labels,
     measured_labels,
-    pair_observation,
     plan_round,
 )
-from threeregime.config import RegimeConfig, fmt_value, load_config, regime_config_from_spec
-from threeregime.io import read_json
+from threeregime.config.load import load_config
+from threeregime.config.settings import RegimeConfig, fmt_value
+from threeregime.config.specs import regime_config_from_spec
+from threeregime.io.files import read_json
+from threeregime.stages.plan import pair_observation
 
 FULL = {
     "run_name": "adaptive-bench",

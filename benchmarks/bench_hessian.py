@@ -39,13 +39,13 @@ def build_problem(args):
     them, so every row measures the dense Hessian of the checkpoint's weights."""
     import torch
 
-    from threeregime.data import DeviceData
+    from threeregime.compute.data import DeviceData
 
     device = torch.device(args.device)
     data = DeviceData(synthetic_cifar(max(64 * args.train_steps, args.samples), 64, 2, True), device)
     if args.checkpoint:
-        from threeregime.checkpoints import model_from
-        from threeregime.io import load_checkpoint
+        from threeregime.compute.checkpoints import model_from
+        from threeregime.io.files import load_checkpoint
 
         model = model_from(load_checkpoint(args.checkpoint, "retrain"), device)
     else:
@@ -92,7 +92,7 @@ def pyhessian_run(model, x, y, args):
 
 
 def project_run(model, x, y, args, eig_method, deflation=0, probes=None, **op_kwargs):
-    from threeregime.hessian import HessianOperator, lanczos, top_eigenvalue, trace
+    from threeregime.compute.hessian import HessianOperator, lanczos, top_eigenvalue, trace
 
     probes = probes or args.probes
     build_s, op = timed(lambda: HessianOperator(model, x, y, **op_kwargs), args.device)
@@ -164,7 +164,7 @@ def main() -> None:
         if "torch._dynamo" not in sys.modules:
             dynamo_s, _ = timed(lambda: __import__("torch._dynamo"))
 
-    from threeregime.hessian import HessianOperator, lanczos, trace
+    from threeregime.compute.hessian import HessianOperator, lanczos, trace
 
     reference_op = HessianOperator(model, x, y)
     ref_s, (ref_eig, _, ref_basis) = timed(

@@ -8,7 +8,7 @@ process, the method unchanged (same epochs, samples and points).
 * **Metrics job, where the time goes.** The pieces of one ``metrics`` job on two PreResNet-20s:
   both models' train error, both Hessians (the preset's settings), CKA, and LMC (11 points, BN
   recomputed on the whole training set at each).
-* **LMC packed.** The 11 interpolated models as one packed model (threeregime.pack), BN recomputed
+* **LMC packed.** The 11 interpolated models as one packed model (threeregime.compute.pack), BN recomputed
   and errors evaluated for all points in one pass over the data, against the project's loop
   over points; same per-point errors expected up to grouped-kernel rounding (printed).
 
@@ -44,9 +44,9 @@ def packed_lmc(model, state_a: dict, state_b: dict, data, points: int, bn_sample
 
     import torch
 
-    from threeregime.metrics import interpolate_states, recalibrate_batchnorm
-    from threeregime.pack import Packed
-    from threeregime.train import evaluate_runs
+    from threeregime.compute.evaluate import evaluate_runs
+    from threeregime.compute.landscape import interpolate_states, recalibrate_batchnorm
+    from threeregime.compute.pack import Packed
 
     copies = []
     for t in np.linspace(0.0, 1.0, points):
@@ -63,13 +63,14 @@ def measure(perf, args, payload, spec) -> tuple[list, dict, tuple]:
     """One numeric setting: (test evaluation row, metrics job pieces, LMC row)."""
     import torch
 
-    from threeregime.config import Recipe
-    from threeregime.data import DeviceData
-    from threeregime.hessian import HessianSettings, hessian_summary
-    from threeregime.metrics import linear_mode_connectivity, model_outputs, output_similarity
-    from threeregime.pack import Packed
-    from threeregime.prune import compute_masks
-    from threeregime.train import RunSet, evaluate, evaluate_runs, train_runs
+    from threeregime.compute.data import DeviceData
+    from threeregime.compute.evaluate import evaluate, evaluate_runs
+    from threeregime.compute.hessian import HessianSettings, hessian_summary
+    from threeregime.compute.landscape import linear_mode_connectivity, model_outputs, output_similarity
+    from threeregime.compute.pack import Packed
+    from threeregime.compute.prune import compute_masks
+    from threeregime.compute.train import RunSet, train_runs
+    from threeregime.config.settings import Recipe
 
     device = torch.device(args.device)
     data = DeviceData(payload, device, perf.channels_last)
@@ -140,8 +141,8 @@ def main() -> None:
     p.add_argument("--hessian-samples", type=int, default=0, help="CPU tests: fewer than the preset's")
     args = p.parse_args()
     setup(args)
-    from threeregime.config import load_config, merge_configs, read_config_file
-    from threeregime.runtime import Performance
+    from threeregime.compute.runtime import Performance
+    from threeregime.config.load import load_config, merge_configs, read_config_file
 
     raw = merge_configs(*(read_config_file(layer) for layer in PRESET))
     spec = load_config(raw, check_paths=False).metrics

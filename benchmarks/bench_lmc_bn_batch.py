@@ -22,8 +22,8 @@ from common import REPO, machine, table
 
 def pair_mc(payloads: list[dict], data, metrics, bn_batch: int | None) -> float:
     """mc of one retrain pair, as the metrics job computes it, with BN recomputed in ``bn_batch``."""
-    from threeregime.checkpoints import model_from
-    from threeregime.metrics import linear_mode_connectivity
+    from threeregime.compute.checkpoints import model_from
+    from threeregime.compute.landscape import linear_mode_connectivity
 
     states = [{k: v.clone() for k, v in p["model"].items()} for p in payloads]
     out = linear_mode_connectivity(
@@ -45,9 +45,9 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from threeregime.config import load_config
-    from threeregime.data import DeviceData
-    from threeregime.io import load_checkpoint
+    from threeregime.compute.data import DeviceData
+    from threeregime.config.load import load_config
+    from threeregime.io.files import load_checkpoint
 
     torch.set_num_threads(1)
     metrics = load_config(args.config, check_paths=False).metrics

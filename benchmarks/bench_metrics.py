@@ -9,7 +9,7 @@ two models' logits and softmax outputs on the first ``--cka-samples`` training i
   ``--batch``, ``--workers`` workers), BN reset with ``momentum=None`` (cumulative average),
   ``.item()`` per batch; CKA from n x n Gram matrices in float64 numpy, centred as in the
   usual reference code (HSIC form).
-* project: ``threeregime.metrics`` on device-resident tensors (``linear_mode_connectivity``,
+* project: ``threeregime.compute.landscape`` on device-resident tensors (``linear_mode_connectivity``,
   ``model_outputs`` + ``output_similarity``, CKA in feature space: d x d matrices).
 
 A metrics job handles one retrain pair; a cell (temperature, density, dense seed) has three
@@ -114,9 +114,9 @@ def main() -> None:
     setup(args)
     import torch
 
-    from threeregime.data import DeviceData
-    from threeregime.metrics import linear_mode_connectivity, model_outputs, output_similarity
-    from threeregime.runtime import Performance
+    from threeregime.compute.data import DeviceData
+    from threeregime.compute.landscape import linear_mode_connectivity, model_outputs, output_similarity
+    from threeregime.compute.runtime import Performance
 
     device = torch.device(args.device)
     size = max(args.train_samples, args.cka_samples)

@@ -68,7 +68,7 @@ def prepare(folder: Path, cfg, train_images: int, test_images: int) -> tuple[Pat
     """The dataset file and the preset's pruned models of one dense model, made by the
     project's own commands (the dense model untrained: ``stop_epoch`` 0): (data, [(pruned, seed)])."""
     from threeregime.cli import build_parser
-    from threeregime.io import save_checkpoint
+    from threeregime.io.files import save_checkpoint
 
     def command(name: str, spec: dict, out: Path, *inputs: str) -> None:
         args = build_parser().parse_args([name, "--spec", json.dumps(spec), *inputs, "--out", str(out)])
@@ -161,7 +161,8 @@ def main() -> None:
     if args.metrics and not any(JOBS[name][1] >= 2 for name in args.jobs):
         p.error("--metrics: no job of --jobs has the two retrain seeds a metrics job compares")
     setup(args)
-    from threeregime.config import grid_cells, load_config, merge_configs, read_config_file
+    from threeregime.config.load import load_config, merge_configs, read_config_file
+    from threeregime.config.specs import grid_cells
 
     raw = merge_configs(*(read_config_file(layer) for layer in PRESET))
     cfg = load_config(raw, source=" + ".join(p.name for p in PRESET), check_paths=False)

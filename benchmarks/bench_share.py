@@ -26,7 +26,7 @@ from common import parser, report, setup, table
 def worker(args) -> None:
     """One trainer (bench_train's project pass, masked retraining): warm up, signal ready, wait
     for the go file, time a pass, print JSON."""
-    from threeregime.runtime import Performance
+    from threeregime.compute.runtime import Performance
 
     setup(args)
     run = project_pass(args, True, Performance(args.amp, args.channels_last, tf32=args.tf32))

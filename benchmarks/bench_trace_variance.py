@@ -31,10 +31,10 @@ def main() -> None:
     setup(args)
     import torch
 
-    from threeregime.checkpoints import model_from
-    from threeregime.data import DeviceData
-    from threeregime.hessian import HessianOperator, lanczos, trace
-    from threeregime.io import load_checkpoint
+    from threeregime.compute.checkpoints import model_from
+    from threeregime.compute.data import DeviceData
+    from threeregime.compute.hessian import HessianOperator, lanczos, trace
+    from threeregime.io.files import load_checkpoint
 
     paths = sorted(glob.glob(args.checkpoints))
     if not paths:

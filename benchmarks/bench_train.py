@@ -7,10 +7,10 @@ PreResNet-20 on CIFAR-10-shaped data (uint8 noise images, 10 classes), batch 64,
   (shuffle, ``--workers`` worker processes, pinned memory on a GPU), fp32, torch.optim.SGD,
   loss and accuracy read back with ``.item()`` every step (AverageMeter style), masks
   re-applied after each step by a Python loop over the conv modules.
-* project trainer: ``threeregime.train.train`` with the data on the device (batched crop and
+* project trainer: ``threeregime.compute.train.train`` with the data on the device (batched crop and
   flip there), its foreach SGD and foreach mask multiply, under each Performance setting.
-* packed (``--pack R ...``): ``threeregime.train.train_runs`` with R runs in one model (grouped
-  layers, threeregime.pack), each with its own data stream, as a packed retrain job trains them;
+* packed (``--pack R ...``): ``threeregime.compute.train.train_runs`` with R runs in one model (grouped
+  layers, threeregime.compute.pack), each with its own data stream, as a packed retrain job trains them;
   images/s counts all R runs' images.
 
 Images/s are steady state: every contender runs one warm-up pass first, then ``--steps`` steps per
@@ -42,7 +42,7 @@ def paper_style_pass(args, masked: bool):
     import torch.nn.functional as F
     from common import TorchvisionCIFAR, paper_transforms
 
-    from threeregime.prune import compute_masks
+    from threeregime.compute.prune import compute_masks
 
     device = torch.device(args.device)
     payload = synthetic_cifar((args.steps + 1) * BATCH, 0, seed=1)
@@ -97,12 +97,12 @@ def project_pass(args, masked: bool, perf, runs: int = 1):
     ``runs`` packed runs at a time (one: the plain trainer)."""
     import torch
 
-    from threeregime.config import Recipe
-    from threeregime.data import DeviceData
-    from threeregime.pack import Packed
-    from threeregime.prune import compute_masks
-    from threeregime.runtime import set_tf32
-    from threeregime.train import RunSet, train_runs
+    from threeregime.compute.data import DeviceData
+    from threeregime.compute.pack import Packed
+    from threeregime.compute.prune import compute_masks
+    from threeregime.compute.runtime import set_tf32
+    from threeregime.compute.train import RunSet, train_runs
+    from threeregime.config.settings import Recipe
 
     device = torch.device(args.device)
     data = DeviceData(synthetic_cifar(args.steps * BATCH, BATCH, seed=1), device, perf.channels_last)
@@ -138,7 +138,7 @@ def main() -> None:
     p.add_argument("--kinds", nargs="+", choices=["dense", "masked"], default=["dense", "masked"])
     args = p.parse_args()
     setup(args)
-    from threeregime.runtime import Performance
+    from threeregime.compute.runtime import Performance
 
     settings = {
         "project, reference (fp32)": Performance(),

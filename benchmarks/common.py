@@ -65,7 +65,7 @@ def parser(description: str) -> argparse.ArgumentParser:
 def setup(args) -> None:
     import torch
 
-    from threeregime.runtime import set_tf32
+    from threeregime.compute.runtime import set_tf32
 
     torch.set_num_threads(args.threads)
     set_tf32(args.tf32)
@@ -150,8 +150,8 @@ def synthetic_cifar(num_train: int, num_test: int, seed: int = 0, learnable: boo
 
 def trained_preresnet20(device, data, steps: int, seed: int = 0):
     """PreResNet-20 after ``steps`` SGD steps (batch 64, lr 0.05) of the project's trainer."""
-    from threeregime.config import Recipe
-    from threeregime.train import train
+    from threeregime.compute.train import train
+    from threeregime.config.settings import Recipe
 
     model = preresnet20(device, seed)
     if steps:
@@ -189,8 +189,8 @@ def paper_transforms(augment: bool):
 def preresnet20(device, seed: int = 0):
     import torch
 
-    from threeregime.config import ModelConfig
-    from threeregime.models import init_model
+    from threeregime.compute.models import init_model
+    from threeregime.config.settings import ModelConfig
 
     return init_model(ModelConfig(name="preresnet20"), 3, 10, seed).to(torch.device(device))
 

@@ -22,8 +22,8 @@ DPI = 80  # small enough to commit, large enough to read
 def main() -> None:
     import pandas as pd
 
-    from threeregime.config import load_config
-    from threeregime.plot import regime_map
+    from threeregime.config.load import load_config
+    from threeregime.views.plot import regime_map
 
     results = Path(sys.argv[1]) if len(sys.argv) > 1 else REPO / "results" / "demo"
     tables = [results / "regimes.csv", results / "selection.csv"]

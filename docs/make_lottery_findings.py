@@ -32,8 +32,8 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 def main() -> None:
     import pandas as pd
 
-    from threeregime.config import RegimeConfig
-    from threeregime.plot import instability_diagram
+    from threeregime.config.settings import RegimeConfig
+    from threeregime.views.plot import instability_diagram
 
     results = Path(sys.argv[1]) if len(sys.argv) > 1 else REPO / "results"
     tables = {name: results / run / "regimes.csv" for name, run in RUNS.items()}

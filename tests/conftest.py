@@ -84,7 +84,7 @@ def vector_payload(x: torch.Tensor, y: torch.Tensor, num_classes: int) -> dict:
 
 @pytest.fixture(scope="session")
 def mnist1d_payload() -> dict:
-    from threeregime.config import DataConfig
-    from threeregime.data import prepare_dataset
+    from threeregime.compute.data import prepare_dataset
+    from threeregime.config.settings import DataConfig
 
     return prepare_dataset(DataConfig(num_samples=600, generation_seed=3))

@@ -11,8 +11,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from threeregime.adaptive import Grid, coarse_cells, infer_labels, next_cells, plan_round, with_inferred
-from threeregime.config import RegimeConfig, fmt_value
+from threeregime.analysis.adaptive import (
+    Grid,
+    coarse_cells,
+    infer_labels,
+    next_cells,
+    plan_round,
+    with_inferred,
+)
+from threeregime.config.settings import RegimeConfig, fmt_value
 
 from .conftest import write_config
 
@@ -218,7 +225,7 @@ def _measured_rows(regimes: pd.DataFrame) -> set:
 
 
 def test_compare_maps_counts_agreement_by_label_source():
-    from threeregime.adaptive import compare_maps
+    from threeregime.analysis.adaptive import compare_maps
 
     cells = [(t, d) for t in (1.0, 2.0) for d in (0.1, 0.2)]
     full = pd.DataFrame(

@@ -18,11 +18,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from threeregime.catalog import CIFAR_LAYOUT, conv_weight_shapes
-from threeregime.config import ConfigError, DataConfig, ModelConfig, Recipe, load_config
-from threeregime.data import CIFAR_STATS, DataError, DeviceData, data_generator, load_cifar
-from threeregime.models import build_model, init_model, prunable_layers
-from threeregime.train import make_schedule, train
+from threeregime.compute.data import CIFAR_STATS, DataError, DeviceData, data_generator, load_cifar
+from threeregime.compute.models import build_model, init_model, prunable_layers
+from threeregime.compute.train import make_schedule, train
+from threeregime.config.load import load_config
+from threeregime.config.settings import ConfigError, DataConfig, ModelConfig, Recipe
+from threeregime.registry.datasets import CIFAR_LAYOUT
+from threeregime.registry.models import weight_shapes as conv_weight_shapes
 
 CLASSES = {"cifar10": 10, "cifar100": 100}
 
@@ -353,7 +355,7 @@ def test_smoke_each_knob_and_each_pruning_score_through_the_cli(tmp_path, fake_c
     checkpoints, and the epochs knob continues its dense run from the previous grid epoch.
     """
     from threeregime.cli import main
-    from threeregime.io import load_checkpoint
+    from threeregime.io.files import load_checkpoint
 
     knob_section, train_edits, retrain_recipe = KNOB_CASES[knob]
     config = _config(

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from threeregime.config import load_config, merge_configs, read_config_file
+from threeregime.config.load import load_config, merge_configs, read_config_file
 
 from .conftest import REPO
 from .test_cifar import write_fake_cifar

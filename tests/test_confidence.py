@@ -6,9 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from threeregime.confidence import _Design, add_confidence, bootstrap, confidence_level
-from threeregime.config import RegimeConfig
-from threeregime.regimes import aggregate_cells, analyse
+from threeregime.analysis.advice import analyse
+from threeregime.analysis.cells import aggregate_cells
+from threeregime.analysis.confidence import _Design, add_confidence, bootstrap, confidence_level
+from threeregime.config.settings import RegimeConfig
 
 FIXED = RegimeConfig(eps_mode="fixed", eps=0.05, cka_cut_mode="fixed", cka_cut=0.9)
 
@@ -154,8 +155,8 @@ def test_confidence_words():
 def test_figures_hatch_uncertain_and_inferred_cells():
     import matplotlib.pyplot as plt
 
-    from threeregime.config import PlotConfig
-    from threeregime.plot import phase_figure, regime_figure
+    from threeregime.config.settings import PlotConfig
+    from threeregime.views.plot import phase_figure, regime_figure
 
     from .test_plot import _regimes
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from threeregime.config import ConfigError, fmt_value, load_config, to_json
+from threeregime.config.load import load_config
+from threeregime.config.settings import ConfigError, fmt_value
+from threeregime.config.specs import to_json
 
 from .conftest import REPO, write_config
 
@@ -135,7 +137,7 @@ def test_tf32_enters_the_specs_only_when_on_and_sets_the_backend_flags(tiny_conf
     every training and metrics spec, and a job sets both TF32 flags to match."""
     import torch
 
-    from threeregime.runtime import job_performance
+    from threeregime.compute.runtime import job_performance
 
     off = load_config(tiny_config)
     tiny_config["runtime"]["tf32"] = True

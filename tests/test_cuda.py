@@ -18,13 +18,13 @@ import pytest
 import torch
 from torch._dynamo.utils import counters  # inductor counts each CUDA-graph fallback here
 
-from threeregime.config import Recipe
-from threeregime.data import DeviceData
-from threeregime.hessian import HessianSettings, hessian_summary
-from threeregime.metrics import linear_mode_connectivity, model_outputs, output_similarity
-from threeregime.prune import compute_masks
-from threeregime.runtime import Performance, set_tf32
-from threeregime.train import RunSet, train, train_runs
+from threeregime.compute.data import DeviceData
+from threeregime.compute.hessian import HessianSettings, hessian_summary
+from threeregime.compute.landscape import linear_mode_connectivity, model_outputs, output_similarity
+from threeregime.compute.prune import compute_masks
+from threeregime.compute.runtime import Performance, set_tf32
+from threeregime.compute.train import RunSet, train, train_runs
+from threeregime.config.settings import Recipe
 
 from .reference import pyhessian_reference
 from .test_fastpaths import _losses, cifar_payload, small_resnet
@@ -117,7 +117,7 @@ def test_cuda_sam_with_cuda_graphs_follows_the_cpu(payload, reference):
 
 @pytest.mark.parametrize("perf", [Performance(), Performance(compile=True)], ids=["fp32", "compile"])
 def test_cuda_packed_runs_match_the_cpu_reference(payload, reference, perf):
-    """Three runs packed into grouped layers (threeregime.pack), each with its own mask: each
+    """Three runs packed into grouped layers (threeregime.compute.pack), each with its own mask: each
     follows its own unpacked CPU run (full-batch steps, so the random streams do not matter)."""
     masks, (_, cpu) = reference
     all_masks = [masks, compute_masks(small_resnet(seed=4), 0.6, "uniform"), None]

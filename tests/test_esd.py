@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from threeregime.hessian import HessianOperator, HessianSettings, hessian_summary, lanczos
-from threeregime.plot import broadened_density
+from threeregime.compute.hessian import HessianOperator, HessianSettings, hessian_summary, lanczos
+from threeregime.views.plot import broadened_density
 
 from .test_metrics import _exact_hessian, _tiny_problem
 

@@ -15,9 +15,8 @@ import pytest
 import torch
 from torch import nn
 
-from threeregime.config import ModelConfig, Recipe
-from threeregime.data import CIFAR_STATS, DeviceData
-from threeregime.hessian import (
+from threeregime.compute.data import CIFAR_STATS, DeviceData
+from threeregime.compute.hessian import (
     HessianOperator,
     HessianSettings,
     hessian_summary,
@@ -26,11 +25,17 @@ from threeregime.hessian import (
     top_eigenvalue,
     trace,
 )
-from threeregime.metrics import linear_cka, linear_mode_connectivity, model_outputs, output_similarity
-from threeregime.models import init_model
-from threeregime.prune import compute_masks
-from threeregime.runtime import Performance, set_cpu_convolutions
-from threeregime.train import train
+from threeregime.compute.landscape import (
+    linear_cka,
+    linear_mode_connectivity,
+    model_outputs,
+    output_similarity,
+)
+from threeregime.compute.models import init_model
+from threeregime.compute.prune import compute_masks
+from threeregime.compute.runtime import Performance, set_cpu_convolutions
+from threeregime.compute.train import train
+from threeregime.config.settings import ModelConfig, Recipe
 
 from .test_metrics import _exact_hessian, _tiny_problem
 
@@ -116,7 +121,7 @@ def test_masks_stay_exact_on_the_fast_paths(payload):
 def test_compiled_step_sees_only_full_batches(monkeypatch):
     """An epoch's last partial batch runs the eager model, so torch.compile never compiles a
     second (dynamic-shape) graph for it; the results are those of the uncompiled run."""
-    import threeregime.train as train_module
+    import threeregime.compute.train as train_module
 
     seen = []
 
@@ -276,12 +281,12 @@ def test_default_cpu_path_does_not_import_dynamo():
     code = """
 import sys, torch
 from tests.test_fastpaths import cifar_payload, small_resnet
-from threeregime.config import Recipe
-from threeregime.data import CIFAR_STATS, DeviceData
-from threeregime.hessian import HessianSettings, hessian_summary
-from threeregime.metrics import linear_mode_connectivity
-from threeregime.prune import compute_masks
-from threeregime.train import train
+from threeregime.config.settings import Recipe
+from threeregime.compute.data import CIFAR_STATS, DeviceData
+from threeregime.compute.hessian import HessianSettings, hessian_summary
+from threeregime.compute.landscape import linear_mode_connectivity
+from threeregime.compute.prune import compute_masks
+from threeregime.compute.train import train
 data = DeviceData(cifar_payload(64), "cpu")
 model = small_resnet()
 masks = compute_masks(model, 0.5, "uniform")

@@ -326,7 +326,8 @@ def test_a_corrupted_model_deleted_as_told_is_rebuilt_with_what_depends_on_it(do
     cell = f"epochs-3/density-{DENSITY}/seed{SEED}"
     pruned = folder / f"results/tiny/pruned/{cell}/model.pt"
     pruned.write_bytes(pruned.read_bytes()[:200])
-    retrain = [sys.executable, "-m", "threeregime", "retrain", "--spec", "{}", "--data"]
+    spec = '{"recipe": {"lr_milestones": []}}'
+    retrain = [sys.executable, "-m", "threeregime", "retrain", "--spec", spec, "--data"]
     retrain += [str(folder / "results/tiny/data/dataset.pt"), "--run", str(pruned), str(folder / "x.pt"), "1"]
     failed = subprocess.run(retrain, capture_output=True, text=True, cwd=REPO)
     assert failed.returncode == 1 and failed.stderr.count("\n") == 1, failed.stderr

@@ -12,10 +12,12 @@ import pytest
 import torch
 
 from threeregime.cli import main
-from threeregime.config import ConfigError, DataConfig, load_config, merge_configs, read_config_file, to_json
-from threeregime.io import load_checkpoint, save_checkpoint
-from threeregime.metrics import summarize_test_error
-from threeregime.prune import PruneError, check_nested
+from threeregime.compute.landscape import summarize_test_error
+from threeregime.compute.prune import PruneError, check_nested
+from threeregime.config.load import load_config, merge_configs, read_config_file
+from threeregime.config.settings import ConfigError, DataConfig
+from threeregime.config.specs import to_json
+from threeregime.io.files import load_checkpoint, save_checkpoint
 
 from .conftest import REPO, TINY_CONFIG, write_config
 from .test_incremental import job, plan, run
@@ -83,7 +85,7 @@ def test_check_nested_refuses_a_revived_weight():
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
-    from threeregime.data import prepare_dataset
+    from threeregime.compute.data import prepare_dataset
 
     path = tmp_path_factory.mktemp("imp") / "dataset.pt"
     save_checkpoint(path, prepare_dataset(DataConfig(num_samples=600, generation_seed=3)), "dataset")
@@ -212,7 +214,7 @@ def test_imp_overlay_plans_its_chain_on_the_demo(tmp_path):
         "collect": 1, "classify": 1, "plot": 1, "plot_instability": 1,
     }  # fmt: skip
     # the cost projection counts the same jobs (threeregime cost)
-    from threeregime.cost import target_units
+    from threeregime.views.cost import target_units
 
     cfg = load_config(merge_configs(read_config_file(REPO / "config.yaml"), read_config_file(IMP)))
     computed = ("prepare_data", "dense_train", "rewind", "prune", "retrain", "metrics")

@@ -11,10 +11,13 @@ import pytest
 import torch
 import yaml
 
-from threeregime.config import ConfigError, _schema, load_config, to_json
-from threeregime.data import noisy_labels
-from threeregime.knobs import KNOBS, Knob
-from threeregime.regimes import knob_action
+from threeregime.analysis.advice import knob_action
+from threeregime.compute.data import noisy_labels
+from threeregime.config.load import load_config
+from threeregime.config.schema import schema as _schema
+from threeregime.config.settings import ConfigError
+from threeregime.config.specs import to_json
+from threeregime.registry.knobs import KNOBS, Knob
 
 from .conftest import REPO, SNAKEFILE, TINY_CONFIG, snakemake, write_config
 
@@ -129,10 +132,10 @@ def test_noisy_labels_are_exact_nested_and_seeded():
 def test_training_with_label_noise_is_training_on_the_noisy_labels(mnist1d_payload):
     """The recipe's label noise reaches the training loop: the same run as one given the noisy
     labels by hand, and a different run from the clean one."""
-    from threeregime.config import ModelConfig, Recipe
-    from threeregime.data import DeviceData
-    from threeregime.models import init_model
-    from threeregime.train import train
+    from threeregime.compute.data import DeviceData
+    from threeregime.compute.models import init_model
+    from threeregime.compute.train import train
+    from threeregime.config.settings import ModelConfig, Recipe
 
     data = DeviceData(mnist1d_payload, "cpu")
     recipe = Recipe(epochs=1, batch_size=64, lr=0.05)
@@ -154,7 +157,7 @@ def test_training_with_label_noise_is_training_on_the_noisy_labels(mnist1d_paylo
 # ----------------------------------------------------------------------------- a throw-away knob
 REGISTER_AND_RUN = """
 import sys
-from threeregime.knobs import Knob, register
+from threeregime.registry.knobs import Knob, register
 register(Knob(
     name="momentum", field="momentum", schedule="runs", hotter=-1,
     why="throw-away test knob", label="dense momentum", unit="beta",
@@ -188,7 +191,7 @@ def test_a_knob_registered_in_one_place_validates_and_dry_runs(tmp_path):
 @pytest.mark.parametrize("name", list(NEW_KNOBS))
 def test_new_knob_runs_end_to_end_through_the_workflow(tmp_path, name):
     """Two temperatures x one density through every rule; the dense runs got their field."""
-    from threeregime.io import load_checkpoint
+    from threeregime.io.files import load_checkpoint
 
     values = NEW_KNOBS[name]
     config = _config(name, values)

@@ -1,4 +1,4 @@
-"""Locks of live runs and jobs (threeregime.locks): liveness is the kernel's flock, so a live run is
+"""Locks of live runs and jobs (threeregime.io.locks): liveness is the kernel's flock, so a live run is
 never taken for dead whatever started it, a dead one never blocks the next run, and a run that
 ends never unlocks another. Every wait here is for an event (a line, a file), never a sleep, so
 the tests hold on a saturated machine."""
@@ -17,15 +17,15 @@ from pathlib import Path
 
 import pytest
 
-from threeregime import locks
 from threeregime.cli import main
-from threeregime.config import Recipe
+from threeregime.config.settings import Recipe
+from threeregime.io import locks
 
 from .conftest import SNAKEFILE, TINY_CONFIG, write_config
 
 HOLDER = """
 import sys
-from threeregime import locks
+from threeregime.io import locks
 locks.acquire_run(sys.argv[1], sys.argv[2], [sys.argv[3]])
 print("ready", flush=True)
 sys.stdin.readline()

@@ -11,9 +11,10 @@ import pandas as pd
 import pytest
 from docutils.core import publish_parts
 
-from threeregime.config import ConfigError, PlotConfig, load_config
-from threeregime.metric_registry import METRICS, Metric, Panel, combine, panel_caption, panels
-from threeregime.plot import phase_figure
+from threeregime.config.load import load_config
+from threeregime.config.settings import ConfigError, PlotConfig
+from threeregime.registry.metrics import METRICS, Metric, Panel, combine, panel_caption, panels
+from threeregime.views.plot import phase_figure
 
 from .conftest import REPO
 from .test_plot import _regimes
@@ -98,15 +99,18 @@ def test_elementwise_mean_refuses_lists_of_other_lengths(vector_metrics):
         combine("layer_alpha", [[1, 2], [1, 2, 3]])
 
 
+F = "threeregime.compute.landscape:output_similarity"  # a function that exists
+
+
 @pytest.mark.parametrize(
     ("entry", "message"),
     [
-        (Metric("half", "cell", "f", "c", kind="matrix"), "kind 'matrix' is not one of"),
-        (Metric("half", "models", "f", "c"), "scope 'models' is not one of"),
-        (Metric("half", "model", "f", "c", aggregate="median"), "a scalar cannot aggregate by 'median'"),
-        (Metric("half", "model", "f", "c", "vector", "elementwise", Panel("t", "l")), "a vector has no"),
-        (Metric("half", "model", "", "c"), "computed_by is empty"),
-        (Metric("half", "model", "f", "c", "vector", "pool_weights"), "weights_of must name a registered"),
+        (Metric("half", "cell", F, "c", kind="matrix"), "kind 'matrix' is not one of"),
+        (Metric("half", "models", F, "c"), "scope 'models' is not one of"),
+        (Metric("half", "model", F, "c", aggregate="median"), "a scalar cannot aggregate by 'median'"),
+        (Metric("half", "model", F, "c", "vector", "elementwise", Panel("t", "l")), "a vector has no"),
+        (Metric("half", "model", "", "c"), "computed_by must be 'module:function', got ''"),
+        (Metric("half", "model", F, "c", "vector", "pool_weights"), "weights_of must name a registered"),
     ],
 )
 def test_a_half_registered_metric_fails_validation_in_one_line(monkeypatch, tiny_config, entry, message):
@@ -128,9 +132,7 @@ def test_a_registered_metric_gets_its_panel_with_its_colour_map_and_log_scale(mo
     monkeypatch.setitem(
         METRICS,
         "sharpness",
-        Metric(
-            "sharpness", "model", "a test", "a caption", panel=Panel("Sharp", "s [au]", "magma", log=True)
-        ),
+        Metric("sharpness", "model", F, "a caption", panel=Panel("Sharp", "s [au]", "magma", log=True)),
     )
     regimes = _regimes()
     regimes["sharpness_mean"] = np.linspace(1, 1000, len(regimes))

@@ -8,10 +8,15 @@ import pytest
 import torch
 from torch import nn
 
-from threeregime.config import ModelConfig
-from threeregime.data import DeviceData
-from threeregime.hessian import HessianOperator, HessianSettings, hessian_summary, top_eigenvalue, trace
-from threeregime.metrics import (
+from threeregime.compute.data import DeviceData
+from threeregime.compute.hessian import (
+    HessianOperator,
+    HessianSettings,
+    hessian_summary,
+    top_eigenvalue,
+    trace,
+)
+from threeregime.compute.landscape import (
     barrier_height,
     linear_cka,
     linear_mode_connectivity,
@@ -19,8 +24,9 @@ from threeregime.metrics import (
     recalibrate_batchnorm,
     summarize_test_error,
 )
-from threeregime.models import init_model
-from threeregime.prune import compute_masks
+from threeregime.compute.models import init_model
+from threeregime.compute.prune import compute_masks
+from threeregime.config.settings import ModelConfig
 
 from .conftest import vector_payload
 from .reference import pyhessian_reference

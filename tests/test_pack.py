@@ -1,4 +1,4 @@
-"""Packed training (threeregime.pack): R runs in one set of kernels are the R separate runs.
+"""Packed training (threeregime.compute.pack): R runs in one set of kernels are the R separate runs.
 
 Each run of a pack has its own weights, masks, data stream and (for SAM) its own gradient norm;
 the packed result must match separate ``train`` calls, for SGD and SAM, dense and masked, with
@@ -13,13 +13,14 @@ import pytest
 import torch
 from torch import nn
 
-from threeregime.config import ModelConfig, Recipe
-from threeregime.data import DeviceData
-from threeregime.models import init_model
-from threeregime.pack import Packed
-from threeregime.prune import compute_masks
-from threeregime.runtime import Performance
-from threeregime.train import RunSet, evaluate, evaluate_runs, train, train_runs
+from threeregime.compute.data import DeviceData
+from threeregime.compute.evaluate import evaluate, evaluate_runs
+from threeregime.compute.models import init_model
+from threeregime.compute.pack import Packed, PackError
+from threeregime.compute.prune import compute_masks
+from threeregime.compute.runtime import Performance
+from threeregime.compute.train import RunSet, train, train_runs
+from threeregime.config.settings import ModelConfig, Recipe
 
 from .test_fastpaths import cifar_payload
 
@@ -60,6 +61,26 @@ def test_packed_forward_and_backward_equal_the_separate_models(name, in_channels
     for r, state in enumerate(packed.states()):  # BN running statistics moved per run
         for key, value in models[r].state_dict().items():
             torch.testing.assert_close(state[key], value, rtol=0, atol=1e-6, msg=key)
+
+
+def _flatten_mlp(seed: int) -> nn.Module:
+    """A model with Flatten, Dropout (off in eval) and a hidden Linear layer: an MLP head."""
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv1d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 38, 16), nn.GELU(),
+        nn.Dropout(0.0), nn.Linear(16, 10),
+    )  # fmt: skip
+
+
+def test_models_with_flatten_and_an_mlp_head_pack_exactly():
+    models = [_flatten_mlp(seed) for seed in (1, 2)]
+    xs = [torch.randn(5, 1, 40) for _ in models]
+    packed = Packed(models)
+    out = packed.logits(packed.model(packed.inputs(xs)))
+    for r, (model, x) in enumerate(zip(models, xs)):
+        torch.testing.assert_close(out[r], model(x), rtol=0, atol=1e-5)
+    masks = [compute_masks(m, 0.5, "uniform") for m in models]
+    assert set(masks[0]) == {"0.weight", "3.weight"}  # conv and hidden Linear; the classifier is kept
 
 
 def _mnist_runs(mnist1d_payload, optimizer: str):
@@ -156,17 +177,18 @@ def test_a_given_packed_model_is_trained_in_place(mnist1d_payload):
 
 
 def test_unpackable_models_are_refused():
-    class WithDropout(nn.Module):
+    class WithLayerNorm(nn.Module):  # normalises across features: run r would see run s's
         def __init__(self):
             super().__init__()
             self.fc = nn.Linear(4, 2)
-            self.drop = nn.Dropout(0.5)
+            self.norm = nn.LayerNorm(4)
 
         def forward(self, x):
-            return self.fc(self.drop(x))
+            return self.fc(self.norm(x))
 
-    with pytest.raises(ValueError, match="cannot pack a Dropout layer"):
-        Packed([WithDropout(), WithDropout()])
+    refusal = "cannot pack the model's LayerNorm layer .*set runtime.retrain_pack: none"
+    with pytest.raises(PackError, match=refusal):
+        Packed([WithLayerNorm(), WithLayerNorm()])
     with pytest.raises(ValueError, match="model 1 is not the architecture of model 0"):
         Packed(_models("cnn1d", (1,), 1) + _models("cnn1d", (1,), 1, width=0.5))
     with pytest.raises(ValueError, match="2 models need as many streams"):

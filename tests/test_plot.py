@@ -10,15 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from threeregime.config import PlotConfig
-from threeregime.plot import (
-    boundary_segments,
-    phase_diagram,
-    phase_figure,
-    regime_figure,
-    regime_map,
-)
-from threeregime.report import html_table, write_html_tables
+from threeregime.config.settings import PlotConfig
+from threeregime.views.plot import boundary_segments, phase_diagram, phase_figure, regime_figure, regime_map
+from threeregime.views.tables import html_table, write_html_tables
 
 # 3 temperatures x 2 densities; rows coldest first. For epochs the coldest is 40 epochs.
 #            density 0.1   density 0.5
@@ -198,7 +192,7 @@ def test_layout_follows_ncols(ncols):
 
 
 def test_instability_figure_draws_each_densitys_barrier_against_the_knob():
-    from threeregime.plot import instability_figure
+    from threeregime.views.plot import instability_figure
 
     regimes = _regimes()
     regimes["barrier_mean"] = 0.001 * regimes["temperature"]

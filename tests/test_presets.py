@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from threeregime.config import load_config
-from threeregime.train import Schedule
+from threeregime.compute.train import Schedule
+from threeregime.config.load import load_config
 
 from .conftest import REPO, snakemake, write_config
 from .test_cifar import write_fake_cifar

@@ -21,8 +21,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from threeregime.config import load_config
-from threeregime.cost import job_keys, job_units, project, read_costs, target_units, train_samples
+from threeregime.config.load import load_config
+from threeregime.views.cost import job_keys, job_units, project, read_costs, target_units, train_samples
 
 from .conftest import SNAKEFILE, TINY_CONFIG, write_config
 
@@ -210,8 +210,8 @@ def test_cost_is_measured_per_job_and_projected(watched):
 
 
 def test_status_plans_the_shared_dense_run_and_the_rewind_replays():
-    from threeregime.config import load_config
-    from threeregime.status import plan_cells
+    from threeregime.config.load import load_config
+    from threeregime.views.status import plan_cells
 
     config = copy.deepcopy(TINY_CONFIG)
     config["knob"] = {"name": "rewind_step", "values": [0, 3]}
@@ -238,7 +238,7 @@ def _fabricated_pair(temperature: str, density: str, mc: float, cka: float) -> d
 
 
 def _write_cell(folder: Path, temperature: str, density: str, mc: float = -0.1, cka: float = 0.9) -> None:
-    from threeregime.io import write_json
+    from threeregime.io.files import write_json
 
     path = folder / RESULTS / f"metrics/epochs-{temperature}/density-{density}/seed1/pair1-2.json"
     write_json(path, _fabricated_pair(temperature, density, mc, cka))

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from threeregime.catalog import conv_layer_sizes
-from threeregime.config import ModelConfig, Recipe
-from threeregime.data import DeviceData
-from threeregime.models import init_model, prunable_layers
-from threeregime.prune import PruneError, apply_masks, compute_masks, lamp_scores, mask_density
-from threeregime.train import train
+from threeregime.compute.data import DeviceData
+from threeregime.compute.models import init_model, prunable_layers
+from threeregime.compute.prune import PruneError, apply_masks, compute_masks, lamp_scores, mask_density
+from threeregime.compute.train import train
+from threeregime.config.settings import ModelConfig, Recipe
+from threeregime.registry.models import layer_sizes as conv_layer_sizes
 
 
 def _model(name="cnn1d", seed=0):

@@ -28,3 +28,27 @@ def test_readme_stays_a_five_minute_read_and_links_to_the_docs():
     for page in ("method", "configuration", "running", "reruns", "troubleshooting", "performance"):
         assert f"(docs/{page}.md)" in text and (REPO / "docs" / f"{page}.md").is_file()
     assert (REPO / "docs" / "regime_map.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_layout_block_names_every_subpackage_and_module():
+    """README's layout block lists each subpackage with exactly the modules it holds."""
+    block = re.search(r"## Layout\n\n```\n(.*?)```", (REPO / "README.md").read_text(), re.S).group(1)
+    listed, current = {}, None
+    for line in block.splitlines():
+        match = re.match(r"  (\w+)/\s+(.*)", line)
+        if match:
+            current = match.group(1)
+            listed[current] = match.group(2)
+        elif current and line.startswith("             "):
+            listed[current] += " " + line.strip()
+        else:
+            current = None
+    package = REPO / "threeregime"
+    actual = {
+        folder.name: sorted(p.stem for p in folder.glob("*.py") if p.stem != "__init__")
+        for folder in package.iterdir()
+        if (folder / "__init__.py").is_file()
+    }
+    assert sorted(listed) == sorted(actual), "subpackages"
+    for name, modules in actual.items():
+        assert sorted(m.strip() for m in listed[name].split(",")) == modules, name

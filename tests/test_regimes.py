@@ -9,25 +9,23 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from threeregime.confidence import add_confidence
-from threeregime.config import ConfigError, RegimeConfig, load_config, regime_config_from_spec
-from threeregime.regimes import (
-    aggregate_cells,
-    analyse,
-    cell_advice,
+from threeregime.analysis.advice import analyse, cell_advice, knob_action, model_selection, temperature_advice
+from threeregime.analysis.cells import aggregate_cells
+from threeregime.analysis.confidence import add_confidence
+from threeregime.analysis.regimes import (
     cell_stability,
     choose_thresholds,
     classify,
     classify_cells,
-    knob_action,
-    model_selection,
     noise_eps,
     otsu_split,
     robustness,
     robustness_grid,
-    temperature_advice,
     ticket_criteria,
 )
+from threeregime.config.load import load_config
+from threeregime.config.settings import ConfigError, RegimeConfig
+from threeregime.config.specs import regime_config_from_spec
 
 from .conftest import REPO
 

@@ -15,9 +15,11 @@ import pytest
 import torch
 
 from threeregime.cli import main
-from threeregime.config import ModelConfig, Recipe, to_json
-from threeregime.io import CheckpointError, load_checkpoint, save_checkpoint, write_json, write_text
-from threeregime.runtime import _CLAIMS, DeviceError, claim_gpu, resolve_device
+from threeregime.compute.gpus import _CLAIMS, claim_gpu
+from threeregime.compute.runtime import DeviceError, resolve_device
+from threeregime.config.settings import ModelConfig, Recipe
+from threeregime.config.specs import to_json
+from threeregime.io.files import CheckpointError, load_checkpoint, save_checkpoint, write_json, write_text
 
 from .conftest import REPO, TINY_CONFIG
 
@@ -175,7 +177,7 @@ def test_cuda_requested_but_unavailable(dataset, tmp_path, caplog):
 
 def test_gpu_claims_spread_local_jobs_over_the_cards_and_end_with_the_process(tmp_path):
     """Locally Snakemake only caps how many GPU jobs run; each job picks its card by a file lock."""
-    code = "import sys; from pathlib import Path; from threeregime.runtime import claim_gpu; "
+    code = "import sys; from pathlib import Path; from threeregime.compute.gpus import claim_gpu; "
     code += "print(claim_gpu(3, Path(sys.argv[1])))"
 
     def another_job() -> str:
@@ -210,7 +212,7 @@ def test_gpu_claims_spread_local_jobs_over_the_cards_and_end_with_the_process(tm
 
 def _one_cell(dataset: Path, folder: Path) -> dict:
     """dense -> prune -> two retrainings -> metrics of one tiny cell, through the CLI commands."""
-    from threeregime.config import load_config
+    from threeregime.config.load import load_config
 
     config = json.loads(json.dumps(TINY_CONFIG))
     cfg = load_config(config)
@@ -291,8 +293,8 @@ def _collect(folder: Path, records: dict[str, dict]) -> tuple[int, str]:
 def test_collect_reports_tables_that_mix_numeric_environments(cell_metrics, tmp_path, capsys):
     import pandas as pd
 
-    from threeregime.config import RegimeConfig
-    from threeregime.regimes import analyse
+    from threeregime.analysis.advice import analyse
+    from threeregime.config.settings import RegimeConfig
 
     hot = cell_metrics | {"temperature": 3.0, "density": 0.2, "dense_seed": 1}
     cold = hot | {"temperature": 1.0}
@@ -323,7 +325,7 @@ def test_collect_names_a_metrics_file_of_the_wrong_shape(cell_metrics, tmp_path,
 
 def test_resume_under_another_numeric_environment_starts_over(dataset, tmp_path):
     """A run killed under 2 threads and resumed under 1 would mix both in one model."""
-    from threeregime.resume import fingerprint
+    from threeregime.compute.resume import fingerprint
 
     out = tmp_path / "model.pt"
     spec = _dense_spec(2)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from docutils.core import publish_parts
 
-from threeregime.report import TABLE_PAGES
+from threeregime.views.tables import TABLE_PAGES
 
 from .conftest import REPO
 

@@ -6,9 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from threeregime.catalog import MODELS, conv_weight_shapes
-from threeregime.config import ModelConfig
-from threeregime.models import build_model, init_model, prunable_layers
+from threeregime.compute.models import build_model, init_model, prunable_layers
+from threeregime.config.settings import ModelConfig
+from threeregime.registry.models import MODELS
+from threeregime.registry.models import weight_shapes as conv_weight_shapes
 
 
 def _expected_parameters(classes: int) -> dict[str, int]:

@@ -39,7 +39,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from threeregime.config import fmt_value
+from threeregime.config.settings import fmt_value
 
 from .conftest import REPO, TINY_CONFIG, write_config
 

@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 import torch
 
-from threeregime.config import load_config
-from threeregime.models import prunable_layers
-from threeregime.prune import alpha_densities, compute_masks, layer_densities, mask_density
-from threeregime.spectra import fit_power_law, layer_alphas, layer_eigenvalues
+from threeregime.compute.models import prunable_layers
+from threeregime.compute.prune import alpha_densities, compute_masks, layer_densities, mask_density
+from threeregime.compute.spectra import fit_power_law, layer_alphas, layer_eigenvalues
+from threeregime.config.load import load_config
 
 from .test_prune import _model
 
@@ -136,7 +136,7 @@ def test_alpha_pruning_against_uniform_global_and_lamp_at_equal_density(density)
 def test_alpha_pruning_and_the_alpha_metric_through_the_commands(tmp_path, tiny_config):
     """prepare-data, dense, prune (alpha), retrain x2, metrics (weight_alpha on), collect."""
     from threeregime.cli import main
-    from threeregime.io import load_checkpoint
+    from threeregime.io.files import load_checkpoint
 
     tiny_config["train"]["epochs"] = 1
     tiny_config["knob"]["values"] = [1]
@@ -156,7 +156,7 @@ def test_alpha_pruning_and_the_alpha_metric_through_the_commands(tmp_path, tiny_
     payload = load_checkpoint(pruned, "pruned")
     sizes = {k: m.numel() for k, m in payload["masks"].items()}
     assert payload["density_actual"] == pytest.approx(0.3, abs=len(sizes) / (2 * sum(sizes.values())))
-    from threeregime.checkpoints import model_from
+    from threeregime.compute.checkpoints import model_from
 
     dense_layers = prunable_layers(model_from(load_checkpoint(dense, "dense")))
     expected = alpha_densities(sizes, layer_alphas(dense_layers), 0.3, 0.25)
@@ -205,7 +205,7 @@ def test_alpha_pruning_and_the_alpha_metric_through_the_commands(tmp_path, tiny_
 
 
 def test_fit_equals_weightwatchers_own_fit_where_installed():
-    """weightwatcher is not a dependency (threeregime/spectra.py says why); where it is
+    """weightwatcher is not a dependency (threeregime/compute/spectra.py says why); where it is
     installed, its power-law fit on the same eigenvalues gives the same alpha and xmin."""
     ww = pytest.importorskip("weightwatcher.WW_powerlaw")
     weight = torch.distributions.StudentT(3.0).sample((64, 32, 3, 3))

@@ -11,12 +11,14 @@ import pytest
 import torch
 
 from threeregime.cli import main
-from threeregime.config import ConfigError, DataConfig, ModelConfig, load_config, recipe_from_spec, to_json
-from threeregime.data import DeviceData
-from threeregime.io import load_checkpoint, save_checkpoint
-from threeregime.models import init_model
-from threeregime.tickets import control_seed, fresh_weights, rewind_state
-from threeregime.train import RunSet, make_schedule, train_runs
+from threeregime.compute.data import DeviceData
+from threeregime.compute.models import init_model
+from threeregime.compute.tickets import control_seed, fresh_weights, rewind_state
+from threeregime.compute.train import RunSet, make_schedule, train_runs
+from threeregime.config.load import load_config
+from threeregime.config.settings import ConfigError, DataConfig, ModelConfig
+from threeregime.config.specs import recipe_from_spec, to_json
+from threeregime.io.files import load_checkpoint, save_checkpoint
 
 from .conftest import TINY_CONFIG
 
@@ -31,7 +33,7 @@ def _config(**retrain) -> dict:
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
-    from threeregime.data import prepare_dataset
+    from threeregime.compute.data import prepare_dataset
 
     path = tmp_path_factory.mktemp("tickets") / "dataset.pt"
     save_checkpoint(path, prepare_dataset(DataConfig(num_samples=600, generation_seed=3)), "dataset")

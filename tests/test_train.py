@@ -6,10 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from threeregime.config import ModelConfig, Recipe
-from threeregime.data import DeviceData, crop_flip, data_generator
-from threeregime.models import init_model
-from threeregime.train import MomentumSGD, NonFiniteLossError, Schedule, train
+from threeregime.compute.data import DeviceData, crop_flip, data_generator
+from threeregime.compute.models import init_model
+from threeregime.compute.train import MomentumSGD, NonFiniteLossError, Schedule, train
+from threeregime.config.settings import ModelConfig, Recipe
 
 
 def test_momentum_sgd_matches_torch_optim():

@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from threeregime.checkpoints import CONTENTS, load
 from threeregime.cli import main
-from threeregime.config import ModelConfig, Recipe, to_json
-from threeregime.data import DataError, load_cifar
-from threeregime.io import CheckpointError, load_checkpoint, save_checkpoint
+from threeregime.compute.checkpoints import CONTENTS, load
+from threeregime.compute.data import DataError, load_cifar
+from threeregime.config.settings import ModelConfig, Recipe
+from threeregime.config.specs import to_json
+from threeregime.io.files import CheckpointError, load_checkpoint, save_checkpoint
 
 NOT_OURS = "not a threeregime checkpoint: it holds Python objects other than tensors and plain data"
 
@@ -122,7 +123,7 @@ def test_a_malicious_cifar_batch_never_runs(tmp_path):
     marker = tmp_path / "pwned"
     batch = root / "cifar-10-batches-py" / "data_batch_3"
     batch.write_bytes(pickle.dumps({"data": Payload(marker), "labels": [0]}, protocol=2))
-    from threeregime.config import DataConfig
+    from threeregime.config.settings import DataConfig
 
     with pytest.raises(DataError, match=r"data_batch_3: malformed CIFAR batch \(UnpicklingError: refused "):
         load_cifar(DataConfig(name="cifar10", root=str(root)))

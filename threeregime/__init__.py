@@ -4,4 +4,4 @@ Stages: data -> models -> train (dense) -> prune -> train (retrain, masks fixed)
 hessian -> regimes -> plot. The Snakemake workflow in ``workflow/`` calls ``threeregime.cli``.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -1,8 +1,10 @@
-"""Command line entry points, one per workflow stage; the Snakemake rules only call these.
+"""The ``threeregime`` command: commands for people (validate, status, cost, unlock, fetch-data)
+and one command per workflow step, which the Snakemake rules call.
 
-Each command reads a JSON ``--spec`` (the rule's ``params``: every setting that changes the
-output), its input files, and writes its outputs atomically. Runtime settings that do not change
-results (device, threads, checkpoint interval, compile) come separately in ``--runtime``.
+A step reads a JSON ``--spec`` (the rule's ``params``: every setting that changes its output)
+and its input files, and writes its outputs atomically (threeregime.stages does the work; this
+module parses arguments). Runtime settings that change no result (device, threads, checkpoint
+interval, compile) come separately in ``--runtime``.
 """
 
 from __future__ import annotations
@@ -14,20 +16,14 @@ import os
 import sys
 from pathlib import Path
 
-from threeregime.config import ConfigError, load_config
-from threeregime.io import (
-    CheckpointError,
-    save_checkpoint,
-    write_csv,
-    write_json,
-)
+from threeregime.config.settings import ConfigError
+from threeregime.io.files import CheckpointError
 
 log = logging.getLogger("threeregime")
 LABEL_TYPES = {"knob": str, "temperature": float, "density": float, "dense_seed": int}
 LABEL_TYPES |= {"retrain_seed": int, "seed_a": int, "seed_b": int}
 
 
-# ----------------------------------------------------------------------------- helpers
 def _labels(pairs: list[str]) -> dict:
     labels = {}
     for pair in pairs:
@@ -38,15 +34,14 @@ def _labels(pairs: list[str]) -> dict:
 
 def _compute(args):
     """Device, threads and fast paths for this job (torch imported here, not at CLI start)."""
-    from threeregime.jobs import Compute
+    from threeregime.stages.jobs import Compute
 
     return Compute.start(args.runtime, args.threads, args.spec)
 
 
-# ----------------------------------------------------------------------------- commands
+# ----------------------------------------------------------------------------- for people
 def cmd_validate(args) -> None:
-    """Check config files merged in order, as ``snakemake --configfile a b`` merges them."""
-    from threeregime.config import merge_configs, read_config_file
+    from threeregime.config.load import load_config, merge_configs, read_config_file
 
     source = ", ".join(args.config)
     try:
@@ -65,94 +60,21 @@ def cmd_validate(args) -> None:
     )
 
 
-def cmd_unlock(args) -> None:
-    """Remove a killed run's Snakemake locks, refusing while a Snakemake may still run there."""
-    from threeregime.locks import unlock
+def cmd_status(args) -> None:
+    from threeregime.config.load import load_overlays, results_dir
+    from threeregime.views.status import draw, read_status, terminal_grid
 
-    try:
-        print(unlock(args.directory, force=args.force))
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-
-
-def cmd_fetch_data(args) -> None:
-    """Download CIFAR with torchvision (the only place the project downloads anything)."""
-    from threeregime.config import DataConfig
-    from threeregime.data import load_cifar
-
-    payload = load_cifar(DataConfig(name=args.name, root=args.root, download=True))
-    print(
-        f"{args.name}: {len(payload['train_y'])} train / {len(payload['test_y'])} test images in {args.root}"
-    )
-
-
-def cmd_prepare_data(args) -> None:
-    from threeregime.config import DataConfig
-    from threeregime.data import prepare_dataset
-
-    payload = prepare_dataset(DataConfig(**json.loads(args.spec), **json.loads(args.location)))
-    save_checkpoint(args.out, payload, "dataset")
-    log.info(
-        "dataset: %d train, %d test samples -> %s",
-        len(payload["train_y"]),
-        len(payload["test_y"]),
-        args.out,
-    )
-
-
-def cmd_dense(args) -> None:
-    from threeregime import jobs
-
-    jobs.dense(args.spec, args.data, args.init, args.out, _compute(args))
-
-
-def cmd_prune(args) -> None:
-    from threeregime import jobs
-
-    jobs.prune(args.spec, args.dense, args.out)
-
-
-def cmd_rewind(args) -> None:
-    from threeregime import jobs
-
-    jobs.rewind(args.spec, args.data, args.out, _compute(args))
-
-
-def cmd_retrain(args) -> None:
-    """Retrain pruned models with masks fixed: one ``--run PRUNED OUT SEED`` per retraining, all
-    runs of the job packed into one model (runtime.retrain_pack; threeregime.pack)."""
-    from threeregime import jobs
-
-    if len({out for _, out, _ in args.run}) < len(args.run):
-        raise ConfigError(f"two --run flags write the same output ({args.run})")
-    jobs.retrain(args.spec, args.data, args.run, args.rewind, _compute(args))
-
-
-def cmd_metrics(args) -> None:
-    """All metrics of one retrain pair of one pruned model: LMC, CKA, and both models' own."""
-    from threeregime import jobs
-
-    jobs.pair(args.spec, args.data, args.a, args.b, _labels(args.label), args.out, _compute(args))
-
-
-def cmd_collect(args) -> None:
-    """The run's tables (models.csv, metrics.csv, cells.csv) from its metrics files, and its
-    cost table if asked."""
-    from threeregime.collect import collect, metrics_paths
-
-    paths = metrics_paths(args.pattern, json.loads(args.grid), args.plan)
-    collect(paths, args.models_csv, args.metrics, args.cells)
-    if args.cost:
-        from threeregime.cost import write_cost
-
-        costs = write_cost(Path(args.results), json.loads(args.grid), args.cost, args.cost_html)
-        log.info("cost of %d benchmarked jobs -> %s", len(costs), args.cost)
+    cfg = load_overlays(args.configfile)
+    cells, run = read_status(cfg)
+    print(terminal_grid(cfg, cells, run))
+    folder = Path(args.out) if args.out else results_dir(cfg)
+    for path in draw(cfg, cells, Path("."), folder):
+        print(f"wrote {path}")
 
 
 def cmd_cost(args) -> None:
-    """Project the whole target config's GPU-hours from the jobs measured so far."""
-    from threeregime.cost import project, projection_report, read_costs
-    from threeregime.overlays import load_overlays, results_dir
+    from threeregime.config.load import load_overlays, results_dir
+    from threeregime.views.cost import project, projection_report, read_costs
 
     target = load_overlays(args.configfile)
     measured_cfg = load_overlays(args.measured_configfile) if args.measured_configfile else target
@@ -164,105 +86,161 @@ def cmd_cost(args) -> None:
     print(projection_report(table, f"{folder} ({len(costs)} jobs)", target.run_name))
 
 
-def cmd_status(args) -> None:
-    """Cells done / running / failed / not started, progress.png and partial figures; reads
-    files only, so it works while snakemake runs (no lock)."""
-    from threeregime.overlays import load_overlays, results_dir
-    from threeregime.status import draw, read_status, terminal_grid
+def cmd_unlock(args) -> None:
+    from threeregime.io.locks import unlock
 
-    cfg = load_overlays(args.configfile)
-    cells, run = read_status(cfg)
-    print(terminal_grid(cfg, cells, run))
-    folder = Path(args.out) if args.out else results_dir(cfg)
-    for path in draw(cfg, cells, Path("."), folder):
-        print(f"wrote {path}")
+    try:
+        print(unlock(args.directory, force=args.force))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def cmd_fetch_data(args) -> None:
+    from threeregime.compute.data import load_cifar
+    from threeregime.config.settings import DataConfig
+
+    payload = load_cifar(DataConfig(name=args.name, root=args.root, download=True))
+    print(
+        f"{args.name}: {len(payload['train_y'])} train / {len(payload['test_y'])} test images in {args.root}"
+    )
+
+
+# ----------------------------------------------------------------------------- workflow steps
+def cmd_prepare_data(args) -> None:
+    from threeregime.stages import jobs
+
+    jobs.prepare_data(args.spec, args.location, args.out)
+
+
+def cmd_dense(args) -> None:
+    from threeregime.stages import jobs
+
+    jobs.dense(args.spec, args.data, args.init, args.out, _compute(args))
+
+
+def cmd_rewind(args) -> None:
+    from threeregime.stages import jobs
+
+    jobs.rewind(args.spec, args.data, args.out, _compute(args))
+
+
+def cmd_prune(args) -> None:
+    from threeregime.stages import jobs
+
+    jobs.prune(args.spec, args.dense, args.out)
+
+
+def cmd_retrain(args) -> None:
+    from threeregime.stages import jobs
+
+    if len({out for _, out, _ in args.run}) < len(args.run):
+        raise ConfigError(f"two --run flags write the same output ({args.run})")
+    jobs.retrain(args.spec, args.data, args.run, args.rewind, _compute(args))
+
+
+def cmd_metrics(args) -> None:
+    from threeregime.stages import jobs
+
+    jobs.pair(args.spec, args.data, args.a, args.b, _labels(args.label), args.out, _compute(args))
+
+
+def cmd_collect(args) -> None:
+    from threeregime.stages.collect import collect, metrics_paths
+
+    paths = metrics_paths(args.pattern, json.loads(args.grid), args.plan)
+    collect(paths, args.models_csv, args.metrics, args.cells)
+    if args.cost:
+        from threeregime.views.cost import write_cost
+
+        costs = write_cost(Path(args.results), json.loads(args.grid), args.cost, args.cost_html)
+        log.info("cost of %d benchmarked jobs -> %s", len(costs), args.cost)
 
 
 def cmd_classify(args) -> None:
-    """Regimes, robustness, advice and model selection of the cells table (+ HTML views)."""
-    import pandas as pd
-
-    from threeregime.confidence import classify_run
-    from threeregime.config import regime_config_from_spec
-    from threeregime.report import write_html_tables
+    from threeregime.analysis.adaptive import Grid
+    from threeregime.config.specs import regime_config_from_spec
+    from threeregime.stages.classify import TABLES, classify
 
     cfg = regime_config_from_spec(json.loads(args.spec)["regimes"])
-    cells = pd.read_csv(args.cells)
-    observations = pd.read_csv(args.metrics) if args.metrics else None
-    if args.grid:  # adaptive refinement: unmeasured cells get inferred labels
-        from threeregime.adaptive import Grid
-
-        result = classify_run(cells, observations, cfg, Grid(**json.loads(args.grid)))
-    else:
-        result = classify_run(cells, observations, cfg)
-    for name in ("regimes", "robustness", "advice", "advice_cells", "selection"):
-        write_csv(getattr(args, name), result[name])
-    write_json(args.summary, result["summary"])
-    if args.html_dir:
-        write_html_tables(result, args.html_dir)
-    summary = result["summary"]
-    log.info("thresholds: %s", summary["thresholds"])
-    log.info("regimes: %s", summary["regime_counts"])
-    log.info("advice: %s", summary["advice"])
-    log.info("selection: %s", summary["selection"])
+    outputs = {name: getattr(args, name) for name in TABLES}
+    grid = Grid(**json.loads(args.grid)) if args.grid else None  # adaptive: infer the rest
+    classify(args.cells, args.metrics, cfg, outputs, args.summary, args.html_dir, grid)
 
 
 def cmd_adaptive_plan(args) -> None:
-    """One round of adaptive refinement: classify the cells measured so far, add the cells
-    that could change the map (threeregime.adaptive)."""
-    from threeregime.adaptive import plan_from_files
+    from threeregime.stages.plan import plan
 
-    plan = plan_from_files(args.round, json.loads(args.spec), args.previous, args.metrics)
-    write_json(args.out, plan)
-    log.info("round %d: %d cells measured, %d added (%s), %d of %d planned", args.round,
-             plan["measured_before"], len(plan["added"]), ", ".join("/".join(a) for a in plan["added"]),
-             len(plan["cells"]), plan["grid_cells"])  # fmt: skip
+    plan(args.round, json.loads(args.spec), args.previous, args.metrics, args.out)
 
 
 def cmd_plot(args) -> None:
-    import pandas as pd
+    from threeregime.stages.figures import regime_figures
 
-    from threeregime.config import PlotConfig
-    from threeregime.plot import phase_diagram, regime_map
-
-    spec = json.loads(args.spec)
-    regimes = pd.read_csv(args.regimes)
-    selection = pd.read_csv(args.selection) if args.selection else None
-    cfg = PlotConfig(**spec["plot"])
-    phase_diagram(regimes, cfg, args.phase)
-    regime_map(regimes, cfg, args.map, selection)
-    log.info("figures: %s", ", ".join(args.phase + args.map))
-
-
-def cmd_plot_instability(args) -> None:
-    """Frankle et al. 2020's instability plot: the error barrier against the temperature."""
-    import pandas as pd
-
-    from threeregime.plot import instability_diagram
-
-    spec = json.loads(args.spec)
-    instability_diagram(pd.read_csv(args.regimes), spec["stable_barrier"], args.out, spec["plot"]["dpi"])
-    log.info("figures: %s", ", ".join(args.out))
+    regime_figures(args.spec, args.regimes, args.selection, args.phase, args.map)
 
 
 def cmd_plot_esd(args) -> None:
-    """The Hessian eigenvalue density of every cell (metrics.hessian_esd)."""
-    import pandas as pd
+    from threeregime.stages.figures import esd_figure
 
-    from threeregime.config import PlotConfig
-    from threeregime.plot import esd_diagram
+    esd_figure(args.spec, args.regimes, args.out)
 
-    esd_diagram(pd.read_csv(args.regimes), PlotConfig(**json.loads(args.spec)["plot"]), args.out)
-    log.info("figures: %s", ", ".join(args.out))
+
+def cmd_plot_instability(args) -> None:
+    from threeregime.stages.figures import instability_figure
+
+    instability_figure(args.spec, args.regimes, args.out)
 
 
 # ----------------------------------------------------------------------------- parser
+PEOPLE = {
+    "validate": "check config files merged in order, as snakemake --configfile merges them",
+    "status": "a running or finished grid: cells done, running, failed; progress and partial figures",
+    "cost": "measured cost of the jobs run so far and a projection for a whole config",
+    "unlock": "remove a killed run's locks (refuses while a run there is live)",
+    "fetch-data": "download CIFAR with torchvision (the only download threeregime does)",
+}
+STEPS = {
+    "prepare-data": "prepare the dataset once (rule prepare_data)",
+    "dense": "train one dense model (rule dense_train)",
+    "rewind": "replay a dense run's first k iterations for weight rewinding (rule rewind)",
+    "prune": "prune a dense model, or an iterative chain's previous level (rule prune)",
+    "retrain": "retrain pruned models with their masks fixed, packed into one model (rule retrain)",
+    "metrics": "all metrics of one retrain pair: LMC, CKA, each model's own (rule metrics)",
+    "collect": "the run's tables from its metrics files, and its cost (rule collect)",
+    "classify": "regimes, confidence, robustness, advice and model selection (rule classify)",
+    "adaptive-plan": "one round of adaptive refinement (checkpoint adaptive_round)",
+    "plot": "the phase diagram and the regime map (rule plot)",
+    "plot-esd": "the Hessian eigenvalue density of every cell (rule plot_esd)",
+    "plot-instability": "the error barrier against the temperature (rule plot_instability)",
+}
+
+
+def _overview() -> str:
+    def block(title: str, commands: dict[str, str]) -> str:
+        width = max(map(len, commands))
+        return title + "\n" + "\n".join(f"  {name:<{width}}  {text}" for name, text in commands.items())
+
+    return (
+        block("commands:", PEOPLE)
+        + "\n\n"
+        + block("workflow steps (run by the Snakemake rules):", STEPS)
+        + "\n\n`threeregime COMMAND --help` describes each one."
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="threeregime", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="threeregime",
+        description="The three-regime model of network pruning: a Snakemake workflow's commands.",
+        epilog=_overview(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        usage="threeregime COMMAND [options]",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", title=argparse.SUPPRESS)
 
     def command(name, func, *, spec=True, compute=False):
-        p = sub.add_parser(name)
+        text = {**PEOPLE, **STEPS}[name]
+        p = sub.add_parser(name, help=argparse.SUPPRESS, description=text[0].upper() + text[1:] + ".")
         p.set_defaults(func=func)
         if spec:
             p.add_argument("--spec", required=True, help="JSON settings (the rule's params)")
@@ -278,12 +256,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("validate", cmd_validate, spec=False)
     p.add_argument("config", nargs="+", help="config files, merged in order as --configfile merges them")
+    p = command("status", cmd_status, spec=False)
+    p.add_argument("--configfile", nargs="*", default=[], help="overlays on config.yaml, as for snakemake")
+    p.add_argument("--out", default="", help="folder for progress.png, partial figures (default: the run's)")
+    p = command("cost", cmd_cost, spec=False)
+    p.add_argument(
+        "--configfile", nargs="*", default=[], help="overlays on config.yaml, as for snakemake (the target)"
+    )
+    p.add_argument(
+        "--measured-configfile", nargs="*", default=None,
+        help="overlays naming the run whose jobs were measured (default: the target's own run)",
+    )  # fmt: skip
     p = command("unlock", cmd_unlock, spec=False)
     p.add_argument("directory", nargs="?", default=".", help="the workflow's working directory")
     p.add_argument("--force", action="store_true", help="also remove locks recorded by another host")
     p = command("fetch-data", cmd_fetch_data, spec=False)
     p.add_argument("--name", choices=["cifar10", "cifar100"], default="cifar10")
     p.add_argument("--root", default="data")
+
     p = command("prepare-data", cmd_prepare_data)
     p.add_argument(
         "--location",
@@ -294,13 +284,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("dense", cmd_dense, compute=True)
     p.add_argument("--init", default="", help="dense checkpoint to continue from (epochs knob)")
     p.add_argument("--out", required=True)
+    p = command("rewind", cmd_rewind, compute=True)
+    p.add_argument("--out", required=True)
     p = command("prune", cmd_prune)
     p.add_argument(
         "--dense", required=True, nargs="+", metavar="MODEL",
         help="the dense model, then (iterative pruning, past level 1) the previous level's retrained model",
     )  # fmt: skip
-    p.add_argument("--out", required=True)
-    p = command("rewind", cmd_rewind, compute=True)
     p.add_argument("--out", required=True)
     p = command("retrain", cmd_retrain, compute=True)
     p.add_argument(
@@ -330,17 +320,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--html-dir", default="", help="also write <dir>/<table>.html views")
     p.add_argument("--metrics", default="", help="metrics.csv: per-pair rows for the bootstrap")
     p.add_argument("--grid", default="", help="JSON temperatures, densities, reference: infer the rest")
-    p = command("cost", cmd_cost, spec=False)
-    p.add_argument(
-        "--configfile", nargs="*", default=[], help="overlays on config.yaml, as for snakemake (the target)"
-    )
-    p.add_argument(
-        "--measured-configfile", nargs="*", default=None,
-        help="overlays naming the run whose jobs were measured (default: the target's own run)",
-    )  # fmt: skip
-    p = command("status", cmd_status, spec=False)
-    p.add_argument("--configfile", nargs="*", default=[], help="overlays on config.yaml, as for snakemake")
-    p.add_argument("--out", default="", help="folder for progress.png, partial figures (default: the run's)")
     p = command("adaptive-plan", cmd_adaptive_plan)
     p.add_argument("--round", type=int, required=True)
     p.add_argument("--previous", default="", help="the previous round's plan (none: the coarse grid)")
@@ -361,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 EXPECTED_ERRORS = (ConfigError, CheckpointError)
-# The first output of each compute job: the job holds its lock while it runs (threeregime.locks),
+# The first output of each compute job: the job holds its lock while it runs (threeregime.io.locks),
 # so that a job of a killed run that is still running and its rerun never compute it together.
 JOB_OUTPUT = {
     "prepare-data": lambda args: args.out,
@@ -376,8 +355,8 @@ JOB_OUTPUT = {
 def main(argv: list[str] | None = None) -> int:
     from contextlib import nullcontext
 
-    from threeregime.locks import Locked, job_lock
-    from threeregime.runtime import configure_logging
+    from threeregime.io.locks import Locked, job_lock
+    from threeregime.io.logs import configure_logging
 
     configure_logging()
     args = build_parser().parse_args(argv)
@@ -396,13 +375,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _domain_errors() -> tuple[type[Exception], ...]:
-    from threeregime.data import DataError
-    from threeregime.prune import PruneError
-    from threeregime.runtime import DeviceError
-    from threeregime.tickets import TicketError
-    from threeregime.train import NonFiniteLossError
+    """The one-line errors of the compute layer (imported only once a command raised: their
+    modules import torch, which a command for people does not need)."""
+    from threeregime.compute.data import DataError
+    from threeregime.compute.pack import PackError
+    from threeregime.compute.prune import PruneError
+    from threeregime.compute.runtime import DeviceError
+    from threeregime.compute.tickets import TicketError
+    from threeregime.compute.train import NonFiniteLossError
 
-    return (DataError, PruneError, DeviceError, NonFiniteLossError, TicketError)
+    return (DataError, PackError, PruneError, DeviceError, NonFiniteLossError, TicketError)
 
 
 if __name__ == "__main__":

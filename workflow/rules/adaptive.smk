@@ -1,10 +1,10 @@
 # Adaptive refinement (adaptive.enabled): a coarse sub-grid, then rounds of planning checkpoints
-# that each add the cells that could change the regime map (threeregime.adaptive). A cell's files
+# that each add the cells that could change the regime map (threeregime.analysis.adaptive). A cell's files
 # are the same whichever round asked for it, so reruns and grid edits reuse every measured cell.
 # Without adaptive.enabled nothing here adds a job: collect takes the whole grid as before.
 import json
 
-from threeregime.adaptive import Grid, coarse_cells
+from threeregime.analysis.adaptive import Grid, coarse_cells
 
 ADAPTIVE = CFG.adaptive.enabled
 ADAPTIVE_SPEC = CFG.adaptive_spec()
@@ -54,7 +54,7 @@ def measured_on_disk(cells):
 
 def collected_metrics(wildcards):
     """collect's inputs: the whole grid, or the cells of the last adaptive round, every other
-    cell measured before (threeregime.collect.metrics_paths keeps them) and the plan."""
+    cell measured before (threeregime.stages.collect.metrics_paths keeps them) and the plan."""
     if not ADAPTIVE:
         return all_metrics()
     planned = planned_cells(CFG.adaptive.rounds)

@@ -12,7 +12,7 @@ TABLES = {
     )
 }
 COST_PAGE = (
-    f"{RES}/tables/cost.html"  # written by collect (threeregime.cost), not classify
+    f"{RES}/tables/cost.html"  # written by collect (threeregime.views.cost), not classify
 )
 # The PNG of each figure goes into the report; the other formats (PDF) are plain outputs.
 PHASE_PNG, *PHASE_OTHER = FIGURES["phase"]
@@ -172,7 +172,7 @@ rule plot:
         ENV
     params:
         spec=to_json(CFG.plot_spec()),
-        # the report caption's panel list (threeregime.metric_registry); a function of the
+        # the report caption's panel list (threeregime.registry.metrics); a function of the
         # output, so not compared between runs
         panels=lambda wildcards, output: panel_caption(),
     shell:

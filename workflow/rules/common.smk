@@ -7,9 +7,12 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 
-from threeregime import locks
-from threeregime.config import ConfigError, grid_cells, load_config, to_json
-from threeregime.metric_registry import panel_caption
+from threeregime.compute.gpus import gpus_per_job
+from threeregime.config.load import load_config
+from threeregime.config.settings import ConfigError
+from threeregime.config.specs import grid_cells, to_json
+from threeregime.io import locks
+from threeregime.registry.metrics import panel_caption
 
 try:
     CFG = load_config(
@@ -20,7 +23,7 @@ except ConfigError as exc:
 
 # A run killed hard (SIGKILL, SIGHUP, OOM) leaves Snakemake's locks behind; remove those of runs
 # that provably died (their run lock is free) before Snakemake checks them, and say when another
-# run is writing these results (threeregime.locks). Never in the jobs of a cluster or subprocess.
+# run is writing these results (threeregime.io.locks). Never in the jobs of a cluster or subprocess.
 if not (workflow.remote_exec or workflow.subprocess_exec):
     _removed, _kept = locks.remove_stale_locks(os.getcwd())
     for _path in _removed:
@@ -51,7 +54,7 @@ onstart:
 
 onsuccess:
     locks.release_run(os.getcwd(), CFG.run_name)
-    from threeregime.collect import mixed_environments_warning
+    from threeregime.stages.collect import mixed_environments_warning
 
     _mixed = mixed_environments_warning(f"results/{CFG.run_name}/summary.json")
     if _mixed:
@@ -65,7 +68,7 @@ onerror:
 RES = f"results/{CFG.run_name}"
 LOGS = f"{RES}/logs"
 # Snakemake's benchmark of every compute job (wall and CPU seconds, max RSS): one TSV per job,
-# at benchmarks/<rule>/<the job's log path under logs/<folder>/>.tsv (threeregime.cost reads them).
+# at benchmarks/<rule>/<the job's log path under logs/<folder>/>.tsv (threeregime.views.cost reads them).
 BENCH = f"{RES}/benchmarks"
 KNOB = CFG.knob.name
 DATA = f"{RES}/data/dataset.pt"
@@ -89,7 +92,7 @@ _EXPORTS = (
     f" PYTHONPATH={shlex.quote(str(Path(workflow.basedir).parent))}${{PYTHONPATH:+:$PYTHONPATH}}; "
 )
 shell.prefix(_EXPORTS.replace("{", "{{").replace("}", "}}"))
-GPUS_PER_JOB = CFG.gpus_per_job()
+GPUS_PER_JOB = gpus_per_job(CFG.runtime.device)
 
 
 def _one_of(values):
@@ -132,7 +135,7 @@ def dense_init(wildcards):
 
 RETRAIN_SEEDS = [str(s) for s in CFG.seeds.retrain]
 # What one retrain job covers (runtime.retrain_pack): one retraining, a cell's retrain seeds, or
-# every density and retrain seed of one dense model, packed into one model (threeregime.pack).
+# every density and retrain seed of one dense model, packed into one model (threeregime.compute.pack).
 # Command, spec and, for "cell", inputs are those of "none", so switching between them reruns
 # nothing; "temperature" has other inputs, so switching to or from it reruns the retrainings.
 RETRAIN_JOB = {
@@ -216,7 +219,7 @@ FIGURES = {
     "phase": [f"{RES}/phase_diagram.png", f"{RES}/phase_diagram.pdf"],
     "map": [f"{RES}/regime_map.png", f"{RES}/regime_map.pdf"],
 }
-if CFG.metrics.hessian_esd:  # an optional metric's figure (rule plot_esd)
+if CFG.metrics.option("hessian_esd"):  # an optional metric's figure (rule plot_esd)
     FIGURES["esd"] = [f"{RES}/hessian_esd.png", f"{RES}/hessian_esd.pdf"]
 if CFG.retrain.rewinds_weights:  # instability analysis (rule plot_instability)
     FIGURES["instability"] = [f"{RES}/instability.png", f"{RES}/instability.pdf"]

@@ -1,0 +1,233 @@
+"""The checks a JSON schema cannot express, and the registries' soundness: each problem is one
+ConfigError line naming the file and the key (or the registry and the entry)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from threeregime.config.experiment import ExperimentConfig
+from threeregime.config.schema import schema_file, section_fields, value_problem
+from threeregime.config.settings import ConfigError, DataConfig, Recipe, RetrainConfig, fmt_value, knob_value
+from threeregime.registry.datasets import cifar_folder, cifar_howto, cifar_missing, train_samples
+from threeregime.registry.datasets import registry_problems as dataset_problems
+from threeregime.registry.knobs import KNOBS
+from threeregime.registry.knobs import registry_problems as knob_problems
+from threeregime.registry.metrics import registry_problems as metric_problems
+from threeregime.registry.models import MODELS, layer_sizes
+from threeregime.registry.models import registry_problems as model_problems
+from threeregime.registry.pruning import PRUNING_METHODS
+from threeregime.registry.pruning import registry_problems as pruning_problems
+
+MAX_SEED = 2**32
+
+
+def check_registries() -> None:
+    """Raise ConfigError with one line for the first incomplete registry entry: its fields, its
+    settings, and every piece of code it names (resolved without importing it)."""
+    recipe_fields = {f.name for f in dataclasses.fields(Recipe)}
+    schema_fields = set(schema_file()["$defs"]["recipe"]["properties"])
+    retrain_fields = {f.name for f in dataclasses.fields(RetrainConfig)}
+    problems = knob_problems(recipe_fields, schema_fields, retrain_fields)
+    problems += metric_problems(section_fields("metrics"))
+    problems += pruning_problems(section_fields("prune"))
+    problems += dataset_problems({f.name for f in dataclasses.fields(DataConfig)}) + model_problems()
+    if problems:
+        raise ConfigError(problems[0])
+
+
+def check_semantics(cfg: ExperimentConfig, source: str, check_paths: bool = True) -> None:
+    """Checks a JSON schema cannot express; each raises one ConfigError line."""
+
+    def fail(key: str, message: str):
+        raise ConfigError(f"{source}: {key}: {message}")
+
+    if cfg.data.name not in MODELS[cfg.model.name].datasets:
+        allowed = ", ".join(sorted(MODELS[cfg.model.name].datasets))
+        fail("model.name", f"{cfg.model.name} needs data.name in {{{allowed}}}, got {cfg.data.name}")
+    knob = KNOBS[cfg.knob.name]
+    for i, value in enumerate(cfg.knob.values):
+        if knob.integer and not float(value).is_integer():
+            fail(f"knob.values[{i}]", f"{value} must be a whole number for knob {cfg.knob.name}")
+        section = "retrain" if knob.schedule == "retrain" else "train"
+        problem = value_problem(section, knob.field, knob_value(knob, value))
+        if problem:
+            fail(f"knob.values[{i}]", f"{value} is not a valid {section}.{knob.field}: {problem}")
+    for key in ("label_noise", "label_noise_seed"):
+        if key in cfg.retrain.recipe:
+            fail(
+                f"retrain.recipe.{key}",
+                "retraining uses clean labels: label noise belongs to dense training "
+                "(train.label_noise, or the label_noise knob)",
+            )
+    canonical = [fmt_value(v) for v in cfg.knob.values]
+    if len(set(canonical)) != len(canonical):
+        fail("knob.values", f"duplicate grid values {canonical}")
+    if len(set(cfg.densities)) != len(cfg.densities):
+        fail("prune.densities", f"duplicate grid values {cfg.densities}")
+    if knob.budget == "epochs" and cfg.train.iterations is not None:
+        fail("train.iterations", f"the {knob.name} knob needs an epoch budget; remove iterations")
+    if knob.budget == "iterations" and cfg.train.iterations is None:
+        fail(
+            "train.iterations",
+            f"the {knob.name} knob needs a fixed iteration budget, the same at every temperature "
+            "(paper: 62400)",
+        )
+    if knob.schedule == "checkpoints":
+        budget = getattr(cfg.train, knob.field)
+        too_long = [v for v in cfg.knob.values if v > budget]
+        if too_long:
+            fail("knob.values", f"{knob.field} {too_long} exceed train.{knob.field}={budget}")
+    reference = cfg.regimes.reference_temperature
+    if reference is not None and fmt_value(reference) not in cfg.temperatures:
+        fail("regimes.reference_temperature", f"{fmt_value(reference)} is not one of the knob values")
+    if check_paths and cfg.data.name.startswith("cifar") and not cfg.data.download:
+        folder = Path(cfg.data.root) / cifar_folder(cfg.data.name)
+        howto = cifar_howto(cfg.data.name, cfg.data.root)
+        if not folder.is_dir():
+            fail("data.root", f"{folder} not found; {howto}")
+        missing = cifar_missing(cfg.data.name, cfg.data.root)
+        if missing:
+            names = ", ".join(m.name for m in missing)
+            fail("data.root", f"{folder} lacks {names} (torchvision's {cfg.data.name} layout); {howto}")
+    if cfg.metrics.hessian_trace_deflation > cfg.metrics.hessian_max_iter:
+        fail(
+            "metrics.hessian_trace_deflation",
+            f"{cfg.metrics.hessian_trace_deflation} Lanczos vectors exceed hessian_max_iter="
+            f"{cfg.metrics.hessian_max_iter}, the most Lanczos products allowed",
+        )
+    if cfg.prune.iterative:
+        check_iterative(cfg, fail)
+    check_layer_sizes(cfg, fail)
+    check_rewind_step(cfg, fail)
+    seeds = {f"seeds.dense[{i}]": s for i, s in enumerate(cfg.seeds.dense)}
+    seeds |= {f"seeds.retrain[{i}]": s for i, s in enumerate(cfg.seeds.retrain)}
+    seeds["data.generation_seed"] = cfg.data.generation_seed
+    for key, seed in seeds.items():
+        if seed >= MAX_SEED:
+            fail(key, f"{seed} is too large; seeds must be below 2**32 (NumPy's and MNIST-1D's limit)")
+    check_batch_sizes(cfg, fail)
+    check_colormap(cfg.plot.cmap, fail)
+
+
+def check_batch_sizes(cfg: ExperimentConfig, fail) -> None:
+    """A batch larger than the training set leaves an epoch without a step (drop_last)."""
+    samples = train_samples(cfg.data.name, cfg.data.num_samples)
+    if samples is None:
+        return
+    recipes = {"train.batch_size": cfg.train}
+    if cfg.knob_entry.field == "batch_size":
+        recipes = {f"knob.values[{i}]": cfg.dense_recipe(fmt_value(v)) for i, v in enumerate(cfg.knob.values)}
+    recipes["retrain.recipe.batch_size"] = cfg.retrain_recipe()
+    for key, recipe in recipes.items():
+        if recipe.steps_per_epoch(samples) < 1:
+            fail(
+                key,
+                f"batch size {recipe.batch_size} exceeds the {samples} training samples of "
+                f"{cfg.data.name}; no full batch to train on",
+            )
+
+
+def check_colormap(name: str, fail) -> None:
+    import matplotlib
+
+    if name not in matplotlib.colormaps:
+        close = [c for c in sorted(matplotlib.colormaps) if c.lower().startswith(name.lower()[:3])][:5]
+        fail(
+            "plot.cmap",
+            f"{name!r} is not a matplotlib colormap" + (f" (close: {', '.join(close)})" if close else ""),
+        )
+
+
+def check_rewind_step(cfg: ExperimentConfig, fail) -> None:
+    """Weight rewinding needs the state at rewind_step: inside every dense run and before the
+    end of the retraining schedule it continues."""
+    from threeregime.registry.datasets import train_samples
+
+    if cfg.shared_dense and not cfg.retrain.rewinds_weights:
+        fail("knob.name", f"{cfg.knob.name} sets the rewind step: it needs retrain.mode rewind_weights")
+    if not cfg.retrain.rewinds_weights:
+        return
+    samples = train_samples(cfg.data.name, cfg.data.num_samples)
+    if samples is None:
+        return
+    budget = _iterations(cfg.retrain_recipe(), samples, None)
+    for t in cfg.temperatures:
+        dense = _iterations(cfg.dense_recipe(t), samples, cfg.dense_stop_epoch(t))
+        step = cfg.rewind_step(t)
+        if step > dense or step >= budget:
+            key = "knob.values" if cfg.shared_dense else "retrain.rewind_step"
+            fail(
+                key,
+                f"{step} is past the dense run ({dense} iterations) or the retraining schedule "
+                f"({budget} iterations)",
+            )
+
+
+def _iterations(recipe: Recipe, samples: int, stop_epoch: int | None) -> int:
+    steps = recipe.steps_per_epoch(samples)
+    total = recipe.iterations or recipe.epochs * steps
+    return total if stop_epoch is None else min(total, stop_epoch * steps)
+
+
+def check_iterative(cfg: ExperimentConfig, fail) -> None:
+    """Iterative pruning: each requested density names its own level (level 1 or deeper), the
+    method nests its masks, and every level is its own job (the chain runs level after level)."""
+    rate = fmt_value(cfg.prune.rate)
+    by_level: dict[int, list[str]] = {}
+    for density in sorted(cfg.prune.densities, reverse=True):
+        level = cfg.prune.level_of(density)
+        if level < 1:
+            fail(
+                "prune.densities",
+                f"{fmt_value(density)} is closest to level 0 (the dense model) at prune.rate {rate}",
+            )
+        by_level.setdefault(level, []).append(fmt_value(density))
+    for level, requested in by_level.items():
+        if len(requested) > 1:
+            fail(
+                "prune.densities",
+                f"{' and '.join(requested)} are both closest to level {level} (density "
+                f"{cfg.prune.level_label(level)}) at prune.rate {rate}; keep one",
+            )
+    if len(set(cfg.pruned_densities)) < len(cfg.pruned_densities):
+        fail("prune.rate", f"{rate} is too small: levels' densities agree to 4 significant digits")
+    if not PRUNING_METHODS[cfg.prune.method].nests:
+        nesting = sorted(name for name, m in PRUNING_METHODS.items() if m.nests)
+        fail(
+            "prune.method",
+            f"{cfg.prune.method} does not nest its masks level after level; iterative pruning "
+            f"needs one of {nesting}",
+        )
+    if cfg.prune.control != "none":
+        fail("prune.control", f"{cfg.prune.control} applies to one-shot masks; use prune.schedule oneshot")
+    if cfg.runtime.retrain_pack == "temperature":
+        fail(
+            "runtime.retrain_pack",
+            "temperature packs every level into one job, but iterative pruning retrains level "
+            "after level; use none or cell",
+        )
+    if cfg.adaptive.enabled:
+        fail("adaptive.enabled", "adaptive refinement plans one-shot cells; use prune.schedule oneshot")
+
+
+def check_layer_sizes(cfg: ExperimentConfig, fail) -> None:
+    """A model needs a prunable layer; uniform pruning keeps round(d * n) weights per layer,
+    and zero would empty one (the shapes are known without torch: no torch import at DAG time)."""
+    sizes = layer_sizes(cfg.model.name, cfg.model.width, cfg.data.name)
+    if not sizes:
+        fail(
+            "model.name",
+            f"{cfg.model.name} has no prunable layer (every convolution and every Linear layer "
+            "but the last are pruned)",
+        )
+    if cfg.prune.method != "uniform":
+        return
+    smallest_name, smallest = min(sizes.items(), key=lambda kv: kv[1])
+    for density in (cfg.prune_spec(d)["density"] for d in cfg.pruned_densities):
+        if round(density * smallest) < 1:
+            fail(
+                "prune.densities",
+                f"density {fmt_value(density)} keeps no weight of layer {smallest_name} "
+                f"({smallest} weights); use a density >= {1 / smallest:.3g}",
+            )

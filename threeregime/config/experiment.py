@@ -1,0 +1,265 @@
+"""The experiment a config describes: its grids as canonical strings, the dense and retraining
+recipes at each temperature, iterative pruning's chain, and the JSON spec of every job (each
+rule's ``params``: exactly the settings that change its output, so that a config edit reruns
+exactly the jobs it affects).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+from threeregime.config.settings import (
+    AdaptiveConfig,
+    DataConfig,
+    KnobConfig,
+    MetricsConfig,
+    ModelConfig,
+    PlotConfig,
+    PruneConfig,
+    Recipe,
+    RegimeConfig,
+    RetrainConfig,
+    RuntimeConfig,
+    SeedConfig,
+    fmt_value,
+    knob_value,
+)
+from threeregime.config.specs import recipe_spec
+from threeregime.registry.datasets import DATASETS
+from threeregime.registry.knobs import KNOBS
+from threeregime.registry.metrics import settings as metric_settings
+from threeregime.registry.pruning import PRUNING_METHODS
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    knob: KnobConfig
+    prune: PruneConfig
+    seeds: SeedConfig
+    run_name: str = "demo"
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: Recipe = Recipe()
+    retrain: RetrainConfig = RetrainConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    regimes: RegimeConfig = RegimeConfig()
+    adaptive: AdaptiveConfig = AdaptiveConfig()
+    plot: PlotConfig = PlotConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+
+    # ----- grids as canonical strings (wildcard values) -----
+    @property
+    def temperatures(self) -> list[str]:
+        """Knob values sorted from coldest to hottest."""
+        info = KNOBS[self.knob.name]
+        ordered = sorted(self.knob.values, key=lambda v: info.hotter * float(v))
+        return [fmt_value(v) for v in ordered]
+
+    @property
+    def densities(self) -> list[str]:
+        """The measured densities: the requested ones, or under iterative pruning the density of
+        the level closest to each (every level above the deepest is pruned and retrained too, as
+        the chain's links: :attr:`pruned_densities`)."""
+        if not self.prune.iterative:
+            return [fmt_value(d) for d in sorted(self.prune.densities)]
+        levels = sorted({self.prune.level_of(d) for d in self.prune.densities}, reverse=True)
+        return [self.prune.level_label(level) for level in levels]
+
+    @property
+    def pruned_densities(self) -> list[str]:
+        """Every density a prune job makes: the measured ones, and under iterative pruning all
+        the levels down to the deepest."""
+        if not self.prune.iterative:
+            return self.densities
+        deepest = max(self.prune.level_of(d) for d in self.prune.densities)
+        return [self.prune.level_label(level) for level in range(deepest, 0, -1)]
+
+    def prune_level(self, density: str) -> int | None:
+        """The iterative level of a pruned density (None for one-shot pruning)."""
+        if not self.prune.iterative:
+            return None
+        levels = self.pruned_densities  # deepest first
+        return len(levels) - levels.index(density)
+
+    def prune_parent(self, density: str) -> str | None:
+        """Iterative pruning: the density of the previous level, whose retrained model
+        (retrain seed :attr:`chain_seed`) this level prunes; None at level 1 and for one-shot."""
+        level = self.prune_level(density)
+        return None if level is None or level == 1 else self.prune.level_label(level - 1)
+
+    @property
+    def chain_seed(self) -> int:
+        """The retrain seed whose model continues an iterative chain to the next level."""
+        return min(self.seeds.retrain)
+
+    def metrics_axes(self) -> dict:
+        """The axes of the per-pair metrics files (expanded by :func:`grid_cells`)."""
+        seeds = [str(s) for s in self.seeds.dense]
+        pairs = [list(p) for p in self.retrain_pairs]
+        return {"temperature": self.temperatures, "density": self.densities, "seed": seeds, "pair": pairs}
+
+    @property
+    def retrain_pairs(self) -> list[tuple[int, int]]:
+        seeds = sorted(self.seeds.retrain)
+        return [(a, b) for i, a in enumerate(seeds) for b in seeds[i + 1 :]]
+
+    # ----- recipes -----
+    @property
+    def knob_entry(self):
+        """The registry entry of this config's knob (threeregime.registry.knobs)."""
+        return KNOBS[self.knob.name]
+
+    @property
+    def shared_dense(self) -> bool:
+        """A knob of the retraining (rewind_step): one dense run per seed serves every
+        temperature (its jobs and files carry no temperature)."""
+        return self.knob_entry.schedule == "retrain"
+
+    def dense_folder(self, temperature: str) -> str:
+        """The folder of a temperature's dense run under dense/ and logs/dense/ ("shared" when
+        one run serves every temperature)."""
+        return "shared" if self.shared_dense else f"{self.knob.name}-{temperature}"
+
+    def dense_recipe(self, temperature: str | None) -> Recipe:
+        """The dense recipe at one temperature: the knob's entry sets its field (and any fields it
+        always sets); a knob read from checkpoints of one run, or a knob of the retraining, keeps
+        the base recipe."""
+        knob = self.knob_entry
+        if knob.schedule in ("checkpoints", "retrain"):
+            return self.train
+        return replace(self.train, **knob.also_set, **{knob.field: knob_value(knob, temperature)})
+
+    def retrain_recipe(self) -> Recipe:
+        """LR rewinding replays the dense recipe; fine-tuning uses a small constant lr. SAM and
+        label noise belong to dense training only (threeregime.registry.knobs)."""
+        base = replace(self.train, optimizer="sgd", label_noise=0.0)
+        if self.retrain.mode == "finetune":
+            base = replace(
+                base,
+                lr=base.lr * 0.01,
+                lr_milestones=(),
+                epochs=max(1, base.epochs // 4),
+                iterations=None,
+            )
+        overrides = dict(self.retrain.recipe)
+        if "lr_milestones" in overrides:
+            overrides["lr_milestones"] = tuple(overrides["lr_milestones"])
+        return replace(base, **overrides)
+
+    def rewind_step(self, temperature: str | None) -> int:
+        """The dense iteration weight rewinding restarts from: the grid value under the
+        rewind_step knob, else retrain.rewind_step."""
+        if not self.shared_dense:
+            return self.retrain.rewind_step
+        if temperature is None:
+            raise ValueError(f"the {self.knob.name} knob's rewind step is its temperature; name one")
+        return knob_value(self.knob_entry, temperature)
+
+    def dense_stop_epoch(self, temperature: str | None) -> int | None:
+        """A checkpoints knob (epochs) stops each dense job at its temperature's epoch."""
+        return int(float(temperature)) if self.knob_entry.schedule == "checkpoints" else None
+
+    def dense_parent(self, temperature: str | None) -> str | None:
+        """A checkpoints knob (epochs): the checkpoint at the previous grid epoch seeds this one."""
+        if self.knob_entry.schedule != "checkpoints":
+            return None
+        epochs = sorted(int(float(t)) for t in self.temperatures)
+        index = epochs.index(int(float(temperature)))
+        return None if index == 0 else str(epochs[index - 1])
+
+    # ----- per-rule specs: exactly what changes each rule's output -----
+    def performance_spec(self) -> dict:
+        """The numeric settings that change results; tf32 appears only when on, so that runs
+        made before the key existed (true fp32) keep their specs."""
+        spec = {"amp": self.runtime.amp, "channels_last": self.runtime.channels_last}
+        return spec | {"tf32": True} if self.runtime.tf32 else spec
+
+    def data_spec(self) -> dict:
+        """What defines the dataset's content. Where CIFAR lives (root, download) does not: it
+        travels separately (:meth:`data_location`), so moving the data reruns nothing."""
+        keys = DATASETS[self.data.name].content_keys
+        return {key: getattr(self.data, key) for key in keys}
+
+    def data_location(self) -> dict:
+        return {"root": self.data.root, "download": self.data.download}
+
+    def dense_spec(self, temperature: str | None, seed: int) -> dict:
+        """``temperature`` None: the shared dense run of a knob of the retraining."""
+        return {
+            "model": asdict(self.model),
+            "recipe": recipe_spec(self.dense_recipe(temperature)),
+            "seed": int(seed),
+            "stop_epoch": self.dense_stop_epoch(temperature),
+            "performance": self.performance_spec(),
+        }
+
+    def rewind_spec(self, temperature: str, seed: int) -> dict:
+        """Weight rewinding's start: the first k iterations of the dense run at this temperature
+        replayed (same initialisation, recipe and data order), so a new k never retrains the
+        dense model."""
+        dense = self.dense_spec(None if self.shared_dense else temperature, seed)
+        del dense["stop_epoch"]
+        return dense | {"rewind_step": self.rewind_step(temperature)}
+
+    def prune_spec(self, density: str) -> dict:
+        """Method, density, the prune.* settings the method's registry entry owns that act, and
+        the lottery-ticket control when there is one."""
+        method = PRUNING_METHODS[self.prune.method]
+        values = {s.key: self.prune.option(s.key) for s in method.settings}
+        settings = {s.key: values[s.key] for s in method.settings if s.acts(values[s.key])}
+        spec = {"method": self.prune.method, "density": float(density)} | settings
+        if self.prune.iterative:  # the exact level density, not its printed label
+            level = self.prune_level(density)
+            spec |= {"density": self.prune.level_density(level), "schedule": "iterative"}
+            spec |= {"rate": self.prune.rate, "level": level}
+        return spec | {"control": self.prune.control} if self.prune.control != "none" else spec
+
+    def retrain_spec(self, temperature: str | None = None) -> dict:
+        """Each run's seed comes from its output path (wildcard). Weight rewinding adds its step
+        (the temperature's under the rewind_step knob); LR rewinding under either name has the
+        same spec."""
+        spec = {"recipe": recipe_spec(self.retrain_recipe()), "performance": self.performance_spec()}
+        if self.retrain.rewinds_weights:
+            return spec | {"rewind_step": self.rewind_step(temperature)}
+        return spec
+
+    def metrics_spec(self) -> dict:
+        """The metrics settings, with the metric entries' own settings where they act
+        (threeregime.registry.base.Setting), and lmc_bn_batch_size only when set, so that specs
+        written before a setting existed stay."""
+        spec = asdict(self.metrics)
+        del spec["options"]
+        for key, setting in metric_settings().items():
+            value = self.metrics.option(key)
+            if setting.acts(value):
+                spec[key] = value
+        if spec["lmc_bn_batch_size"] is None:
+            del spec["lmc_bn_batch_size"]
+        return spec | {"performance": self.performance_spec()}
+
+    def analysis_spec(self) -> dict:
+        """Regime settings with the advice's reference temperature resolved to a grid value."""
+        regimes = asdict(self.regimes)
+        grid = [float(t) for t in self.temperatures]  # coldest first
+        reference = regimes["reference_temperature"]
+        if reference is None:  # the base recipe's (or retraining's) own value of the knob's field
+            owner = self.retrain if self.shared_dense else self.train
+            own = float(getattr(owner, self.knob_entry.field))
+            reference = own if own in grid else grid[0]
+        regimes["reference_temperature"] = float(reference)
+        return {"knob": self.knob.name, "regimes": regimes}
+
+    def adaptive_spec(self) -> dict:
+        """What an adaptive planning round depends on: the grid, the regime settings and the
+        refinement settings (threeregime.analysis.adaptive)."""
+        analysis = self.analysis_spec()
+        return {
+            "temperatures": self.temperatures,
+            "densities": self.densities,
+            "reference": fmt_value(analysis["regimes"]["reference_temperature"]),
+            "regimes": analysis["regimes"],
+            "adaptive": asdict(self.adaptive),
+        }
+
+    def plot_spec(self) -> dict:
+        return {"knob": self.knob.name, "plot": asdict(self.plot)}

@@ -1,0 +1,1 @@
+"""Files: atomic writes, safe checkpoint reads, and the locks of live runs and jobs."""

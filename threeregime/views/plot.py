@@ -1,0 +1,347 @@
+"""Phase diagrams like the paper's Figure 2 and the regime map (HTML tables: threeregime.views.tables).
+
+Every heatmap has one row per temperature and one column per density. Rows run from the coldest
+temperature (bottom) to the hottest (top), so temperature rises upward whatever the knob: for
+epochs the top row is the fewest epochs, for batch size the smallest batch, for SAM the largest
+rho. Regime boundaries are drawn from the classification (``regimes.csv``), never by hand: a solid
+line along every cell edge between Regime I and Regime II (the LMC boundary, mc = -eps) and a
+dashed line between II-A and II-B (the CKA boundary).
+"""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib import patheffects  # noqa: E402
+from matplotlib.colors import ListedColormap, LogNorm  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+
+from threeregime.analysis.advice import knob_action
+from threeregime.analysis.cells import temperature_order
+from threeregime.analysis.regimes import REGIMES  # noqa: E402
+from threeregime.config.settings import PlotConfig, fmt_value  # noqa: E402
+from threeregime.io.files import save_figure  # noqa: E402
+from threeregime.registry.knobs import KNOBS  # noqa: E402
+from threeregime.registry.metrics import panels as registered_panels  # noqa: E402
+
+REGIME_COLORS = {"I": "#d62728", "II-A": "#ff9f1c", "II-B": "#2ca02c"}
+BOUNDARY_STYLE = {
+    "I": {"color": "black", "lw": 2.4, "ls": "-"},
+    "II": {"color": "black", "lw": 2.0, "ls": (0, (4, 2))},
+}
+# Markers: white star = lowest test error of a density; open circle = the model-selection pick.
+STAR = {"marker": "*", "color": "white", "mec": "black"}
+PICK = {"marker": "o", "ms": 8, "mfc": "none", "mec": "black", "mew": 1.6}
+# The bootstrap's probability that each label is right: with the boundaries drawn over it, this
+# panel shows which stretches of a boundary are uncertain.
+BOUNDARY_LABEL = {
+    "I": "boundary Regime I | II (LMC: mc = -eps)",
+    "II": "boundary II-A | II-B (CKA = cut)",
+}
+
+
+# ----------------------------------------------------------------------------- grids
+def cell_grid(cells: pd.DataFrame, column: str) -> tuple[np.ndarray, list, list]:
+    """Matrix [temperature (coldest first), density (ascending)] of one column."""
+    temps = temperature_order(cells)
+    densities = sorted(cells["density"].unique())
+    table = cells.pivot(index="temperature", columns="density", values=column)
+    return table.reindex(index=temps, columns=densities).to_numpy(), temps, densities
+
+
+def boundary_segments(regimes: np.ndarray) -> list[tuple[str, tuple[float, float], tuple[float, float]]]:
+    """Edges between cells of different regimes, in image coordinates (cell (r, c) is centred at
+    x = c, y = r): ``(kind, (x0, x1), (y0, y1))`` with kind "I" when one side is Regime I (the
+    LMC boundary) and "II" between II-A and II-B (the CKA boundary)."""
+    rows, cols = regimes.shape
+    segments = []
+    for r in range(rows):
+        for c in range(cols):
+            here = regimes[r, c]
+            if c + 1 < cols and here != regimes[r, c + 1]:
+                kind = "I" if "I" in (here, regimes[r, c + 1]) else "II"
+                segments.append((kind, (c + 0.5, c + 0.5), (r - 0.5, r + 0.5)))
+            if r + 1 < rows and here != regimes[r + 1, c]:
+                kind = "I" if "I" in (here, regimes[r + 1, c]) else "II"
+                segments.append((kind, (c - 0.5, c + 0.5), (r + 0.5, r + 0.5)))
+    return segments
+
+
+def draw_boundaries(ax, regimes: np.ndarray) -> None:
+    """Draw :func:`boundary_segments` (gid ``boundary-I`` / ``boundary-II``, white halo)."""
+    halo = [patheffects.withStroke(linewidth=4.2, foreground="white")]
+    for kind, xs, ys in boundary_segments(regimes):
+        ax.plot(
+            xs, ys, gid=f"boundary-{kind}", path_effects=halo, solid_capstyle="butt", **BOUNDARY_STYLE[kind]
+        )
+
+
+def temperature_label(knob: str) -> str:
+    """y-axis label: the knob's name, its unit, and which way is hotter."""
+    info = KNOBS[knob]
+    hotter = knob_action(knob, "raise")
+    return f"{info.label} [{info.unit}]\ntemperature rises upward ({hotter})"
+
+
+DENSITY_LABEL = "density [fraction of conv weights kept]"
+
+
+def _axes_labels(ax, knob: str, temps: list, densities: list) -> None:
+    ax.set_xticks(range(len(densities)), [fmt_value(d) for d in densities], rotation=45)
+    ax.set_yticks(range(len(temps)), [fmt_value(t) for t in temps])
+    ax.set_xlabel(DENSITY_LABEL)
+    ax.set_ylabel(temperature_label(knob))
+
+
+def _annotate(ax, values: np.ndarray) -> None:
+    finite = values[np.isfinite(values)]
+    middle = (finite.min() + finite.max()) / 2 if finite.size else 0
+    size = 7 if values.shape[1] <= 6 else 5
+    for (r, c), v in np.ndenumerate(values):
+        if np.isfinite(v):
+            color = "white" if v < middle else "black"
+            ax.text(c, r, f"{v:.3g}", ha="center", va="center", fontsize=size, color=color)
+
+
+def _mark_best(ax, values: np.ndarray) -> None:
+    """A star on the lowest value of every density column."""
+    for c in range(values.shape[1]):
+        column = values[:, c]
+        if np.isfinite(column).any():
+            r = int(np.nanargmin(column))
+            ax.plot(c - 0.34, r + 0.27, ms=8, gid="best-test-error", **STAR)
+
+
+# ----------------------------------------------------------------------------- figures
+def phase_figure(regimes: pd.DataFrame, cfg: PlotConfig):
+    """Figure 2: one heatmap per metric in a grid of ``cfg.ncols`` columns, boundaries drawn."""
+    knob = regimes["knob"].iloc[0]
+    regime_grid, temps, densities = cell_grid(regimes, "regime")
+    panels = [p for p in registered_panels() if p[0] in regimes and regimes[p[0]].notna().any()]
+    ncols = min(cfg.ncols, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    width = 2.2 + 0.75 * len(densities)
+    height = 1.9 + 0.42 * len(temps)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * width, nrows * height + 0.8), squeeze=False)
+    for ax, (column, panel) in zip(axes.flat, panels):
+        values = cell_grid(regimes, column)[0].astype(float)
+        norm = LogNorm() if panel.log and np.nanmin(values) > 0 else None
+        image = ax.imshow(values, origin="lower", cmap=panel.cmap or cfg.cmap, norm=norm, aspect="auto")
+        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04).set_label(panel.label, fontsize=8)
+        if cfg.annotate and values.size <= 200:
+            _annotate(ax, values)
+        if column == "test_error_mean":
+            _mark_best(ax, values)
+        draw_boundaries(ax, regime_grid)
+        _axes_labels(ax, knob, temps, densities)
+        ax.set_title(panel.title)
+        ax.set_gid(column)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.remove()
+    eps, cut = regimes["eps"].iloc[0], regimes["cka_cut"].iloc[0]
+    handles = [
+        Line2D([], [], label=f"{BOUNDARY_LABEL['I']}, eps = {eps:.3g}", **BOUNDARY_STYLE["I"]),
+        Line2D([], [], label=f"{BOUNDARY_LABEL['II']}, cut = {cut:.3g}", **BOUNDARY_STYLE["II"]),
+        Line2D([], [], ls="", ms=9, label="lowest test error per density", **STAR),
+    ]
+    fig.legend(handles=handles, loc="lower center", ncol=3, frameon=False, fontsize=9)
+    fig.suptitle(
+        f"Phase diagrams over {KNOBS[knob].label} x density; regime boundaries from the classification"
+    )
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    return fig
+
+
+def phase_diagram(regimes: pd.DataFrame, cfg: PlotConfig, outputs: list[str]) -> None:
+    fig = phase_figure(regimes, cfg)
+    for path in outputs:
+        save_figure(fig, path, cfg.dpi)
+    plt.close(fig)
+
+
+def regime_figure(regimes: pd.DataFrame, cfg: PlotConfig, selection: pd.DataFrame | None = None):
+    """Categorical regime map with a legend; each cell shows its regime and, when below 1, its
+    stability over the robustness sweep. Stars: lowest test error per density; circles: the
+    training-metrics-only pick of the model selection (``selection``)."""
+    knob = regimes["knob"].iloc[0]
+    regime_grid, temps, densities = cell_grid(regimes, "regime")
+    codes = np.vectorize(REGIMES.index)(regime_grid)
+    cmap = ListedColormap([REGIME_COLORS[r] for r in REGIMES])
+    fig, ax = plt.subplots(figsize=(3.6 + 0.9 * len(densities), 1.9 + 0.55 * len(temps)))
+    ax.imshow(codes, origin="lower", cmap=cmap, vmin=-0.5, vmax=len(REGIMES) - 0.5, aspect="auto")
+    stability = cell_grid(regimes, "stability")[0] if "stability" in regimes else None
+    for (r, c), name in np.ndenumerate(regime_grid):
+        text = name
+        if stability is not None and stability[r, c] < 1:
+            text += f"\n({stability[r, c]:.0%})"
+        ax.text(c, r, text, ha="center", va="center", fontsize=8, color="black")
+    draw_boundaries(ax, regime_grid)
+    _axes_labels(ax, knob, temps, densities)
+    handles = [Patch(color=REGIME_COLORS[r], label=f"Regime {r}") for r in REGIMES]
+    handles += mark_uncertain(ax, regimes)
+    handles += [Line2D([], [], label=BOUNDARY_LABEL[k], **BOUNDARY_STYLE[k]) for k in ("I", "II")]
+    if selection is not None:
+        row_of = {t: i for i, t in enumerate(temps)}
+        for c, density in enumerate(densities):
+            pick = selection[selection["density"] == density]
+            if pick.empty:
+                continue
+            best, rule = pick["best_temperature"].iloc[0], pick["rule_temperature"].iloc[0]
+            ax.plot(c - 0.32, row_of[best] + 0.3, ms=11, gid="best", **STAR)
+            ax.plot(c + 0.32, row_of[rule] + 0.3, gid="pick", **PICK)
+        handles += [
+            Line2D([], [], ls="", ms=11, label="lowest test error", **STAR),
+            Line2D([], [], ls="", label="pick from training metrics", **PICK),
+        ]
+    if stability is not None and (stability < 1).any():
+        handles.append(
+            Line2D([], [], ls="", label="(n%): share of the eps / CKA-cut sweep\nthat keeps the regime")
+        )
+    eps, cut = regimes["eps"].iloc[0], regimes["cka_cut"].iloc[0]
+    ax.set_title(f"Regimes: mc < -{eps:.3g} -> I; else CKA < {cut:.3g} -> II-A; else II-B", fontsize=9)
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def regime_map(
+    regimes: pd.DataFrame, cfg: PlotConfig, outputs: list[str], selection: pd.DataFrame | None = None
+) -> None:
+    fig = regime_figure(regimes, cfg, selection)
+    for path in outputs:
+        save_figure(fig, path, cfg.dpi)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- Hessian density
+ESD_COLUMNS = ("hessian_esd_nodes_mean", "hessian_esd_weights_mean")
+
+
+def broadened_density(nodes, weights, grid: np.ndarray, sigma: float) -> np.ndarray:
+    """sum_k w_k N(x; node_k, sigma^2) on ``grid``: quadrature nodes drawn as a smooth density
+    (the Gaussian broadening of Ghorbani et al. 2019 and PyHessian)."""
+    nodes, weights = np.asarray(nodes, float), np.asarray(weights, float)
+    z = (grid[:, None] - nodes[None, :]) / sigma
+    return (np.exp(-0.5 * z**2) * weights[None, :]).sum(axis=1) / (sigma * math.sqrt(2 * math.pi))
+
+
+def esd_figure(regimes: pd.DataFrame, cfg: PlotConfig):
+    """The Hessian eigenvalue density of every cell (metrics.hessian_esd), laid out like the phase
+    diagram: hottest temperature on top, densities left to right, one shared eigenvalue axis."""
+    from threeregime.registry.metrics import parse_vector
+
+    knob = regimes["knob"].iloc[0]
+    temps = temperature_order(regimes)
+    densities = sorted(regimes["density"].unique())
+    cells = regimes.set_index(["temperature", "density"])
+    spectra = {
+        key: (parse_vector(row[ESD_COLUMNS[0]]), parse_vector(row[ESD_COLUMNS[1]]))
+        for key, row in cells.iterrows()
+    }
+    everything = np.concatenate([nodes for nodes, _ in spectra.values()])
+    low, high = float(everything.min()), float(everything.max())
+    sigma = max(high - low, 1e-12) / 100
+    grid = np.linspace(low - 5 * sigma, high + 5 * sigma, 600)
+    fig, axes = plt.subplots(
+        len(temps), len(densities), figsize=(1.9 * len(densities) + 1.2, 1.3 * len(temps) + 1.2),
+        sharex=True, sharey=True, squeeze=False,
+    )  # fmt: skip
+    for r, temperature in enumerate(reversed(temps)):  # hottest on top
+        for c, density in enumerate(densities):
+            ax = axes[r, c]
+            nodes, weights = spectra[(temperature, density)]
+            ax.semilogy(grid, np.maximum(broadened_density(nodes, weights, grid, sigma), 1e-8), lw=1)
+            ax.set_ylim(1e-6 / sigma, None)
+            ax.set_gid(f"esd-{fmt_value(temperature)}-{fmt_value(density)}")
+            if r == 0:
+                ax.set_title(f"density {fmt_value(density)}", fontsize=8)
+            if c == 0:
+                ax.set_ylabel(f"{fmt_value(temperature)}", fontsize=8)
+    fig.supxlabel("Hessian eigenvalue (training loss, kept weights)")
+    fig.supylabel(f"{temperature_label(knob)}\ndensity of eigenvalues (log)", fontsize=9)
+    fig.suptitle(f"Hessian eigenvalue density per cell (stochastic Lanczos quadrature, sigma = {sigma:.3g})")
+    fig.tight_layout()
+    return fig
+
+
+def esd_diagram(regimes: pd.DataFrame, cfg: PlotConfig, outputs: list[str]) -> None:
+    fig = esd_figure(regimes, cfg)
+    for path in outputs:
+        save_figure(fig, path, cfg.dpi)
+    plt.close(fig)
+
+
+def instability_figure(regimes: pd.DataFrame, stable_barrier: float):
+    """Frankle et al. 2020's instability plot: the error barrier between the two retrainings
+    against the temperature (the rewind step k under the rewind_step knob), one line per
+    density, with the stable cut. The knob's values sit evenly spaced, smallest left."""
+    knob = regimes["knob"].iloc[0]
+    temps = sorted(regimes["temperature"].unique())
+    fig, ax = plt.subplots(figsize=(2.5 + 0.6 * len(temps), 3.6))
+    colours = plt.get_cmap("viridis")(np.linspace(0, 0.9, regimes["density"].nunique()))
+    for colour, (density, column) in zip(colours, regimes.groupby("density")):
+        rows = column.set_index("temperature").loc[[t for t in temps if t in set(column["temperature"])]]
+        x = [temps.index(t) for t in rows.index]
+        spread = rows["barrier_std"] if "barrier_std" in rows else None
+        line = ax.errorbar(
+            x, rows["barrier_mean"], yerr=spread, marker="o", ms=4, capsize=2, color=colour,
+            label=f"density {fmt_value(density)}",
+        )  # fmt: skip
+        line.lines[0].set_gid(f"barrier-{fmt_value(density)}")
+    ax.axhline(stable_barrier, color="black", ls="--", lw=1, gid="stable-barrier")
+    ax.set_xticks(range(len(temps)), [fmt_value(t) for t in temps])
+    info = KNOBS[knob]
+    ax.set_xlabel(f"{info.label} [{info.unit}]")
+    ax.set_ylabel("error barrier (train error)")
+    ax.set_title(
+        f"Instability: barrier between two retrainings (stable below {stable_barrier:g})", fontsize=9
+    )
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def instability_diagram(regimes: pd.DataFrame, stable_barrier: float, outputs: list[str], dpi: int) -> None:
+    fig = instability_figure(regimes, stable_barrier)
+    for path in outputs:
+        save_figure(fig, path, dpi)
+    plt.close(fig)
+
+
+def mark_uncertain(ax, regimes: pd.DataFrame) -> list:
+    """Hatch every cell whose label is right in fewer than CONFIDENT of the bootstrap resamples
+    (gid ``uncertain``, with its p), and fade and hatch differently the cells whose label was
+    inferred from neighbours rather than measured (gid ``inferred``). Returns legend handles."""
+    from matplotlib.patches import Rectangle
+
+    from threeregime.analysis.confidence import CONFIDENT
+
+    handles = []
+    marks = {
+        "uncertain": {"hatch": "///", "fill": False, "lw": 0, "ec": "black"},
+        "inferred": {"hatch": "..", "fc": (1, 1, 1, 0.55), "lw": 0, "ec": "grey"},
+    }
+    p = cell_grid(regimes, "p_label")[0].astype(float) if "p_label" in regimes else None
+    inferred = None
+    if "label_source" in regimes:
+        inferred = cell_grid(regimes, "label_source")[0] == "inferred"
+    for (r, c), _ in np.ndenumerate(cell_grid(regimes, "regime")[0]):
+        if inferred is not None and inferred[r, c]:
+            ax.add_patch(Rectangle((c - 0.5, r - 0.5), 1, 1, gid="inferred", **marks["inferred"]))
+        elif p is not None and p[r, c] < CONFIDENT:
+            ax.add_patch(Rectangle((c - 0.5, r - 0.5), 1, 1, gid="uncertain", **marks["uncertain"]))
+            ax.text(c, r - 0.36, f"p={p[r, c]:.2f}", ha="center", va="center", fontsize=7)
+    if p is not None and (p < CONFIDENT).any():
+        handles.append(
+            Patch(label=f"label right in < {CONFIDENT:.0%} of bootstrap resamples", **marks["uncertain"])
+        )
+    if inferred is not None and inferred.any():
+        handles.append(Patch(label="not run: label inferred from measured neighbours", **marks["inferred"]))
+    return handles
