@@ -55,3 +55,25 @@ def test_broadened_density_integrates_to_one():
     density = broadened_density([0.0, 10.0], [0.25, 0.75], grid, sigma=0.3)
     assert np.trapezoid(density, grid) == pytest.approx(1.0, rel=1e-6)
     assert density[np.argmin(np.abs(grid - 10))] == pytest.approx(0.75 / (0.3 * np.sqrt(2 * np.pi)), rel=1e-4)
+
+
+def test_density_probes_and_steps_are_separate_lanczos_runs_averaged():
+    """metrics.hessian_esd_probes x hessian_esd_steps: each probe is its own Lanczos run from its
+    own random start; the nodes of all probes, weights divided by the probes."""
+    model, x, y, masks = _tiny_problem(True, random_bn=True)
+    hessian = _exact_hessian(model, x, y, masks)
+    settings = HessianSettings(20, 1e-3, 2, 2, density=True, density_probes=3, density_steps=5)
+    summary = hessian_summary(model, x, y, masks, settings)
+    nodes = torch.tensor(summary["hessian_esd_nodes"], dtype=torch.float64)
+    weights = torch.tensor(summary["hessian_esd_weights"], dtype=torch.float64)
+    assert len(nodes) == 15 and float(weights.sum()) == pytest.approx(1.0, abs=1e-12)
+    op = HessianOperator(model, x, y, masks)
+    starts = [lanczos(op, 5, 0.0, seed=settings.seed + 2 + p, min_products=5)[2].vectors[0] for p in range(3)]
+    for j in (1, 2, 3):  # the mean over the probes' starts q of q^T H^j q, exactly (j <= 2 x 5 - 1)
+        exact = np.mean(
+            [float(q.double() @ torch.linalg.matrix_power(hessian, j) @ q.double()) for q in starts]
+        )
+        assert float((weights * nodes**j).sum()) == pytest.approx(exact, rel=1e-6)
+    default = hessian_summary(model, x, y, masks, HessianSettings(20, 1e-3, 2, 2, density=True))
+    assert summary["hessian_products"] == default["hessian_products"] + 15
+    assert len(default["hessian_esd_nodes"]) == default["hessian_eig_iterations"]  # the top run itself

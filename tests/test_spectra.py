@@ -16,6 +16,7 @@ from threeregime.compute.models import prunable_layers
 from threeregime.compute.prune import alpha_densities, compute_masks, layer_densities, mask_density
 from threeregime.compute.spectra import fit_power_law, layer_alphas, layer_eigenvalues
 from threeregime.config.load import load_config
+from threeregime.config.settings import ConfigError
 
 from .test_prune import _model
 
@@ -118,7 +119,7 @@ def test_alpha_pruning_against_uniform_global_and_lamp_at_equal_density(density)
         assert mask_density(masks[method]) == round(density * total) / total
     for method in ("uniform", "alpha"):  # per-layer rounding: at most half a weight per layer off
         assert abs(mask_density(masks[method]) - density) <= len(layers) / (2 * total)
-    alphas = layer_alphas(layers)
+    alphas = layer_alphas(layers, "xmin_mid")  # AlphaPruning's rule for image classifiers
     kept = layer_densities(masks["alpha"])
     expected = alpha_densities({k: w.numel() for k, w in layers.items()}, alphas, density, 0.3)
     for name, mask in masks["alpha"].items():
@@ -143,7 +144,12 @@ def test_alpha_pruning_and_the_alpha_metric_through_the_commands(tmp_path, tiny_
     tiny_config["prune"] = {"method": "alpha", "densities": [0.3], "alpha_epsilon": 0.25}
     tiny_config["metrics"]["weight_alpha"] = True
     cfg = load_config(tiny_config)
-    assert cfg.prune_spec("0.3") == {"method": "alpha", "density": 0.3, "alpha_epsilon": 0.25}
+    assert cfg.prune_spec("0.3") == {
+        "method": "alpha",
+        "density": 0.3,
+        "alpha_epsilon": 0.25,
+        "alpha_xmin": "xmin_mid",
+    }
     assert cfg.metrics_spec()["weight_alpha"] is True
     compute = ["--runtime", json.dumps({"device": "cpu"}), "--threads", "1"]
     data, dense, pruned = (str(tmp_path / f"{n}.pt") for n in ("data", "dense", "pruned"))
@@ -159,7 +165,7 @@ def test_alpha_pruning_and_the_alpha_metric_through_the_commands(tmp_path, tiny_
     from threeregime.compute.checkpoints import model_from
 
     dense_layers = prunable_layers(model_from(load_checkpoint(dense, "dense")))
-    expected = alpha_densities(sizes, layer_alphas(dense_layers), 0.3, 0.25)
+    expected = alpha_densities(sizes, layer_alphas(dense_layers, "xmin_mid"), 0.3, 0.25)
     assert {k: int(m.sum()) for k, m in payload["masks"].items()} == {
         k: round(expected[k] * sizes[k]) for k in sizes
     }
@@ -186,10 +192,11 @@ def test_alpha_pruning_and_the_alpha_metric_through_the_commands(tmp_path, tiny_
     result = json.loads(metrics.read_text())
     for side, path in zip(result["models"], retrained):
         model = model_from(load_checkpoint(path, "retrain"))
-        by_layer = list(layer_alphas(prunable_layers(model)).values())
+        fitted = layer_alphas(prunable_layers(model))
+        by_layer = list(fitted.values())
         assert side["weight_alpha_layers"] == pytest.approx(by_layer, rel=1e-9)
         assert side["weight_alpha"] == pytest.approx(np.mean(by_layer), rel=1e-9)
-        assert len(by_layer) == len(payload["masks"]) - 1  # the first conv: 1 input channel, too few
+        assert "features.0.weight" not in fitted and len(fitted) >= 2  # first conv: 1 input channel
         assert all(1 < a < 20 for a in by_layer)
     out = {n: str(tmp_path / f"{n}.csv") for n in ("models", "metrics", "cells")}
     grid = json.dumps(cfg.metrics_axes())
@@ -227,4 +234,49 @@ def test_overlays_turn_on_the_alpha_metric_and_method_over_the_demo():
         update_config(base, yaml.safe_load((REPO / "presets" / "overlays" / f"{overlay}.yaml").read_text()))
     cfg = load_config(base)
     assert cfg.metrics_spec() == demo.metrics_spec() | {"weight_alpha": True}
-    assert cfg.prune_spec("0.1") == {"method": "alpha", "density": 0.1, "alpha_epsilon": 0.2}
+    alpha = {"method": "alpha", "density": 0.1, "alpha_epsilon": 0.2, "alpha_xmin": "xmin_mid"}
+    assert cfg.prune_spec("0.1") == alpha
+
+
+def _published_matrices():
+    """The matrices the reference numbers below were computed on (seeded)."""
+    generator = torch.Generator().manual_seed(0)
+    yield "gauss 64x128", torch.randn(64, 128, generator=generator)
+    student = torch.distributions.StudentT(torch.tensor(2.5))
+    torch.manual_seed(1)
+    yield "student-t 64x128", student.sample((64, 128))
+    torch.manual_seed(3)
+    u, v = torch.randn(64, 5), torch.randn(5, 128)
+    yield "rank 5 + noise 64x128", 3 * u @ v / 128**0.5 + 0.5 * torch.randn(64, 128)
+
+
+# alpha of each matrix under each xmin rule, by the published code: weightwatcher 0.7.7's default
+# fit (search) and AlphaPruning's net_esd_estimator (xmin_mid, xmin_peak; float32)
+PUBLISHED = {
+    "gauss 64x128": {"search": 6.743147256613956, "xmin_mid": 2.6958811283, "xmin_peak": 2.2869625092},
+    "student-t 64x128": {"search": 2.783835599518328, "xmin_mid": 2.2702236176, "xmin_peak": 1.5704002380},
+    "rank 5 + noise 64x128": {
+        "search": 2.0251400316248964,
+        "xmin_mid": 2.0882177353,
+        "xmin_peak": 2.0251402855,
+    },
+}
+
+
+@pytest.mark.parametrize("rule", ["search", "xmin_mid", "xmin_peak"])
+def test_each_xmin_rule_gives_the_published_codes_alpha(rule):
+    for name, matrix in _published_matrices():
+        alpha = fit_power_law(layer_eigenvalues(matrix.float()), rule).alpha
+        tolerance = 1e-10 if rule == "search" else 2e-6  # the published xmin_mid/peak run in float32
+        assert alpha == pytest.approx(PUBLISHED[name][rule], rel=tolerance), name
+
+
+def test_the_xmin_rules_are_settings_of_the_metric_and_of_alpha_pruning(tiny_config):
+    tiny_config["prune"] = {"method": "alpha", "densities": [0.3], "alpha_xmin": "xmin_peak"}
+    tiny_config["metrics"] |= {"weight_alpha": True, "weight_alpha_xmin": "xmin_mid"}
+    cfg = load_config(tiny_config)
+    assert cfg.prune_spec("0.3")["alpha_xmin"] == "xmin_peak"
+    assert cfg.metrics_spec()["weight_alpha_xmin"] == "xmin_mid"
+    tiny_config["metrics"]["weight_alpha_xmin"] = "mid"
+    with pytest.raises(ConfigError, match="metrics.weight_alpha_xmin: 'mid' is not one of"):
+        load_config(tiny_config)

@@ -291,6 +291,20 @@ def lanczos(
     return estimate, len(alphas), KrylovBasis(torch.stack(basis), math.fsum(alphas), tuple(alphas), off)
 
 
+def spectral_density(op: HessianOperator, probes: int, steps: int, seed: int) -> tuple[list, list]:
+    """Stochastic Lanczos quadrature over ``probes`` random unit starts of ``steps`` Lanczos
+    steps each (fewer where the Krylov space closes): every probe's nodes, and its weights
+    divided by the number of probes, so that the weights sum to 1. More steps resolve the
+    density's shape (small and negative eigenvalues included), more probes average its noise."""
+    nodes, weights = [], []
+    for probe in range(probes):
+        _, _, basis = lanczos(op, steps, 0.0, seed + probe, min_products=steps)
+        probe_nodes, probe_weights = basis.spectral_density()
+        nodes += probe_nodes
+        weights += [w / probes for w in probe_weights]
+    return nodes, weights
+
+
 def _tridiagonal(alphas: list[float], betas: list[float]) -> torch.Tensor:
     t = torch.diag(torch.tensor(alphas, dtype=torch.float64))
     if betas:
@@ -330,8 +344,10 @@ class HessianSettings:
     ``max_iter``/``tol``: the top-eigenvalue iteration (``eig_method``: "lanczos" or "power");
     ``probes`` Hutchinson probes, ``probe_batch`` per backward pass, the trace deflated by at
     least ``deflation`` Lanczos vectors (0: plain, as PyHessian); ``density``: also the
-    eigenvalue density's quadrature; ``seed``: the random start and probes; ``mode``: how
-    Hessian-vector products are taken (:class:`HessianOperator`).
+    eigenvalue density's quadrature, from ``density_probes`` random starts of ``density_steps``
+    Lanczos steps each (1 and 0: the top-eigenvalue run itself, no extra products); ``seed``: the
+    random start and probes; ``mode``: how Hessian-vector products are taken
+    (:class:`HessianOperator`).
     """
 
     max_iter: int
@@ -343,6 +359,8 @@ class HessianSettings:
     seed: int = 0
     eig_method: str = "lanczos"
     mode: str = "reverse"
+    density_probes: int = 1
+    density_steps: int = 0
 
     def __post_init__(self):
         if self.eig_method not in ("lanczos", "power"):
@@ -361,6 +379,8 @@ class HessianSettings:
             probe_batch=metrics.hessian_probe_batch,
             deflation=metrics.hessian_trace_deflation,
             density=metrics.option("hessian_esd"),
+            density_probes=metrics.option("hessian_esd_probes"),
+            density_steps=metrics.option("hessian_esd_steps"),
         )
 
 
@@ -371,7 +391,7 @@ def hessian_summary(
     ``settings.density``, also the eigenvalue density's quadrature nodes and weights from the
     same Lanczos run (:meth:`KrylovBasis.spectral_density`, no extra Hessian products)."""
     op = HessianOperator(model, x, y, masks, mode=settings.mode)
-    basis, quadrature = None, {}
+    basis, quadrature, density_products = None, {}, 0
     if settings.eig_method == "power":
         eigenvalue, iterations = top_eigenvalue(op, settings.max_iter, settings.tol, settings.seed)
     else:
@@ -380,7 +400,12 @@ def hessian_summary(
         )
         basis = krylov if settings.deflation else None
         if settings.density:
-            nodes, weights = krylov.spectral_density()
+            if settings.density_probes == 1 and settings.density_steps == 0:
+                nodes, weights = krylov.spectral_density()  # the run above is the one probe
+            else:
+                steps = settings.density_steps or settings.max_iter
+                nodes, weights = spectral_density(op, settings.density_probes, steps, settings.seed + 2)
+                density_products = len(nodes)  # one node per Lanczos step
             quadrature = {"hessian_esd_nodes": nodes, "hessian_esd_weights": weights}
     trace_value, trace_stderr = trace(op, settings.probes, settings.probe_batch, settings.seed + 1, basis)
     return {
@@ -390,6 +415,6 @@ def hessian_summary(
         "hessian_trace_stderr": trace_stderr,
         "hessian_trace_probes": settings.probes,
         "hessian_trace_deflation": 0 if basis is None else len(basis.vectors),
-        "hessian_products": iterations + settings.probes,
+        "hessian_products": iterations + settings.probes + density_products,
         "hessian_samples": len(y),
     } | quadrature

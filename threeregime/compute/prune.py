@@ -14,6 +14,7 @@ from torch import nn
 
 from threeregime.compute.models import prunable_layers
 from threeregime.registry.pruning import PRUNING_METHODS
+from threeregime.registry.pruning import settings as pruning_settings
 
 
 class PruneError(ValueError):
@@ -134,9 +135,11 @@ def alpha_masks(layers: dict[str, torch.Tensor], density: float, settings: dict)
     from the layers' heavy-tail exponents (threeregime.compute.spectra)."""
     from threeregime.compute.spectra import layer_alphas
 
-    alphas = layer_alphas(layers)
+    defaults = pruning_settings()
+    option = lambda key: settings.get(key, defaults[key].default)  # noqa: E731
+    alphas = layer_alphas(layers, option("alpha_xmin"))
     sizes = {name: w.numel() for name, w in layers.items()}
-    epsilon = settings.get("alpha_epsilon", 0.2)
+    epsilon = option("alpha_epsilon")
     return _per_layer_masks(layers, alpha_densities(sizes, alphas, density, epsilon))
 
 

@@ -301,6 +301,11 @@ register(
                 "also measure each retrained model's heavy-tailed weight spectra: per-layer "
                 "power-law alpha and its layer mean (threeregime/compute/spectra.py)",
             ),
+            Setting(
+                "weight_alpha_xmin", "search", {"enum": ["search", "xmin_mid", "xmin_peak"]},
+                "how weight_alpha's power-law fit picks xmin: search (weightwatcher's default), "
+                "xmin_mid or xmin_peak (AlphaPruning's rules)",
+            ),
         ),
     )
 )  # fmt: skip
@@ -319,6 +324,18 @@ register(
                 "also store each retrained model's Hessian eigenvalue density (stochastic Lanczos "
                 "quadrature nodes and weights from the top-eigenvalue Lanczos run, no extra Hessian "
                 "products) and draw it per cell (hessian_esd.png)",
+            ),
+            Setting(
+                "hessian_esd_probes", 1, {"type": "integer", "minimum": 1},
+                "random starts of the eigenvalue density's Lanczos runs (1 with hessian_esd_steps "
+                "0: the top-eigenvalue run itself); more probes average out the noise of one start "
+                "(resolution measured in benchmarks/README.md)",
+            ),
+            Setting(
+                "hessian_esd_steps", 0, {"type": "integer", "minimum": 0},
+                "Lanczos steps (quadrature nodes) per probe of the eigenvalue density; 0: the "
+                "top-eigenvalue run's own, which stops once the top eigenvalue has converged, "
+                "too early to resolve small or negative eigenvalues",
             ),
         ),
     )

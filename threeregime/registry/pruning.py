@@ -95,6 +95,13 @@ register(
                 "global density (AlphaPruning's s1, s2 = 1 - epsilon, 1 + epsilon)",
                 in_spec="always",
             ),
+            Setting(
+                "alpha_xmin", "xmin_mid", {"enum": ["search", "xmin_mid", "xmin_peak"]},
+                "how each layer's power-law fit picks xmin (threeregime/compute/spectra.py): "
+                "xmin_mid, AlphaPruning's rule for image classifiers; xmin_peak, its rule for "
+                "language models; search, weightwatcher's default",
+                in_spec="always",
+            ),
         ),
     )
 )  # fmt: skip
