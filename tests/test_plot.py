@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 
+import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -208,3 +209,53 @@ def test_instability_figure_draws_each_densitys_barrier_against_the_knob():
         assert list(x) == [0, 1, 2] and np.allclose(y, [0.01, 0.02, 0.04])
     assert lines["stable-barrier"].get_ydata()[0] == 0.02
     plt.close(fig)
+
+
+def _texts(fig) -> list:
+    """Every visible, non-empty text of a drawn figure with its extent in pixels."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    found = []
+    for text in fig.findobj(matplotlib.text.Text):
+        if text.get_visible() and text.get_text().strip() and text.get_figure() is not None:
+            found.append((text.get_text(), text.get_window_extent(renderer)))
+    return found
+
+
+def _overlaps(texts) -> list[tuple[str, str]]:
+    clashes = []
+    for i, (a, box_a) in enumerate(texts):
+        for b, box_b in texts[i + 1 :]:
+            overlap_x = min(box_a.x1, box_b.x1) - max(box_a.x0, box_b.x0)
+            overlap_y = min(box_a.y1, box_b.y1) - max(box_a.y0, box_b.y0)
+            if overlap_x > 1 and overlap_y > 1:  # pixels
+                clashes.append((a, b))
+    return clashes
+
+
+def test_figures_stay_readable_for_a_long_knob_name_and_a_two_by_two_grid(monkeypatch):
+    """No text of the phase diagram or the regime map covers another or leaves the figure."""
+    from threeregime.registry.knobs import KNOBS, Knob
+
+    long_knob = Knob(
+        name="momentum_of_the_heavy_ball_optimizer", field="momentum", schedule="runs", hotter=1,
+        why="a long one", label="heavy-ball momentum coefficient of the dense training runs",
+        unit="dimensionless coefficient between zero and one", integer=False,
+        words=("more heavy-ball momentum in dense training", "less heavy-ball momentum in dense training"),
+        retrain="the base recipe's momentum",
+    )  # fmt: skip
+    monkeypatch.setitem(KNOBS, long_knob.name, long_knob)
+    regimes = _regimes(knob=long_knob.name)
+    regimes = regimes[regimes["temperature"].isin([20, 10])].reset_index(drop=True)  # 2 x 2
+    assert len(regimes) == 4
+    selection = pd.DataFrame(
+        {"density": [0.1, 0.5], "best_temperature": [10, 20], "rule_temperature": [20, 20]}
+    )
+    for fig in (phase_figure(regimes, PlotConfig()), regime_figure(regimes, PlotConfig(), selection)):
+        texts = _texts(fig)
+        assert _overlaps(texts) == [], fig
+        frame = fig.bbox
+        for text, box in texts:
+            inside = box.x0 >= frame.x0 - 1 and box.x1 <= frame.x1 + 1 and box.y0 >= frame.y0 - 1
+            assert inside and box.y1 <= frame.y1 + 1, f"{text!r} leaves the figure"
+        plt.close(fig)

@@ -11,6 +11,7 @@ dashed line between II-A and II-B (the CKA boundary).
 from __future__ import annotations
 
 import math
+import textwrap
 
 import matplotlib
 
@@ -83,6 +84,13 @@ def draw_boundaries(ax, regimes: np.ndarray) -> None:
         )
 
 
+def wrapped(text: str, inches: float, fontsize: float) -> str:
+    """``text`` broken into lines that fit ``inches`` at ``fontsize`` points (each line of the
+    input wrapped on its own), so that a long knob name or unit never runs into other text."""
+    width = max(12, int(inches * 72 / (0.55 * fontsize)))
+    return "\n".join(textwrap.fill(line, width) for line in text.split("\n"))
+
+
 def temperature_label(knob: str) -> str:
     """y-axis label: the knob's name, its unit, and which way is hotter."""
     info = KNOBS[knob]
@@ -90,14 +98,16 @@ def temperature_label(knob: str) -> str:
     return f"{info.label} [{info.unit}]\ntemperature rises upward ({hotter})"
 
 
-DENSITY_LABEL = "density [fraction of conv weights kept]"
+DENSITY_LABEL = "density [fraction of prunable weights kept]"
+LABEL_SIZE = 9
 
 
-def _axes_labels(ax, knob: str, temps: list, densities: list) -> None:
+def _axes_labels(ax, knob: str, temps: list, densities: list, size: tuple[float, float]) -> None:
+    """Ticks and axis labels of a heatmap whose axes are ``size`` (width, height) inches."""
     ax.set_xticks(range(len(densities)), [fmt_value(d) for d in densities], rotation=45)
     ax.set_yticks(range(len(temps)), [fmt_value(t) for t in temps])
-    ax.set_xlabel(DENSITY_LABEL)
-    ax.set_ylabel(temperature_label(knob))
+    ax.set_xlabel(wrapped(DENSITY_LABEL, size[0], LABEL_SIZE), fontsize=LABEL_SIZE)
+    ax.set_ylabel(wrapped(temperature_label(knob), size[1], LABEL_SIZE), fontsize=LABEL_SIZE)
 
 
 def _annotate(ax, values: np.ndarray) -> None:
@@ -127,9 +137,9 @@ def phase_figure(regimes: pd.DataFrame, cfg: PlotConfig):
     panels = [p for p in registered_panels() if p[0] in regimes and regimes[p[0]].notna().any()]
     ncols = min(cfg.ncols, len(panels))
     nrows = math.ceil(len(panels) / ncols)
-    width = 2.2 + 0.75 * len(densities)
-    height = 1.9 + 0.42 * len(temps)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * width, nrows * height + 0.8), squeeze=False)
+    width = max(4.0, 2.2 + 0.75 * len(densities))  # room for the labels of a small grid
+    height = max(3.4, 1.9 + 0.42 * len(temps))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * width, nrows * height + 1.2), squeeze=False)
     for ax, (column, panel) in zip(axes.flat, panels):
         values = cell_grid(regimes, column)[0].astype(float)
         norm = LogNorm() if panel.log and np.nanmin(values) > 0 else None
@@ -140,8 +150,8 @@ def phase_figure(regimes: pd.DataFrame, cfg: PlotConfig):
         if column == "test_error_mean":
             _mark_best(ax, values)
         draw_boundaries(ax, regime_grid)
-        _axes_labels(ax, knob, temps, densities)
-        ax.set_title(panel.title)
+        _axes_labels(ax, knob, temps, densities, (width - 1.6, height - 1.6))
+        ax.set_title(wrapped(panel.title, width - 1.2, 11), fontsize=11)
         ax.set_gid(column)
     for ax in list(axes.flat)[len(panels) :]:
         ax.remove()
@@ -151,11 +161,13 @@ def phase_figure(regimes: pd.DataFrame, cfg: PlotConfig):
         Line2D([], [], label=f"{BOUNDARY_LABEL['II']}, cut = {cut:.3g}", **BOUNDARY_STYLE["II"]),
         Line2D([], [], ls="", ms=9, label="lowest test error per density", **STAR),
     ]
-    fig.legend(handles=handles, loc="lower center", ncol=3, frameon=False, fontsize=9)
-    fig.suptitle(
-        f"Phase diagrams over {KNOBS[knob].label} x density; regime boundaries from the classification"
-    )
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    figure_width = ncols * width
+    legend_columns = max(1, min(len(handles), int(figure_width // 4.2)))
+    fig.legend(handles=handles, loc="lower center", ncol=legend_columns, frameon=False, fontsize=9)
+    title = f"Phase diagrams over {KNOBS[knob].label} x density; regime boundaries from the classification"
+    fig.suptitle(wrapped(title, figure_width - 0.5, 12), fontsize=12)
+    legend_rows = math.ceil(len(handles) / legend_columns)
+    fig.tight_layout(rect=(0, min(0.3, 0.35 * legend_rows / (nrows * height + 1.2)), 1, 1))
     return fig
 
 
@@ -174,7 +186,8 @@ def regime_figure(regimes: pd.DataFrame, cfg: PlotConfig, selection: pd.DataFram
     regime_grid, temps, densities = cell_grid(regimes, "regime")
     codes = np.vectorize(REGIMES.index)(regime_grid)
     cmap = ListedColormap([REGIME_COLORS[r] for r in REGIMES])
-    fig, ax = plt.subplots(figsize=(3.6 + 0.9 * len(densities), 1.9 + 0.55 * len(temps)))
+    axes_size = (max(3.0, 0.9 * len(densities)), max(2.8, 0.55 * len(temps)))
+    fig, ax = plt.subplots(figsize=(axes_size[0] + 4.4, axes_size[1] + 1.9))
     ax.imshow(codes, origin="lower", cmap=cmap, vmin=-0.5, vmax=len(REGIMES) - 0.5, aspect="auto")
     stability = cell_grid(regimes, "stability")[0] if "stability" in regimes else None
     for (r, c), name in np.ndenumerate(regime_grid):
@@ -183,7 +196,7 @@ def regime_figure(regimes: pd.DataFrame, cfg: PlotConfig, selection: pd.DataFram
             text += f"\n({stability[r, c]:.0%})"
         ax.text(c, r, text, ha="center", va="center", fontsize=8, color="black")
     draw_boundaries(ax, regime_grid)
-    _axes_labels(ax, knob, temps, densities)
+    _axes_labels(ax, knob, temps, densities, axes_size)
     handles = [Patch(color=REGIME_COLORS[r], label=f"Regime {r}") for r in REGIMES]
     handles += mark_uncertain(ax, regimes)
     handles += [Line2D([], [], label=BOUNDARY_LABEL[k], **BOUNDARY_STYLE[k]) for k in ("I", "II")]
@@ -205,7 +218,8 @@ def regime_figure(regimes: pd.DataFrame, cfg: PlotConfig, selection: pd.DataFram
             Line2D([], [], ls="", label="(n%): share of the eps / CKA-cut sweep\nthat keeps the regime")
         )
     eps, cut = regimes["eps"].iloc[0], regimes["cka_cut"].iloc[0]
-    ax.set_title(f"Regimes: mc < -{eps:.3g} -> I; else CKA < {cut:.3g} -> II-A; else II-B", fontsize=9)
+    title = f"Regimes: mc < -{eps:.3g} -> I; else CKA < {cut:.3g} -> II-A; else II-B"
+    ax.set_title(wrapped(title, axes_size[0] + 0.5, 9), fontsize=9)
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False, fontsize=8)
     fig.tight_layout()
     return fig
