@@ -97,8 +97,8 @@ def test_phase_diagram_panels_axes_and_boundaries():
         # temperature rises upward: the bottom row is the coldest (most epochs)
         assert [t.get_text() for t in ax.get_yticklabels()] == ["40", "20", "10"]
         assert ax.get_ylim()[0] < ax.get_ylim()[1]
-        assert "dense training epochs [epochs]" in ax.get_ylabel()
-        assert "temperature rises upward" in ax.get_ylabel()
+        assert "dense training epochs [epochs]" in " ".join(ax.get_ylabel().split())
+        assert "temperature rises upward" in " ".join(ax.get_ylabel().split())
         assert ax.get_xlabel().startswith("density")
         assert [t.get_text() for t in ax.get_xticklabels()] == ["0.1", "0.5"]
     # boundary styles: solid for the LMC boundary, dashed for the CKA boundary
@@ -118,7 +118,7 @@ def test_batch_size_knob_puts_the_smallest_batch_on_top():
     fig = phase_figure(regimes, PlotConfig())
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_yticklabels()] == ["512", "128", "32"]
-    assert "dense batch size [samples per step]" in ax.get_ylabel()
+    assert "dense batch size [samples per step]" in " ".join(ax.get_ylabel().split())
     assert "smaller batch" in ax.get_ylabel()
     assert _drawn(ax) == EXPECTED
     plt.close(fig)
