@@ -52,3 +52,11 @@ def test_the_layout_block_names_every_subpackage_and_module():
     assert sorted(listed) == sorted(actual), "subpackages"
     for name, modules in actual.items():
         assert sorted(m.strip() for m in listed[name].split(",")) == modules, name
+
+
+def test_ci_runs_the_linters_before_the_tests():
+    lines = [line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines()]
+    lint = next(i for i, line in enumerate(lines) if "ruff check" in line)
+    for check in ("ruff check .", "ruff format --check .", "snakefmt --check workflow", "snakemake --lint"):
+        assert check in lines[lint], check
+    assert lint < next(i for i, line in enumerate(lines) if "pytest" in line)

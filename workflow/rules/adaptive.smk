@@ -54,7 +54,8 @@ def measured_on_disk(cells):
 
 def collected_metrics(wildcards):
     """collect's inputs: the whole grid, or the cells of the last adaptive round, every other
-    cell measured before (threeregime.stages.collect.metrics_paths keeps them) and the plan."""
+    cell measured before (threeregime.stages.collect.metrics_paths keeps them) and the plan.
+    """
     if not ADAPTIVE:
         return all_metrics()
     planned = planned_cells(CFG.adaptive.rounds)

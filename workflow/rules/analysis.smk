@@ -11,9 +11,7 @@ TABLES = {
         "summary",
     )
 }
-COST_PAGE = (
-    f"{RES}/tables/cost.html"  # written by collect (threeregime.views.cost), not classify
-)
+COST_PAGE = f"{RES}/tables/cost.html"  # written by collect (threeregime.views.cost), not classify
 # The PNG of each figure goes into the report; the other formats (PDF) are plain outputs.
 PHASE_PNG, *PHASE_OTHER = FIGURES["phase"]
 MAP_PNG, *MAP_OTHER = FIGURES["map"]
