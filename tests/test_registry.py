@@ -140,3 +140,18 @@ def test_validation_resolves_references_without_importing_torch(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
+
+
+def test_a_model_without_a_prunable_layer_is_refused_in_one_line(monkeypatch, tiny_config):
+    """An MLP of one Linear layer has only its classifier, which is never pruned."""
+    logistic = Model(
+        "logistic", "threeregime.compute.models:CNN1d", lambda width, channels: {}, ("mnist1d",), "d"
+    )
+    monkeypatch.setitem(MODELS, "logistic", logistic)
+    tiny_config["model"] = {"name": "logistic"}
+    with pytest.raises(ConfigError) as info:
+        load_config(tiny_config)
+    assert str(info.value) == (
+        "config: model.name: logistic has no prunable layer (every convolution and every Linear "
+        "layer but the last are pruned)"
+    )
