@@ -1,23 +1,26 @@
-"""(9) Adaptive refinement against the full grid on MNIST-1D: jobs needed and label agreement.
+"""Adaptive refinement against a truth grid on MNIST-1D: jobs needed and labels right.
 
-Runs the workflow of this checkout twice in one scratch folder: first with ``adaptive.enabled``
-(coarse sub-grid, then rounds of refinement), then the same config without it. A cell's files do
-not depend on the round that asked for it, so the full run reuses every cell the adaptive run
-measured and computes only the rest: the two runs together cost one full grid. Reports
+The truth is the 8 x 8 grid measured with 4 dense seeds (x 2 retrain seeds) and classified with
+all of them. The contenders use what a normal run would have:
 
-* the share of ``retrain`` + ``metrics`` jobs the adaptive run needed (counted from Snakemake's
-  own job list of each run),
-* label agreement with the full grid, on measured and on inferred cells separately,
-* every disagreement, with the full grid's own bootstrap confidence at that cell,
-* a replay: what other coarse steps and budgets would have measured and inferred, computed by the
-  workflow's own planning and classification functions from the full grid's metrics files (a
-  cell's files do not depend on the round, so a replay needs no training). The replay of the run's
-  own settings must plan exactly the cells the real adaptive run measured; the script checks it.
+* **full grid, 2 dense seeds** (seeds 1, 2 and, separately, 3, 4): every cell, 100% of the jobs;
+* **adaptive** (base seeds 1, 2): the coarse sub-grid, then rounds that add cells and dense seeds
+  3 and 4 to uncertain labels, within ``adaptive.budget`` of the 2-seed grid's units (one dense
+  seed of one cell: its prune, retrain and metrics jobs).
 
-    python benchmarks/bench_adaptive.py                 # 8 x 8 grid, 2 dense x 2 retrain seeds
-    python benchmarks/bench_adaptive.py --small         # 3 x 3 tiny grid: checks the script
-    python benchmarks/bench_adaptive.py --keep --cores 2
-    python benchmarks/bench_adaptive.py --replay /tmp/threeregime-adaptive-XXXX   # a kept folder
+A cell's files do not depend on the round that asked for them, so every contender is computed
+from the truth run's metrics files, round by round with the workflow's own planner
+(threeregime.analysis.adaptive.plan_round): no training beyond the truth grid. ``--check`` then
+runs the workflow's real adaptive rounds in the truth folder (every file they need exists, so only
+the planning jobs run) and checks that they measure exactly what the replay measured.
+
+Reported per contender: the share of the 2-seed grid's units it measured, the dense-training jobs
+it needed, its agreement with the truth on all cells, on the cells the truth calls confident
+(p_label >= 0.9), on measured and on inferred cells.
+
+    python benchmarks/bench_adaptive.py --run --cores 2       # the truth grid (hours), then the tables
+    python benchmarks/bench_adaptive.py FOLDER --check         # tables of a kept truth run, and the check
+    python benchmarks/bench_adaptive.py --run --small --check  # a 3 x 4 tiny grid: checks the script
 """
 
 from __future__ import annotations
@@ -25,38 +28,28 @@ from __future__ import annotations
 import argparse
 import copy
 import re
-import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 import pandas as pd
 import yaml
-from common import machine, run_snakemake, table
+from common import machine, read_observations, run_snakemake, table
 
-from threeregime.analysis.adaptive import (
-    Grid,
-    coarse_cells,
-    compare_maps,
-    infer_labels,
-    measured_labels,
-    plan_round,
-)
-from threeregime.config.load import load_config
-from threeregime.config.settings import RegimeConfig, fmt_value
-from threeregime.config.specs import regime_config_from_spec
+from threeregime.analysis.adaptive import allowed_units, infer_labels, measured_labels, plan_round
+from threeregime.config.experiment import Grid, coarse_cells
+from threeregime.config.settings import AdaptiveConfig, RegimeConfig
 from threeregime.io.files import read_json
-from threeregime.stages.plan import pair_observation
 
-FULL = {
-    "run_name": "adaptive-bench",
+TRUTH = {
+    "run_name": "adaptive-truth",
     "data": {"name": "mnist1d", "num_samples": 5000, "generation_seed": 42},
     "model": {"name": "cnn1d", "width": 0.5},
     "train": {"epochs": 16, "batch_size": 128, "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4},
     "knob": {"name": "epochs", "values": [1, 2, 3, 4, 6, 8, 12, 16]},
     "prune": {"method": "uniform", "densities": [0.05, 0.07, 0.1, 0.14, 0.2, 0.3, 0.4, 0.6]},
     "retrain": {"mode": "rewind"},
-    "seeds": {"dense": [1, 2], "retrain": [1, 2]},
+    "seeds": {"dense": [1, 2, 3, 4], "retrain": [1, 2]},
     "metrics": {
         "cka_samples": 2000,
         "hessian_samples": 64,
@@ -65,161 +58,177 @@ FULL = {
         "hessian_probe_batch": 2,
         "hessian_trace_deflation": 4,
     },
-    "regimes": {"eps_mode": "noise", "eps": 0.02, "cka_cut_mode": "split", "bootstrap": 200},
-    "adaptive": {"enabled": True, "step": 3, "rounds": 3, "budget": 0.5, "min_confidence": 0.8},
+    "regimes": {"eps_mode": "noise", "eps": 0.02, "cka_cut_mode": "split"},
     "runtime": {"device": "cpu", "threads": 1, "retrain_pack": "cell"},
 }
-SMALL = copy.deepcopy(FULL) | {
+SMALL = copy.deepcopy(TRUTH) | {
+    "run_name": "adaptive-truth-small",
     "data": {"name": "mnist1d", "num_samples": 600, "generation_seed": 3},
     "model": {"name": "cnn1d", "width": 0.25},
     "train": {"epochs": 3, "batch_size": 64, "lr": 0.05},
     "knob": {"name": "epochs", "values": [1, 2, 3]},
-    "prune": {"method": "uniform", "densities": [0.2, 0.4, 0.6]},
-    "seeds": {"dense": [1], "retrain": [1, 2, 3]},
-    "metrics": FULL["metrics"] | {"cka_samples": 200, "lmc_points": 5},
-    "runtime": {"device": "cpu", "threads": 1},
+    "prune": {"method": "uniform", "densities": [0.2, 0.4, 0.6, 0.8]},
+    "metrics": TRUTH["metrics"] | {"cka_samples": 200, "lmc_points": 5},
 }
-SMALL["adaptive"] = FULL["adaptive"] | {"step": 2, "budget": 0.7, "rounds": 2}
+BASE_SEEDS = [1, 2]
+OTHER_SEEDS = [3, 4]
+CONFIDENT = 0.9
+# the contenders' adaptive settings: (step, budget); rounds, min_confidence and max_seeds fixed
+ROUNDS, MAX_SEEDS = 3, 4
+SETTINGS = [(2, 0.4), (2, 0.5), (3, 0.3), (3, 0.4), (3, 0.5)]
+CHECKED = (2, 0.5)  # the settings --check runs through the workflow
 JOB = re.compile(r"^(?:local)?(?:rule|checkpoint) (\w+):$", re.MULTILINE)
-COUNTED = ("retrain", "metrics")
-REPLAYED = [(step, budget) for step in (2, 3) for budget in (0.3, 0.4, 0.5, 0.6, 0.8)]  # (step, budget)
 
 
-def run(folder: Path, config: dict, cores: int) -> tuple[float, dict]:
-    """One snakemake run; wall seconds and the number of jobs of each rule it ran."""
-    (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    wall, done, _ = run_snakemake(folder, "--cores", str(cores))
+def select(observations: pd.DataFrame, cells, seeds: list[int], extra: dict | None = None) -> pd.DataFrame:
+    """The pairs of ``cells`` with dense ``seeds``, plus a cell's ``extra`` seeds ("t/d" -> seeds)."""
+    extra = extra or {}
+    wanted = {(c, s) for c in map(tuple, cells) for s in seeds + extra.get(f"{c[0]}/{c[1]}", [])}
+    keep = [(c, int(s)) in wanted for c, s in zip(observations["cell"], observations["dense_seed"])]
+    return observations[keep].drop(columns="cell").reset_index(drop=True)
+
+
+def labelled(observations: pd.DataFrame, cfg: RegimeConfig, grid: Grid) -> pd.DataFrame:
+    """Every grid cell's label (measured or inferred) and p_label, indexed by cell."""
+    labels, p_label, _, _ = measured_labels(observations, cfg)
+    out = infer_labels(labels, p_label, grid)
+    out["p_label"] = [p_label.get((t, d)) for t, d in zip(out["temperature"], out["density"])]
+    return out.set_index(["temperature", "density"])
+
+
+def replay(grid: Grid, cfg: RegimeConfig, observations: pd.DataFrame, adaptive: AdaptiveConfig) -> tuple:
+    """An adaptive run's rounds on the truth run's files: (final plan, labels of every cell)."""
+    plan = {"cells": coarse_cells(grid, adaptive.step), "seeds": {}}
+    for round_number in range(1, adaptive.rounds + 1):
+        measured = select(observations, plan["cells"], BASE_SEEDS, plan["seeds"])
+        plan = plan_round(round_number, plan, measured, grid, cfg, adaptive, BASE_SEEDS)
+    final = select(observations, plan["cells"], BASE_SEEDS, plan["seeds"])
+    return plan, labelled(final, cfg, grid)
+
+
+def scores(labels: pd.DataFrame, truth: pd.DataFrame) -> dict:
+    """Agreement with the truth on all cells, on the truth's confident cells, measured, inferred."""
+    joined = labels.join(truth[["regime", "p_label"]], rsuffix="_truth")
+    joined["agree"] = joined["regime"] == joined["regime_truth"]
+    confident = joined["p_label_truth"] >= CONFIDENT
+
+    def share(rows):
+        return f"{rows['agree'].mean():.1%} ({int(rows['agree'].sum())}/{len(rows)})" if len(rows) else "-"
+
+    return {
+        "all": share(joined),
+        "confident": share(joined[confident]),
+        "measured": share(joined[joined["label_source"] == "measured"]),
+        "inferred": share(joined[joined["label_source"] == "inferred"]),
+        "agree_all": joined["agree"].mean(),
+        "agree_confident": joined.loc[confident, "agree"].mean(),
+    }
+
+
+def dense_jobs(cells, extra: dict) -> int:
+    """Dense trainings a contender needs: each temperature with a measured cell, per seed."""
+    temperatures = {t for t, _ in map(tuple, cells)}
+    extra_runs = {(key.split("/")[0], s) for key, seeds in extra.items() for s in seeds}
+    return len(temperatures) * len(BASE_SEEDS) + len(extra_runs)
+
+
+def check_workflow(folder: Path, config: dict, plan: dict, cores: int) -> str:
+    """Run the workflow's adaptive rounds in the truth folder with the CHECKED settings and base
+    seeds: no cell job may run (every file exists) and the last plan must be the replay's."""
+    step, budget = CHECKED
+    adaptive = {"enabled": True, "step": step, "budget": budget, "rounds": ROUNDS,
+                "min_confidence": CONFIDENT, "max_seeds": MAX_SEEDS}  # fmt: skip
+    overlay = copy.deepcopy(config) | {"adaptive": adaptive}
+    overlay["seeds"] = config["seeds"] | {"dense": BASE_SEEDS}
+    (folder / "adaptive-check.yaml").write_text(yaml.safe_dump(overlay, sort_keys=False))
+    _, done, _ = run_snakemake(folder, "--cores", str(cores), "--configfile", "adaptive-check.yaml")
     output = done.stdout + done.stderr
     if done.returncode != 0:
-        sys.exit(f"snakemake failed after {wall:.0f} s:\n{output[-4000:]}")
-    counts = {}
-    for rule in JOB.findall(output):
-        counts[rule] = counts.get(rule, 0) + 1
-    return wall, counts
-
-
-def measured_grid(folder: Path) -> tuple[Grid, RegimeConfig, pd.DataFrame]:
-    """A kept folder's grid, regime settings and every measured pair (read once), each pair
-    keyed by its cell."""
-    config = load_config(folder / "config.yaml")
-    spec = config.adaptive_spec()
-    grid = Grid(tuple(spec["temperatures"]), tuple(spec["densities"]), spec["reference"])
-    cfg = regime_config_from_spec(spec["regimes"])
-    files = sorted((folder / "results" / config.run_name / "metrics").rglob("*.json"))
-    observations = pd.DataFrame([pair_observation(read_json(f), cfg.cka_metric) for f in files])
-    observations["cell"] = [
-        (fmt_value(t), fmt_value(d)) for t, d in zip(observations["temperature"], observations["density"])
-    ]
-    return grid, cfg, observations
-
-
-def replay(
-    grid: Grid, cfg: RegimeConfig, observations: pd.DataFrame, adaptive: dict
-) -> tuple[list, pd.DataFrame]:
-    """What an adaptive run with the settings ``adaptive`` would measure, round by round with the
-    workflow's own planner, and the regimes it would end with: (cells measured, regimes table
-    with inferred labels)."""
-
-    def of(cells):
-        return observations[observations["cell"].isin(set(cells))].drop(columns="cell").reset_index(drop=True)
-
-    cells = coarse_cells(grid, adaptive["step"])
-    for round_number in range(1, adaptive["rounds"] + 1):
-        plan = plan_round(
-            round_number, cells, of(cells), grid, cfg, adaptive["budget"], adaptive["min_confidence"]
-        )
-        cells = [tuple(c) for c in plan["cells"]]
-    labels, p_label, _ = measured_labels(of(cells), cfg)
-    regimes = infer_labels(labels, p_label, grid)
-    regimes["temperature"] = regimes["temperature"].astype(float)
-    regimes["density"] = regimes["density"].astype(float)
-    return cells, regimes
-
-
-def replay_table(folder: Path, config: dict) -> str:
-    """Agreement with the full grid for each replayed (step, budget); checks the run's own."""
-    full = pd.read_csv(folder / "results" / config["run_name"] / "regimes.csv")
-    own = (config["adaptive"]["step"], config["adaptive"]["budget"])
-    plans = sorted((folder / "results" / config["run_name"] / "adaptive").glob("round*.json"))
-    grid, cfg, observations = measured_grid(folder)
-    rows = []
-    for step, budget in sorted({*REPLAYED, own}):
-        settings = config["adaptive"] | {"step": step, "budget": budget}
-        cells, regimes = replay(grid, cfg, observations, settings)
-        if (step, budget) == own and plans:
-            ran = [tuple(c) for c in read_json(plans[-1])["cells"]]
-            if sorted(ran) != sorted(cells):
-                sys.exit(f"replay of the run's own settings planned {len(cells)} cells, the run {len(ran)}")
-        _, summary = compare_maps(full, regimes)
-        rows.append([
-            step, budget, f"{len(cells)} of {summary['cells']} ({len(cells) / summary['cells']:.0%})",
-            f"{summary['agreement']:.1%}", f"{summary['agreement_measured']:.1%}",
-            "-" if summary["agreement_inferred"] is None else f"{summary['agreement_inferred']:.1%}",
-            f"{summary['disagreements']} ({summary['disagreements_uncertain_in_full']})",
-            "the run's own (checked)" if (step, budget) == own and plans else "",
-        ])  # fmt: skip
-    headers = ["step", "budget", "cells measured", "agree all", "measured", "inferred"]
-    return table(headers + ["disagreements (uncertain in full)", ""], rows)
+        sys.exit(f"the workflow's adaptive run failed:\n{output[-4000:]}")
+    ran = [r for r in JOB.findall(output) if r in ("dense_train", "prune", "retrain", "metrics")]
+    last = read_json(folder / "results" / config["run_name"] / "adaptive" / f"round{ROUNDS}.json")
+    same_cells = sorted(map(tuple, last["cells"])) == sorted(map(tuple, plan["cells"]))
+    same = same_cells and last["seeds"] == plan["seeds"]
+    if ran or not same:
+        sys.exit(f"workflow check failed: cell jobs run {ran}; last plan equals the replay's: {same}")
+    return (
+        f"Checked: the workflow's own adaptive rounds (step {step}, budget {budget}) in the truth "
+        f"folder planned exactly the replay's {len(plan['cells'])} cells and extra seeds, running no "
+        "cell job."
+    )
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--small", action="store_true", help="3 x 3 tiny grid (checks the script)")
+    p.add_argument("folder", nargs="?", type=Path, help="a truth run folder (config.yaml + results)")
+    p.add_argument("--run", action="store_true", help="run the truth grid first (in a scratch folder)")
+    p.add_argument("--small", action="store_true", help="a 3 x 4 tiny grid (checks the script)")
+    p.add_argument("--check", action="store_true", help="run the workflow's own rounds for one setting")
     p.add_argument("--cores", type=int, default=2)
-    p.add_argument("--keep", action="store_true", help="keep the scratch folder")
-    p.add_argument("--replay", type=Path, help="only the replay table, of a folder this script kept")
     args = p.parse_args()
-    config = SMALL if args.small else FULL
-    replay_header = "\nReplay on the full grid's metrics (same rounds and min_confidence):\n"
-    if args.replay:
-        print(replay_header)
-        print(replay_table(args.replay, config))
-        return
-    folder = Path(tempfile.mkdtemp(prefix="threeregime-adaptive-"))
-    results = folder / "results" / config["run_name"]
-    adaptive_s, adaptive_jobs = run(folder, config, args.cores)
-    adaptive = pd.read_csv(results / "regimes.csv")
-    plans = sorted((results / "adaptive").glob("round*.json"))
-    full_config = copy.deepcopy(config)
-    full_config["adaptive"] = {"enabled": False}
-    rest_s, rest_jobs = run(folder, full_config, args.cores)
-    full = pd.read_csv(results / "regimes.csv")
-    cells, summary = compare_maps(full, adaptive)
+    config = SMALL if args.small else TRUTH
+    folder = args.folder
+    if args.run:
+        folder = Path(tempfile.mkdtemp(prefix="threeregime-adaptive-truth-"))
+        (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        seconds, done, _ = run_snakemake(folder, "--cores", str(args.cores))
+        if done.returncode != 0:
+            sys.exit(f"the truth run failed after {seconds:.0f} s:\n{(done.stdout + done.stderr)[-4000:]}")
+        print(f"truth run: {seconds:.0f} s in {folder}", file=sys.stderr)
+    if folder is None:
+        p.error("give a truth run folder, or --run")
+    run_config, cfg, observations = read_observations(folder)
+    spec = run_config.adaptive_spec()
+    grid = Grid(tuple(spec["temperatures"]), tuple(spec["densities"]), spec["reference"])
+    seeds = sorted(int(s) for s in observations["dense_seed"].unique())
+    if seeds != BASE_SEEDS + OTHER_SEEDS:
+        sys.exit(f"{folder}: the truth needs dense seeds {BASE_SEEDS + OTHER_SEEDS}, found {seeds}")
+    missing = len(grid.cells()) * len(seeds) * len(run_config.seeds.retrain) - len(observations)
+    if missing > 0:
+        sys.exit(f"{folder}: {missing} cell x seed metrics files are missing; let the run finish")
 
-    needed = sum(adaptive_jobs.get(r, 0) for r in COUNTED)
-    total = needed + sum(rest_jobs.get(r, 0) for r in COUNTED)
-    grid = f"{len(config['knob']['values'])} x {len(config['prune']['densities'])}"
-    replicates = f"{len(config['seeds']['dense'])} dense x {len(config['seeds']['retrain'])} retrain seeds"
-    print(f"\n## Adaptive refinement vs the full grid (MNIST-1D, {grid}, {replicates})\n")
-    print(f"Machine: {machine()}; adaptive settings {config['adaptive']}\n")
+    truth = labelled(select(observations, grid.cells(), seeds), cfg, grid)
+    confident = int((truth["p_label"] >= CONFIDENT).sum())
+    full_units = len(grid.cells()) * len(BASE_SEEDS)
+    size = f"{len(grid.temperatures)} x {len(grid.densities)}"
+    print(f"\n## Adaptive refinement against a {size} truth grid (MNIST-1D, 4 dense x 2 retrain seeds)\n")
+    print(f"Machine: {machine()}")
+    print(f"regimes: uncertainty {cfg.uncertainty}, eps {cfg.eps_mode}, CKA cut {cfg.cka_cut_mode}")
+    counts = truth["regime"].value_counts().to_dict()
+    print(f"Truth: {confident} of {len(truth)} cells confident (p_label >= {CONFIDENT}); labels {counts}\n")
 
-    def share(x):
-        return "-" if x is None else f"{x:.1%}"
-
-    rows = [
-        ["retrain + metrics jobs", f"{needed} of {total}", f"{needed / total:.1%}"],
-        ["cells measured", f"{summary['measured']} of {summary['cells']}", ""],
-        ["rounds run (plans)", str(len(plans)), ""],
-        ["agreement, all cells", "", share(summary["agreement"])],
-        ["agreement, measured cells", "", share(summary["agreement_measured"])],
-        ["agreement, inferred cells", "", share(summary["agreement_inferred"])],
-        ["disagreements (uncertain in full grid)",
-         f"{summary['disagreements']} ({summary['disagreements_uncertain_in_full']})", ""],
-        ["wall s: adaptive run, then the rest of the grid", f"{adaptive_s:.0f}, {rest_s:.0f}", ""],
-    ]  # fmt: skip
-    print(table(["", "count", "share"], rows))
-    disagree = cells[~cells["agree"]]
-    if len(disagree):
-        print("\nDisagreements (full grid's bootstrap p_label and confidence at the cell):\n")
-        columns = ["temperature", "density", "full_regime", "adaptive_regime", "label_source"]
-        columns += [c for c in ("full_p_label", "full_confidence") if c in disagree]
-        print(table(columns, disagree[columns].astype(str).values.tolist()))
-    print(replay_header)
-    print(replay_table(folder, config))
-    if args.keep:
-        print(f"\nresults kept in {folder}")
-    else:
-        shutil.rmtree(folder, ignore_errors=True)
+    rows, checked_plan = [], None
+    for name, chosen in (("full grid, seeds 1, 2", BASE_SEEDS), ("full grid, seeds 3, 4", OTHER_SEEDS)):
+        labels = labelled(select(observations, grid.cells(), chosen), cfg, grid)
+        s = scores(labels, truth)
+        dense = len(grid.temperatures) * len(chosen)
+        rows.append([name, f"{full_units} (100%)", dense, s["all"], s["confident"], s["measured"], "-"])
+    for step, budget in SETTINGS:
+        adaptive = AdaptiveConfig(enabled=True, step=step, rounds=ROUNDS, budget=budget,
+                                  min_confidence=CONFIDENT, max_seeds=MAX_SEEDS)  # fmt: skip
+        plan, labels = replay(grid, cfg, observations, adaptive)
+        units = len(plan["cells"]) * len(BASE_SEEDS) + sum(len(v) for v in plan["seeds"].values())
+        allowed = allowed_units(grid, BASE_SEEDS, budget)
+        s = scores(labels, truth)
+        name = f"adaptive, step {step}, budget {budget}"
+        rows.append([
+            name, f"{units} ({units / full_units:.0%}; allowed {allowed})",
+            dense_jobs(plan["cells"], plan["seeds"]), s["all"], s["confident"], s["measured"],
+            s["inferred"],
+        ])  # fmt: skip
+        if (step, budget) == CHECKED:
+            checked_plan = plan
+            cells = len(plan["cells"])
+            replicated = sum(len(v) for v in plan["seeds"].values())
+            where = len(plan["seeds"])
+            print(f"{name}: {cells} cells measured, {replicated} extra dense seeds in {where} cells\n")
+    headers = ["contender", "units (of the 2-seed grid)", "dense trainings", "agree, all cells",
+               "agree, truth-confident cells", "measured", "inferred"]  # fmt: skip
+    print(table(headers, rows))
+    if args.check:
+        run_settings = yaml.safe_load((folder / "config.yaml").read_text())
+        print("\n" + check_workflow(folder, run_settings, checked_plan, args.cores))
+    print(f"\nresults in {folder}")
 
 
 if __name__ == "__main__":

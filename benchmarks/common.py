@@ -200,3 +200,27 @@ def report(title: str, args, body: str) -> None:
     print(f"Machine: {machine(args.device)}; device {args.device}\n")
     print(body)
     sys.stdout.flush()
+
+
+def read_observations(folder: Path):
+    """A run folder's config and every per-pair metrics file of its results, read as the
+    classification reads them (threeregime.stages.plan.pair_observation): (experiment config,
+    regime settings, observations table with a ``cell`` column of canonical strings). Works on a
+    run that is still going: it reads the files that exist."""
+    import pandas as pd
+
+    from threeregime.config.load import load_config
+    from threeregime.config.settings import fmt_value
+    from threeregime.io.files import read_json
+    from threeregime.stages.plan import pair_observation
+
+    config = load_config(folder / "config.yaml")
+    files = sorted((folder / "results" / config.run_name / "metrics").rglob("*.json"))
+    if not files:
+        sys.exit(f"{folder}: no metrics files under results/{config.run_name}/metrics")
+    rows = [pair_observation(read_json(f), config.regimes.cka_metric) for f in files]
+    observations = pd.DataFrame(rows)
+    observations["cell"] = [
+        (fmt_value(t), fmt_value(d)) for t, d in zip(observations["temperature"], observations["density"])
+    ]
+    return config, config.regimes, observations

@@ -11,15 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from threeregime.analysis.adaptive import (
-    Grid,
-    coarse_cells,
-    infer_labels,
-    next_cells,
-    plan_round,
-    with_inferred,
-)
-from threeregime.config.settings import RegimeConfig, fmt_value
+from threeregime.analysis.adaptive import infer_labels, next_moves, plan_round, with_inferred
+from threeregime.config.experiment import Grid, coarse_cells
+from threeregime.config.settings import AdaptiveConfig, RegimeConfig, fmt_value
 
 from .conftest import write_config
 
@@ -54,42 +48,69 @@ def test_inferred_labels_come_from_the_nearest_measured_cells():
     assert full.loc[("120", "0.05"), "regime"] == "II-B"
 
 
+ADAPTIVE = AdaptiveConfig(enabled=True, step=2, budget=1.0, min_confidence=0.9, max_seeds=4)
+BASE = [1, 2]  # the config's dense seeds: a new cell costs 2 units, a replicate 1
+
+
+def _moves(labels, p_label=None, units=100, adaptive=ADAPTIVE, seeds=None):
+    p_label = p_label or {}
+    seeds = seeds or {c: list(BASE) for c in labels}
+    return next_moves(labels, p_label, seeds, GRID, adaptive, BASE, units)
+
+
 def test_a_round_adds_boundary_cells_first_and_respects_the_budget():
     labels = {c: _truth(*c) for c in coarse_cells(GRID, 2)}
-    added = next_cells(labels, {}, GRID, budget=1.0, min_confidence=0.8)
-    reasons = dict(added)
+    cells, seeds, why = _moves(labels)
+    reasons = dict(cells)
     # cells whose nearest measured cells disagree: between the I corner and the II-B cells
     boundary = {c for c, r in reasons.items() if r == "boundary"}
     assert boundary == {("120", "0.05"), ("160", "0.1"), ("120", "0.1")}
-    assert all(c not in labels for c in reasons)
+    assert all(c not in labels for c in reasons) and seeds == [] and why == ""
     assert ("40", "0.4") not in reasons  # deep inside II-B: never measured
-    small = next_cells(labels, {}, GRID, budget=11 / 25, min_confidence=0.8)
-    assert len(small) == 2 and [r for _, r in small] == ["boundary", "boundary"]
+    small, _, _ = _moves(labels, units=4)  # two cells of two dense seeds each
+    assert [r for _, r in small] == ["boundary", "boundary"]
+    none, _, why = _moves(labels, units=1)
+    assert none == [] and why == "budget spent: the cheapest move needs 2 units, 1 are left"
 
 
 def test_a_new_density_column_brings_its_reference_cell():
     labels = {c: _truth(*c) for c in coarse_cells(GRID, 2)}
-    added = [c for c, _ in next_cells(labels, {}, GRID, budget=1.0, min_confidence=0.8)]
+    added = [c for c, _ in _moves(labels)[0]]
     for density in {d for _, d in added}:
         assert ("160", density) in added or ("160", density) in labels
 
 
-def test_low_confidence_measured_cells_get_their_neighbours_measured():
+def test_low_confidence_measured_cells_get_their_neighbours_measured_and_a_seed():
     labels = {c: "II-B" for c in coarse_cells(GRID, 2)}
-    assert next_cells(labels, {}, GRID, budget=1.0, min_confidence=0.8) == []
-    p = {c: 1.0 for c in labels} | {("80", "0.2"): 0.55}
-    added = dict(next_cells(labels, p, GRID, budget=1.0, min_confidence=0.8))
-    assert {c for c, r in added.items() if r == "uncertain"} == {
-        ("120", "0.2"), ("40", "0.2"), ("80", "0.1"), ("80", "0.4")
+    cells, seeds, why = _moves(labels)
+    assert cells == [] and seeds == []
+    assert why.startswith("nothing to add: no unmeasured cell lies near a boundary or an uncertain label")
+    p = {c: 1.0 for c in labels} | {("80", "0.2"): 0.55, ("20", "0.8"): 0.7}
+    cells, seeds, _ = _moves(labels, p)
+    assert {c for c, r in cells if r == "uncertain neighbour"} == {
+        ("120", "0.2"), ("40", "0.2"), ("80", "0.1"), ("80", "0.4"), ("20", "0.4"), ("40", "0.8")
     }  # fmt: skip
+    # a replicate for each uncertain measured cell, least probable first; only those
+    assert seeds == [(("80", "0.2"), 3, "p_label 0.55"), (("20", "0.8"), 3, "p_label 0.70")]
 
 
-def _observations(cells, seeds=(1, 2, 3)):
+def test_replicates_come_before_edge_cells_and_stop_at_max_seeds():
+    labels = {c: "II-B" for c in coarse_cells(GRID, 2)}
+    p = {c: 1.0 for c in labels} | {("80", "0.2"): 0.55}
+    seeds = {c: list(BASE) for c in labels} | {("80", "0.2"): [1, 2, 3, 4]}  # at max_seeds
+    cells, added, _ = _moves(labels, p, seeds=seeds)
+    assert added == []  # no fifth seed; its neighbours are still measured
+    assert len([c for c, reason in cells if reason != "reference"]) == 4
+    cells, added, _ = _moves(labels, p, units=1)  # one unit: the replicate, not a cell
+    assert added == [(("80", "0.2"), 3, "p_label 0.55")] and cells == []
+
+
+def _observations(cells, seeds=(1, 2, 3), extra=None):
     rng = np.random.default_rng(0)
     rows = []
     for t, d in cells:
         regime = _truth(t, d)
-        for s in seeds:
+        for s in list(seeds) + (extra or {}).get((t, d), []):
             rows.append(
                 {"knob": "epochs", "temperature": float(t), "density": float(d), "dense_seed": s,
                  "seed_a": 1, "seed_b": 2, "mc": (-0.3 if regime == "I" else 0.0) + rng.normal(0, 0.01),
@@ -99,16 +120,34 @@ def _observations(cells, seeds=(1, 2, 3)):
 
 
 def test_plan_round_is_deterministic_and_cumulative():
-    cfg = RegimeConfig(eps_mode="fixed", eps=0.05, bootstrap=50)
+    cfg = RegimeConfig(eps_mode="fixed", eps=0.05, draws=200)
     coarse = coarse_cells(GRID, 2)
-    plan = plan_round(1, coarse, _observations(coarse), GRID, cfg, 1.0, 0.8)
-    again = plan_round(1, coarse, _observations(coarse), GRID, cfg, 1.0, 0.8)
+    first = {"cells": coarse, "seeds": {}}
+    plan = plan_round(1, first, _observations(coarse, BASE), GRID, cfg, ADAPTIVE, BASE)
+    again = plan_round(1, first, _observations(coarse, BASE), GRID, cfg, ADAPTIVE, BASE)
     assert plan == again
     cells = [tuple(c) for c in plan["cells"]]
     assert set(coarse) < set(cells) and plan["measured_before"] == 9
+    assert plan["units"] == {"allowed": 50, "used_before": 18, "added": 2 * len(plan["added"])}
     assert plan["labels"]["160/0.05"] == "I" and plan["labels"]["20/0.8"] == "II-B"
     with pytest.raises(ValueError, match="no metrics for planned cells"):
-        plan_round(2, cells, _observations(coarse), GRID, cfg, 1.0, 0.8)
+        plan_round(2, plan, _observations(coarse, BASE), GRID, cfg, ADAPTIVE, BASE)
+
+
+def test_a_plan_keeps_every_measured_cell_and_its_extra_seeds():
+    """Cells and seeds measured before (an earlier run with a larger budget) stay in the plan,
+    whatever this round can afford."""
+    cfg = RegimeConfig(eps_mode="fixed", eps=0.05, draws=200)
+    coarse = coarse_cells(GRID, 2)
+    earlier = coarse + [("120", "0.05")]
+    observations = _observations(earlier, BASE, extra={("160", "0.05"): [3]})
+    tight = AdaptiveConfig(enabled=True, step=2, budget=0.3, min_confidence=0.9)
+    plan = plan_round(1, {"cells": coarse, "seeds": {}}, observations, GRID, cfg, tight, BASE)
+    assert {tuple(c) for c in plan["cells"]} == set(earlier)
+    assert plan["seeds"] == {"160/0.05": [3]}
+    assert plan["added"] == [] and plan["replicated"] == []
+    assert plan["units"]["used_before"] == 21 > plan["units"]["allowed"] == 15
+    assert plan["why_nothing"].startswith("budget spent")
 
 
 def test_regimes_table_gets_flagged_inferred_rows():
@@ -193,6 +232,18 @@ def test_adaptive_run_then_a_new_density_reuses_every_measured_cell(tmp_path):
     assert inferred["mc_mean"].isna().all() and (inferred["confidence"] == "inferred").all()
     assert len(pd.read_csv(results / "metrics.csv")) == len(measured)
     assert plan(tmp_path) == set()  # nothing left to do
+
+    # a plan that adds dense seed 2 to one uncertain cell runs that cell's seed and nothing else
+    final = results / "adaptive/round2.json"
+    kept = final.read_text()
+    t, d = sorted(measured)[0]
+    final.write_text(json.dumps(json.loads(kept) | {"seeds": {f"{t}/{d}": [2]}}))
+    wildcards = {"temperature": t, "density": d, "seed": "2"}
+    replicate = {job("dense_train", temperature=t, seed="2"), job("prune", **wildcards)}
+    replicate |= {job("retrain", **wildcards, rseed=r) for r in ("1", "2")}
+    replicate |= {job("metrics", **wildcards, a="1", b="2")}
+    assert plan(tmp_path) == replicate | {job("collect"), job("classify"), job("plot")}
+    final.write_text(kept)
 
     write_config(tmp_path, _adaptive_config(densities=(0.2, 0.4, 0.6, 0.8)))
     second = jobs_in(run(tmp_path))

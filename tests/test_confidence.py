@@ -1,4 +1,5 @@
-"""Bootstrap label probabilities on observation tables with known answers."""
+"""Label probabilities in the tables, and the bootstrap method, on observation tables with known
+answers (the pooled model: tests/test_uncertainty.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import pytest
 
 from threeregime.analysis.advice import analyse
 from threeregime.analysis.cells import aggregate_cells
-from threeregime.analysis.confidence import _Design, add_confidence, bootstrap, confidence_level
+from threeregime.analysis.confidence import P_COLUMNS, add_confidence, confidence_level, rule_picks
+from threeregime.analysis.uncertainty import _Design, bootstrap_draws
 from threeregime.config.settings import RegimeConfig
 
 FIXED = RegimeConfig(eps_mode="fixed", eps=0.05, cka_cut_mode="fixed", cka_cut=0.9)
@@ -48,9 +50,15 @@ GRID = {
 }
 
 
+def _table(draws) -> pd.DataFrame:
+    probs = draws.cells.reset_index(drop=True).copy()
+    for j, column in enumerate(P_COLUMNS.values()):
+        probs[column] = draws.probabilities()[:, j]
+    return probs
+
+
 def _probabilities(observations, cfg=FIXED, resamples=300, **kw):
-    probs, _ = bootstrap(observations, cfg, resamples, **kw)
-    return probs.set_index(["temperature", "density"])
+    return _table(bootstrap_draws(observations, cfg, resamples, **kw)).set_index(["temperature", "density"])
 
 
 def test_far_cells_are_certain_and_a_straddling_cell_is_a_coin_flip():
@@ -67,12 +75,12 @@ def test_far_cells_are_certain_and_a_straddling_cell_is_a_coin_flip():
 
 def test_deterministic_given_the_seed():
     observations = _observations(GRID)
-    first, picks_first = bootstrap(observations, FIXED, 100)
-    again, picks_again = bootstrap(observations.sample(frac=1, random_state=3), FIXED, 100)
-    pd.testing.assert_frame_equal(first, again)
-    pd.testing.assert_frame_equal(picks_first, picks_again)
-    other, _ = bootstrap(observations, FIXED, 100, seed=1)
-    assert not np.allclose(first["p_I"], other["p_I"])
+    first = bootstrap_draws(observations, FIXED, 100)
+    again = bootstrap_draws(observations.sample(frac=1, random_state=3), FIXED, 100)
+    pd.testing.assert_frame_equal(_table(first), _table(again))
+    pd.testing.assert_frame_equal(rule_picks(first), rule_picks(again))
+    other = bootstrap_draws(observations, FIXED, 100, seed=1)
+    assert not np.allclose(_table(first)["p_I"], _table(other)["p_I"])
 
 
 def test_one_observation_per_cell_is_unmeasured_not_certain():
@@ -80,7 +88,7 @@ def test_one_observation_per_cell_is_unmeasured_not_certain():
     probs = _probabilities(observations)
     assert probs[["p_I", "p_IIA", "p_IIB"]].isna().all().all()
     result = analyse(aggregate_cells(observations), FIXED)
-    add_confidence(result, observations, FIXED, 50)
+    add_confidence(result, bootstrap_draws(observations, FIXED, 50))
     assert (result["regimes"]["confidence"] == "unmeasured").all()
     assert result["regimes"]["p_label"].isna().all()
     assert result["advice_cells"]["advice_note"].str.startswith("confidence unmeasured").all()
@@ -125,29 +133,30 @@ def test_threshold_uncertainty_counts():
 def test_advice_and_selection_carry_the_confidence():
     observations = _observations(GRID, dense_seeds=(1, 2, 3, 4, 5, 6))
     result = analyse(aggregate_cells(observations), FIXED)
-    add_confidence(result, observations, FIXED, 200)
+    add_confidence(result, bootstrap_draws(observations, FIXED, 200))
     regimes = result["regimes"].set_index(["temperature", "density"])
     assert regimes.loc[(10, 0.1), "confidence"] == "confident"
     straddle = regimes.loc[(20, 0.4)]
     assert straddle["p_label"] < 0.8 and straddle["confidence"] in ("uncertain", "coin flip")
     notes = result["advice_cells"].set_index(["temperature", "density"])
     assert notes.loc[(20, 0.4), "advice_note"].startswith(straddle["confidence"])
-    assert notes.loc[(10, 0.1), "advice_note"].startswith("confident: regime I in 100%")
+    assert notes.loc[(10, 0.1), "advice_note"].startswith("confident: regime I with probability 100%")
     selection = result["selection"].set_index("density")
     assert selection.loc[0.1, "rule_temperature"] == 20 and selection.loc[0.1, "rule_pick_p"] == 1.0
-    assert result["summary"]["confidence"]["resamples"] == 200
+    summary = result["summary"]["confidence"]
+    assert summary["draws"] == 200 and summary["method"] == "bootstrap"
 
 
 def test_bootstrap_off():
     observations = _observations(GRID)
     result = analyse(aggregate_cells(observations), FIXED)
-    add_confidence(result, observations, FIXED, 0)
+    add_confidence(result, None)
     assert (result["regimes"]["confidence"] == "off").all()
     assert "rule_pick_p" not in result["selection"]
 
 
 def test_confidence_words():
-    assert [confidence_level(p) for p in (1.0, 0.8, 0.7, 0.5, float("nan"))] == [
+    assert [confidence_level(p) for p in (1.0, 0.9, 0.85, 0.5, float("nan"))] == [
         "confident", "confident", "uncertain", "coin flip", "unmeasured"
     ]  # fmt: skip
 
@@ -169,7 +178,7 @@ def test_figures_hatch_uncertain_and_inferred_cells():
     assert gids.count("uncertain") == 2 and gids.count("inferred") == 1
     assert {"p=0.55", "p=0.70"} <= {t.get_text() for t in ax.texts}
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert any("bootstrap" in x for x in labels) and any("inferred" in x for x in labels)
+    assert any("probability < 90%" in x for x in labels) and any("inferred" in x for x in labels)
     plt.close(fig)
     fig = phase_figure(regimes, PlotConfig())
     assert "p_label" in [a.get_gid() for a in fig.axes]

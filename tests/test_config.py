@@ -92,6 +92,20 @@ def test_canonical_grid_strings():
         (lambda c: c.update(run_name="nl\n"), "run_name: 'nl\\n' does not match"),
         (lambda c: c["train"].update(lr="0.1"), "(snakemake --config passes values as strings"),
         (lambda c: c["seeds"].update(dense=[1, 2**32]), "seeds.dense[1]: 4294967296 is too large"),
+        (
+            lambda c: c.update(knob={"name": "epochs", "values": [1, 2, 3]}, adaptive={"enabled": True}),
+            "adaptive.budget: 0.5 of the 6-cell grid allows 3 units (cells x 1 dense seeds), and the "
+            "coarse sub-grid of adaptive.step 2 already takes 4: no round could add anything",
+        ),
+        (
+            lambda c: (
+                c.update(
+                    knob={"name": "epochs", "values": [1, 2, 3]}, adaptive={"enabled": True, "budget": 1.0}
+                )
+                or c["runtime"].update(retrain_pack="temperature")
+            ),
+            "runtime.retrain_pack: temperature packs every density of a dense model into one job",
+        ),
     ],
 )
 def test_bad_config_gives_one_line_naming_the_key(tiny_config, edit, expected):

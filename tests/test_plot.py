@@ -177,9 +177,10 @@ def test_html_tables(tmp_path):
     assert [("regime-II-A" in classes.split()) for classes, _ in cells] == [False, True, False, False, False]
     assert ">a&lt;b&gt;</th>" in page and "<i>" not in page
     assert "Title &lt;1&gt;" in page and "note &amp; more" in page
-    tables = {name: frame for name in ("regimes", "advice", "advice_cells", "selection", "robustness")}
+    names = ("regimes", "advice", "advice_cells", "selection", "robustness", "boundaries")
+    tables = {name: frame for name in names}
     paths = write_html_tables(tables | {"summary": {"thresholds": {"eps": 0.02}}}, tmp_path)
-    assert len(paths) == 6
+    assert len(paths) == 7
     assert "thresholds.eps" in (tmp_path / "summary.html").read_text()
 
 

@@ -11,7 +11,6 @@ import pytest
 
 from threeregime.analysis.advice import analyse, cell_advice, knob_action, model_selection, temperature_advice
 from threeregime.analysis.cells import aggregate_cells
-from threeregime.analysis.confidence import add_confidence
 from threeregime.analysis.regimes import (
     cell_stability,
     choose_thresholds,
@@ -87,7 +86,7 @@ def test_otsu_split_separates_two_groups():
     assert flat < 0.8
     assert otsu_split(np.array([0.0, 1.0, 2.0, 3.0]))[0] == pytest.approx(1.5)
     assert otsu_split(np.array([0.0, 0.0, 1.0, 1.0]))[0] == pytest.approx(0.5)
-    cfg = RegimeConfig(eps_mode="fixed", eps=0.05, cka_cut_mode="split")
+    cfg = RegimeConfig(eps_mode="fixed", eps=0.05, cka_cut_mode="split", cka_split_min_cells=4)
     classified, thresholds = classify_cells(TABLE, cfg)
     # connected cells' CKA: 0.80, 0.85, 0.95, 0.97 -> cut between 0.85 and 0.95
     assert thresholds.cka_cut == pytest.approx(0.90)
@@ -96,9 +95,29 @@ def test_otsu_split_separates_two_groups():
 
 def test_split_falls_back_to_the_fixed_cut():
     cells = _cells([(10, 0.1, 0.0, 0.95, 0.1), (20, 0.1, -0.5, 0.5, 0.2)])
-    thresholds = choose_thresholds(cells, RegimeConfig(eps_mode="fixed", cka_cut_mode="split", cka_cut=0.7))
+    cfg = RegimeConfig(eps_mode="fixed", cka_cut_mode="split", cka_cut=0.7, cka_split_min_cells=1)
+    thresholds = choose_thresholds(cells, cfg)
     assert thresholds.cka_cut == 0.7 and "fewer than two" in thresholds.cka_cut_source
     assert thresholds.cka_split_separation is None
+
+
+def test_a_split_of_two_cells_falls_back_to_the_declared_cut_with_a_warning(caplog):
+    """Otsu's split always finds a cut, even between two cells; on fewer connected cells than
+    regimes.cka_split_min_cells it would be noise, so the declared cut is used and said so."""
+    from threeregime.stages.classify import classify_run
+
+    cells = _cells([(10, 0.1, 0.0, 0.95, 0.1), (20, 0.1, 0.0, 0.80, 0.2), (30, 0.1, -0.5, 0.5, 0.3)])
+    cfg = RegimeConfig(eps_mode="fixed", cka_cut_mode="split", cka_cut=0.9, uncertainty="none")
+    with caplog.at_level("WARNING", logger="threeregime"):
+        result = classify_run(cells, None, cfg)
+    thresholds = result["summary"]["thresholds"]
+    assert thresholds["cka_cut"] == 0.9 and thresholds["cka_split_separation"] is None
+    expected = "a split of 2 connected cells would be unstable (fewer than regimes.cka_split_min_cells = 5)"
+    assert expected in thresholds["cka_cut_source"]
+    assert [r.message for r in caplog.records] == [f"CKA cut: fixed regimes.cka_cut: {expected}"]
+    assert choose_thresholds(
+        cells, RegimeConfig(eps_mode="fixed", cka_cut_mode="split", cka_split_min_cells=2)
+    ).cka_cut == pytest.approx(0.875)
 
 
 def test_noise_eps_from_replicates():
@@ -335,10 +354,12 @@ DEMO = REPO / "results" / "demo"
 def test_demo_output_reclassifies_consistently():
     """The demo's real cells: recomputing gives the workflow's regimes, and the advice and
     selection tables agree with the cells they come from."""
+    from threeregime.stages.classify import classify_run
+
     cfg_spec = load_config(REPO / "config.yaml").analysis_spec()["regimes"]
     cfg = regime_config_from_spec(cfg_spec)
     cells = pd.read_csv(DEMO / "cells.csv")
-    result = add_confidence(analyse(cells, cfg), pd.read_csv(DEMO / "metrics.csv"), cfg, cfg.bootstrap)
+    result = classify_run(cells, pd.read_csv(DEMO / "metrics.csv"), cfg)
     written = pd.read_csv(DEMO / "regimes.csv")
     key = ["temperature", "density"]
     merged = written.merge(result["regimes"], on=key, suffixes=("_written", ""))

@@ -109,7 +109,9 @@ def test_lmc_bn_batch_size_enters_the_metrics_spec_only_when_set():
     from .conftest import REPO
 
     raw = yaml.safe_load((REPO / "config.yaml").read_text())
-    demo = load_config(raw).metrics_spec()
-    assert "lmc_bn_batch_size" not in demo and demo["eval_batch_size"] == 1000
+    assert load_config(raw).metrics_spec()["lmc_bn_batch_size"] == 64  # the demo sets it
+    del raw["metrics"]["lmc_bn_batch_size"]
+    unset = load_config(raw).metrics_spec()
+    assert "lmc_bn_batch_size" not in unset and unset["eval_batch_size"] == 1000
     raw["metrics"]["lmc_bn_batch_size"] = 64
-    assert load_config(raw).metrics_spec() == demo | {"lmc_bn_batch_size": 64}
+    assert load_config(raw).metrics_spec() == unset | {"lmc_bn_batch_size": 64}

@@ -157,7 +157,7 @@ def cmd_collect(args) -> None:
 
 
 def cmd_classify(args) -> None:
-    from threeregime.analysis.adaptive import Grid
+    from threeregime.config.experiment import Grid
     from threeregime.config.specs import regime_config_from_spec
     from threeregime.stages.classify import TABLES, classify
 
@@ -176,7 +176,7 @@ def cmd_adaptive_plan(args) -> None:
 def cmd_plot(args) -> None:
     from threeregime.stages.figures import regime_figures
 
-    regime_figures(args.spec, args.regimes, args.selection, args.phase, args.map)
+    regime_figures(args.spec, args.regimes, args.selection, args.boundaries, args.phase, args.map)
 
 
 def cmd_plot_esd(args) -> None:
@@ -315,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plan", default="", help="adaptive plan JSON: collect only its cells")
     p = command("classify", cmd_classify)
     p.add_argument("--cells", required=True)
-    for name in ("regimes", "robustness", "advice", "advice-cells", "selection", "summary"):
+    for name in ("regimes", "robustness", "advice", "advice-cells", "selection", "boundaries", "summary"):
         p.add_argument(f"--{name}", required=True)
     p.add_argument("--html-dir", default="", help="also write <dir>/<table>.html views")
     p.add_argument("--metrics", default="", help="metrics.csv: per-pair rows for the bootstrap")
@@ -328,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("plot", cmd_plot)
     p.add_argument("--regimes", required=True)
     p.add_argument("--selection", default="", help="selection.csv: mark best and picked cells")
+    p.add_argument("--boundaries", default="", help="boundaries.csv: draw each boundary's interval")
     p.add_argument("--phase", nargs="+", required=True)
     p.add_argument("--map", nargs="+", required=True)
     p = command("plot-esd", cmd_plot_esd)

@@ -1,70 +1,46 @@
-"""Adaptive refinement: measure the cells that decide the regime map, infer the rest.
+"""Adaptive refinement: measure the cells that decide the regime map, and replicate the labels
+that are uncertain; infer the rest.
 
 Most cells of a phase diagram sit deep inside one regime; only cells near a boundary decide the
-map. With ``adaptive.enabled`` the workflow measures a coarse sub-grid first (every
-``adaptive.step``-th temperature and density, the last of each always, so the corners are in,
-and the advice's reference temperature at every coarse density), classifies it, and in each of
-``adaptive.rounds`` rounds adds only the unmeasured cells whose regime could change the map:
+map, and only uncertain labels need more seeds. With ``adaptive.enabled`` the workflow measures a
+coarse sub-grid first (every ``adaptive.step``-th temperature and density, the last of each
+always, so the corners are in, and the advice's reference temperature at every coarse density),
+classifies it, and in each of ``adaptive.rounds`` rounds makes two moves:
 
-1. *boundary*: its nearest measured cells disagree (it lies between two regimes);
-2. *edge*: a grid neighbour (up, down, left, right) has a different measured or inferred label;
-3. *uncertain*: a measured neighbour's label has bootstrap probability below
-   ``adaptive.min_confidence``.
+* **cells**: it adds the unmeasured cells whose regime could change the map: *boundary* (its
+  nearest measured cells disagree), *edge* (a grid neighbour has a different label), *uncertain*
+  (a measured neighbour's label is less probable than ``adaptive.min_confidence``); a new
+  density column brings its reference-temperature cell along;
+* **replicates**: it adds a dense seed to each measured cell whose label is less probable than
+  ``adaptive.min_confidence`` (least probable first), up to ``adaptive.max_seeds`` dense seeds
+  per cell.
 
-Candidates are taken in that order (then coldest first, densities ascending) until the grid
-share ``adaptive.budget`` is measured. A new density column brings its reference-temperature
-cell along, so the advice can start from it. Every cell never measured gets the label the
+The budget counts units of work: one dense seed of one cell (its prune, retrain and metrics
+jobs). The full grid is cells x ``seeds.dense`` units and ``adaptive.budget`` is the share of it
+a run may measure; the coarse sub-grid counts against it. Each round takes boundary cells first,
+then replicates, then edge cells, then the neighbours of uncertain labels, while units are left,
+and says what it added and why, or why it added nothing. A cell measured once stays measured:
+every round's plan holds every measured cell. Every cell never measured gets the label the
 majority of its nearest measured cells have (ties: the label with the larger summed
 probability, then I, II-A, II-B), flagged ``inferred`` in ``regimes.csv`` and drawn hatched.
 
 A round's plan is a pure function of the config and the measured cells' metrics, and a cell's
-files do not depend on the round that asked for it, so rerunning, or adding a grid value, reuses
-every measured cell the new plan contains.
+files do not depend on the round that asked for them, so rerunning, or adding a grid value,
+reuses every measured cell and seed the new plan contains.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from threeregime.analysis.cells import CELL, aggregate_cells
-from threeregime.analysis.confidence import P_COLUMNS, bootstrap
 from threeregime.analysis.regimes import REGIMES, choose_thresholds, classify
-from threeregime.config.settings import RegimeConfig, fmt_value
-
-Cell = tuple[str, str]  # (temperature, density) as canonical grid strings
-
-
-@dataclass(frozen=True)
-class Grid:
-    """The full grid (temperatures coldest first, densities ascending) and the advice's
-    reference temperature, all canonical strings."""
-
-    temperatures: tuple[str, ...]
-    densities: tuple[str, ...]
-    reference: str
-
-    def cells(self) -> list[Cell]:
-        return [(t, d) for t in self.temperatures for d in self.densities]
-
-    def index(self, cell: Cell) -> tuple[int, int]:
-        return self.temperatures.index(cell[0]), self.densities.index(cell[1])
-
-
-def _every(n: int, step: int) -> list[int]:
-    """Indices 0, step, 2 step, ... and always the last one."""
-    return sorted({*range(0, n, step), n - 1})
-
-
-def coarse_cells(grid: Grid, step: int) -> list[Cell]:
-    """The first round: every ``step``-th temperature and density (corners included) and the
-    reference temperature at each of those densities."""
-    temps = {grid.temperatures[i] for i in _every(len(grid.temperatures), step)} | {grid.reference}
-    dens = [grid.densities[j] for j in _every(len(grid.densities), step)]
-    return [(t, d) for t in grid.temperatures for d in dens if t in temps]
+from threeregime.analysis.uncertainty import uncertainty_draws
+from threeregime.config.experiment import Cell, Grid
+from threeregime.config.settings import AdaptiveConfig, RegimeConfig, fmt_value
 
 
 def _strength(cells: list[Cell], p_label: dict[Cell, float], regime: str) -> tuple:
@@ -94,10 +70,11 @@ def infer_labels(labels: dict[Cell, str], p_label: dict[Cell, float], grid: Grid
     return pd.DataFrame(rows, columns=["temperature", "density", "regime", "label_source", "inferred_from"])
 
 
-def next_cells(
-    labels: dict[Cell, str], p_label: dict[Cell, float], grid: Grid, budget: float, min_confidence: float
-) -> list[tuple[Cell, str]]:
-    """The cells the next round adds, each with its reason (see the module docstring)."""
+def cell_candidates(
+    labels: dict[Cell, str], p_label: dict[Cell, float], grid: Grid, min_confidence: float
+) -> dict:
+    """The unmeasured cells whose regime could change the map, each with its reason (module
+    docstring)."""
     full = infer_labels(labels, p_label, grid)
     label_of = {(t, d): r for t, d, r in zip(full["temperature"], full["density"], full["regime"])}
     sources = dict(zip(zip(full["temperature"], full["density"]), full["inferred_from"]))
@@ -118,65 +95,138 @@ def next_cells(
         elif any(label_of[n] != label_of[cell] for n in neighbours(cell)):
             reasons[cell] = "edge"
         elif any(n in labels and p_label.get(n, 1.0) < min_confidence for n in neighbours(cell)):
-            reasons[cell] = "uncertain"
-    order = {"boundary": 0, "edge": 1, "uncertain": 2}
-    ranked = sorted(reasons, key=lambda c: (order[reasons[c]], grid.index(c)))
-    allowed = math.floor(budget * nt * nd + 1e-9)
-    chosen, taken = [], set(labels)
-    for cell in ranked:
-        bring = [cell]
-        reference = (grid.reference, cell[1])
-        if reference not in taken and reference != cell:
+            reasons[cell] = "uncertain neighbour"
+    return reasons
+
+
+def replicate_candidates(
+    p_label: dict[Cell, float], seeds: dict[Cell, list[int]], grid: Grid, adaptive: AdaptiveConfig
+) -> list[tuple[Cell, int, str]]:
+    """A next dense seed for every measured cell whose label is less probable than the target and
+    that has fewer than ``max_seeds`` dense seeds, least probable first: (cell, seed, reason)."""
+    out = []
+    for cell, p in p_label.items():
+        if np.isfinite(p) and p < adaptive.min_confidence and len(seeds[cell]) < adaptive.max_seeds:
+            out.append((p, grid.index(cell), cell, max(seeds[cell]) + 1))
+    return [(cell, seed, f"p_label {p:.2f}") for p, _, cell, seed in sorted(out)]
+
+
+MOVE_ORDER = ("boundary", "replicate", "edge", "uncertain neighbour")
+
+
+def next_moves(
+    labels: dict[Cell, str],
+    p_label: dict[Cell, float],
+    seeds: dict[Cell, list[int]],
+    grid: Grid,
+    adaptive: AdaptiveConfig,
+    base_seeds: list[int],
+    units_left: int,
+) -> tuple[list, list, str]:
+    """What the next round adds, within ``units_left`` units: (cells with their reasons, dense
+    seeds with theirs, and why nothing, when nothing fits)."""
+    reasons = cell_candidates(labels, p_label, grid, adaptive.min_confidence)
+    replicates = replicate_candidates(p_label, seeds, grid, adaptive)
+    ranked = [(MOVE_ORDER.index(r), grid.index(c), "cell", c, r) for c, r in reasons.items()]
+    ranked += [(MOVE_ORDER.index("replicate"), i, "seed", r, None) for i, r in enumerate(replicates)]
+    cells, added_seeds, taken, cheapest = [], [], set(labels), None
+    for _, _, kind, item, reason in sorted(ranked, key=lambda x: x[:2]):
+        if kind == "seed":
+            cost = 1
+            if cost <= units_left:
+                added_seeds.append(item)
+                units_left -= cost
+            cheapest = cost if cheapest is None else min(cheapest, cost)
+            continue
+        bring = [item]
+        reference = (grid.reference, item[1])
+        if reference not in taken and reference != item:
             bring.append(reference)
-        if len(taken) + len(bring) > allowed:
+        cost = len(bring) * len(base_seeds)
+        cheapest = cost if cheapest is None else min(cheapest, cost)
+        if cost > units_left or item in taken:
             continue
         for c in bring:
-            chosen.append((c, reasons.get(c, "reference")))
+            cells.append((c, reason if c == item else "reference"))
             taken.add(c)
-    return chosen
+        units_left -= cost
+    why = ""
+    if not cells and not added_seeds:
+        if not ranked:
+            why = (
+                f"nothing to add: no unmeasured cell lies near a boundary or an uncertain label, and "
+                f"every measured label is at least {adaptive.min_confidence:g} probable or has "
+                f"{adaptive.max_seeds} dense seeds"
+            )
+        else:
+            why = f"budget spent: the cheapest move needs {cheapest} units, {units_left} are left"
+    return cells, added_seeds, why
 
 
-def measured_labels(observations: pd.DataFrame, cfg: RegimeConfig) -> tuple[dict, dict, dict]:
-    """Labels and bootstrap p_label of the measured cells (keys: canonical strings), and the
-    thresholds used."""
+def measured_labels(observations: pd.DataFrame, cfg: RegimeConfig) -> tuple[dict, dict, dict, dict]:
+    """Labels and p_label of the measured cells (keys: canonical strings), the dense seeds each
+    was measured with, and the thresholds used."""
     cells = aggregate_cells(observations)
     thresholds = choose_thresholds(cells, cfg)
     regime = classify(cells, thresholds.eps, thresholds.cka_cut, cfg.cka_metric)
     keys = [(fmt_value(t), fmt_value(d)) for t, d in zip(cells["temperature"], cells["density"])]
     labels = dict(zip(keys, regime))
     p_label = {k: float("nan") for k in keys}
-    if cfg.bootstrap > 0:
-        probs, _ = bootstrap(observations, cfg, cfg.bootstrap)
-        for (t, d), row in zip(zip(probs["temperature"], probs["density"]), probs.itertuples()):
+    draws = uncertainty_draws(observations, cfg)
+    if draws is not None:
+        shares = draws.probabilities()
+        for (t, d), row in zip(zip(draws.cells["temperature"], draws.cells["density"]), shares):
             k = (fmt_value(t), fmt_value(d))
-            p_label[k] = float(getattr(row, P_COLUMNS[labels[k]]))
-    return labels, p_label, {"eps": thresholds.eps, "cka_cut": thresholds.cka_cut}
+            p_label[k] = float(row[REGIMES.index(labels[k])])
+    by_cell = observations.groupby(CELL)["dense_seed"].agg(lambda s: sorted({int(x) for x in s}))
+    seeds = {(fmt_value(t), fmt_value(d)): list(v) for (_, t, d), v in by_cell.items()}
+    return labels, p_label, seeds, {"eps": thresholds.eps, "cka_cut": thresholds.cka_cut}
+
+
+def allowed_units(grid: Grid, base_seeds: list[int], budget: float) -> int:
+    """Units of work (one dense seed of one cell) the budget allows: its share of the full
+    grid's cells x dense seeds."""
+    return math.floor(budget * len(grid.cells()) * len(base_seeds) + 1e-9)
 
 
 def plan_round(
     round_number: int,
-    previous: list[Cell],
+    previous: dict,
     observations: pd.DataFrame,
     grid: Grid,
     cfg: RegimeConfig,
-    budget: float,
-    min_confidence: float,
+    adaptive: AdaptiveConfig,
+    base_seeds: list[int],
 ) -> dict:
-    """The plan of one round: the cells measured so far, plus those it adds (JSON-ready)."""
-    labels, p_label, thresholds = measured_labels(observations, cfg)
-    missing = sorted(set(previous) - set(labels))
+    """The plan of one round (JSON-ready): every cell measured so far with the dense seeds beyond
+    ``base_seeds`` it was given, plus what this round adds. ``previous``: the previous round's
+    plan ({"cells": ..., "seeds": ...}; the coarse sub-grid for round 1)."""
+    labels, p_label, seeds, thresholds = measured_labels(observations, cfg)
+    planned = [tuple(c) for c in previous["cells"]]
+    missing = sorted(set(planned) - set(labels))
     if missing:
         raise ValueError(f"no metrics for planned cells {missing}")
-    added = next_cells(labels, p_label, grid, budget, min_confidence)
-    cells = sorted({*previous, *(c for c, _ in added)}, key=grid.index)
+    allowed = allowed_units(grid, base_seeds, adaptive.budget)
+    used = sum(len(v) for v in seeds.values())
+    cells, replicates, why = next_moves(labels, p_label, seeds, grid, adaptive, base_seeds, allowed - used)
+    extra = {f"{t}/{d}": [s for s in seeds[(t, d)] if s not in base_seeds] for t, d in labels}
+    for (t, d), seed, _ in replicates:
+        extra[f"{t}/{d}"] = sorted({*extra[f"{t}/{d}"], seed})
+    all_cells = sorted({*planned, *labels, *(c for c, _ in cells)}, key=grid.index)
+    added_units = len(cells) * len(base_seeds) + len(replicates)
     return {
         "round": round_number,
-        "cells": [list(c) for c in cells],
-        "added": [[*c, reason] for c, reason in added],
-        "measured_before": len(previous),
+        "cells": [list(c) for c in all_cells],
+        "seeds": {key: value for key, value in sorted(extra.items()) if value},
+        "added": [[*c, reason] for c, reason in cells],
+        "replicated": [[*c, seed, reason] for c, seed, reason in replicates],
+        "why_nothing": why,
+        "units": {"allowed": allowed, "used_before": used, "added": added_units},
+        "measured_before": len(labels),
         "grid_cells": len(grid.cells()),
         "thresholds": thresholds,
         "labels": {f"{t}/{d}": labels[(t, d)] for t, d in sorted(labels, key=grid.index)},
+        "p_label": {f"{t}/{d}": p_label[(t, d)] for t, d in sorted(labels, key=grid.index)},
     }
 
 

@@ -95,11 +95,15 @@ def otsu_split(values) -> tuple[float, float] | None:
     return best_cut, float(best / total)
 
 
-def choose_thresholds(cells: pd.DataFrame, cfg: RegimeConfig) -> Thresholds:
-    """eps, then the CKA cut on the cells that eps leaves connected (see the module docstring)."""
+def choose_thresholds(
+    cells: pd.DataFrame, cfg: RegimeConfig, standard_error: float | None = None
+) -> Thresholds:
+    """eps, then the CKA cut on the cells that eps leaves connected (see the module docstring).
+    ``standard_error``: the standard error of a cell's mean mc from the pooled noise model
+    (threeregime.analysis.uncertainty); None: from the cells table's own spreads."""
     eps, eps_source, measured = cfg.eps, "fixed (regimes.eps)", None
     if cfg.eps_mode == "noise":
-        measured = noise_eps(cells, cfg.eps_z)
+        measured = noise_eps(cells, cfg.eps_z) if standard_error is None else cfg.eps_z * standard_error
         if measured is None:
             eps_source = (
                 "floor regimes.eps: one observation per cell, so the mc noise cannot be "
@@ -114,7 +118,13 @@ def choose_thresholds(cells: pd.DataFrame, cfg: RegimeConfig) -> Thresholds:
     if cfg.cka_cut_mode == "split":
         connected = cells[cells["mc_mean"] >= -eps]
         split = otsu_split(connected[f"{cfg.cka_metric}_mean"].to_numpy())
-        if split is None:
+        if len(connected) < cfg.cka_split_min_cells:
+            split = None
+            cut_source = (
+                f"fixed regimes.cka_cut: a split of {len(connected)} connected cells would be unstable "
+                f"(fewer than regimes.cka_split_min_cells = {cfg.cka_split_min_cells})"
+            )
+        elif split is None:
             cut_source = "fixed regimes.cka_cut: fewer than two distinct connected CKA values"
         else:
             cut, separation = split

@@ -4,9 +4,10 @@ ConfigError line naming the file and the key (or the registry and the entry)."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
-from threeregime.config.experiment import ExperimentConfig
+from threeregime.config.experiment import ExperimentConfig, coarse_cells
 from threeregime.config.schema import schema_file, section_fields, value_problem
 from threeregime.config.settings import ConfigError, DataConfig, Recipe, RetrainConfig, fmt_value, knob_value
 from threeregime.registry.datasets import cifar_folder, cifar_howto, cifar_missing, train_samples
@@ -99,6 +100,8 @@ def check_semantics(cfg: ExperimentConfig, source: str, check_paths: bool = True
     if cfg.prune.iterative:
         check_iterative(cfg, fail)
     check_layer_sizes(cfg, fail)
+    if cfg.adaptive.enabled and not cfg.prune.iterative:
+        check_adaptive(cfg, fail)
     check_rewind_step(cfg, fail)
     seeds = {f"seeds.dense[{i}]": s for i, s in enumerate(cfg.seeds.dense)}
     seeds |= {f"seeds.retrain[{i}]": s for i, s in enumerate(cfg.seeds.retrain)}
@@ -209,6 +212,29 @@ def check_iterative(cfg: ExperimentConfig, fail) -> None:
         )
     if cfg.adaptive.enabled:
         fail("adaptive.enabled", "adaptive refinement plans one-shot cells; use prune.schedule oneshot")
+
+
+def check_adaptive(cfg: ExperimentConfig, fail) -> None:
+    """Adaptive refinement needs room beyond its coarse sub-grid, and retraining packed per
+    cell or not at all (a temperature-packed job would retrain densities no round measures)."""
+    grid = cfg.adaptive_grid()
+    seeds = len(cfg.seeds.dense)
+    coarse = len(coarse_cells(grid, cfg.adaptive.step)) * seeds
+    allowed = math.floor(cfg.adaptive.budget * len(grid.cells()) * seeds + 1e-9)
+    if coarse >= allowed:
+        fail(
+            "adaptive.budget",
+            f"{fmt_value(cfg.adaptive.budget)} of the {len(grid.cells())}-cell grid allows {allowed} units "
+            f"(cells x {seeds} dense seeds), and the coarse sub-grid of adaptive.step "
+            f"{cfg.adaptive.step} already takes {coarse}: no round could add anything; raise the "
+            "budget or the step, or measure the whole grid (adaptive.enabled: false)",
+        )
+    if cfg.runtime.retrain_pack == "temperature":
+        fail(
+            "runtime.retrain_pack",
+            "temperature packs every density of a dense model into one job, but adaptive refinement "
+            "measures only some; use cell (a cell's retrain seeds in one job) or none",
+        )
 
 
 def check_layer_sizes(cfg: ExperimentConfig, fail) -> None:

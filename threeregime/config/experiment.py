@@ -30,6 +30,37 @@ from threeregime.registry.knobs import KNOBS
 from threeregime.registry.metrics import settings as metric_settings
 from threeregime.registry.pruning import PRUNING_METHODS
 
+Cell = tuple[str, str]  # (temperature, density) as canonical grid strings
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The full grid (temperatures coldest first, densities ascending) and the advice's
+    reference temperature, all canonical strings."""
+
+    temperatures: tuple[str, ...]
+    densities: tuple[str, ...]
+    reference: str
+
+    def cells(self) -> list[Cell]:
+        return [(t, d) for t in self.temperatures for d in self.densities]
+
+    def index(self, cell: Cell) -> tuple[int, int]:
+        return self.temperatures.index(cell[0]), self.densities.index(cell[1])
+
+
+def _every(n: int, step: int) -> list[int]:
+    """Indices 0, step, 2 step, ... and always the last one."""
+    return sorted({*range(0, n, step), n - 1})
+
+
+def coarse_cells(grid: Grid, step: int) -> list[Cell]:
+    """Adaptive refinement's first round: every ``step``-th temperature and density (corners
+    included) and the reference temperature at each of those densities."""
+    temps = {grid.temperatures[i] for i in _every(len(grid.temperatures), step)} | {grid.reference}
+    dens = [grid.densities[j] for j in _every(len(grid.densities), step)]
+    return [(t, d) for t in grid.temperatures for d in dens if t in temps]
+
 
 @dataclass(frozen=True)
 class ExperimentConfig:
@@ -249,9 +280,15 @@ class ExperimentConfig:
         regimes["reference_temperature"] = float(reference)
         return {"knob": self.knob.name, "regimes": regimes}
 
+    def adaptive_grid(self) -> Grid:
+        """The grid adaptive refinement plans over."""
+        reference = fmt_value(self.analysis_spec()["regimes"]["reference_temperature"])
+        return Grid(tuple(self.temperatures), tuple(self.densities), reference)
+
     def adaptive_spec(self) -> dict:
-        """What an adaptive planning round depends on: the grid, the regime settings and the
-        refinement settings (threeregime.analysis.adaptive)."""
+        """What an adaptive planning round depends on: the grid, the regime settings, the
+        refinement settings and the dense seeds every cell starts with
+        (threeregime.analysis.adaptive)."""
         analysis = self.analysis_spec()
         return {
             "temperatures": self.temperatures,
@@ -259,6 +296,7 @@ class ExperimentConfig:
             "reference": fmt_value(analysis["regimes"]["reference_temperature"]),
             "regimes": analysis["regimes"],
             "adaptive": asdict(self.adaptive),
+            "dense_seeds": list(self.seeds.dense),
         }
 
     def plot_spec(self) -> dict:

@@ -163,8 +163,11 @@ class RegimeConfig:
     ``reference_temperature``: the dense model you would train anyway, from which the per-density
     advice says "raise" or "lower"; None = the base recipe's own knob value when it is on the
     grid, else the coldest grid value. ``advice_tol``: test-error differences up to this size
-    count as ties when the advice is checked against test error. ``bootstrap``: resamples of
-    the seeds behind each cell's label probabilities (threeregime.analysis.confidence); 0 = off.
+    count as ties when the advice is checked against test error. ``uncertainty``: how each
+    label's probability is computed (threeregime.analysis.uncertainty): ``pooled`` (``draws``
+    draws of the pooled noise model), ``bootstrap`` (``bootstrap`` resamples of the seeds), or
+    ``none``. ``cka_split_min_cells``: a CKA split over fewer connected cells falls back to
+    ``cka_cut``. ``interval``: the probability mass of each regime boundary's interval.
     ``stable_barrier`` and ``matching_tolerance``: the lottery-ticket criteria of each cell
     (threeregime.analysis.regimes.ticket_criteria).
     """
@@ -179,7 +182,11 @@ class RegimeConfig:
     cka_cut_range: tuple[float, ...] = ()
     reference_temperature: float | None = None
     advice_tol: float = 0.0
+    uncertainty: str = "pooled"
+    draws: int = 2000
     bootstrap: int = 200
+    cka_split_min_cells: int = 5
+    interval: float = 0.9
     stable_barrier: float = 0.02
     matching_tolerance: float = 0.005
 
@@ -192,7 +199,8 @@ class AdaptiveConfig:
     step: int = 2
     rounds: int = 3
     budget: float = 0.5
-    min_confidence: float = 0.8
+    min_confidence: float = 0.9
+    max_seeds: int = 4
 
 
 @dataclass(frozen=True)

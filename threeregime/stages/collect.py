@@ -52,19 +52,27 @@ def check_numbers(path: str, record) -> None:
 
 def metrics_paths(pattern: str, axes: dict, plan: str = "") -> list[str]:
     """The metrics file of every cell of the grid ``axes`` (config.metrics_axes), as ``pattern``
-    names it; with an adaptive ``plan`` file, of its planned cells and of every other cell whose
-    files all exist (measured by an earlier run with another budget or grid: a measured cell is
-    never reported as inferred; the workflow declares these files as inputs too)."""
+    names it; with an adaptive ``plan`` file, of its planned cells (with the dense seeds it added
+    to some) and of every other cell whose files all exist (measured by an earlier run with
+    another budget or grid: a measured cell is never reported as inferred; the workflow declares
+    these files as inputs too)."""
     paths = {}
     for cell in grid_cells(axes):
         paths.setdefault((cell["temperature"], cell["density"]), []).append(pattern.format(**cell))
     if plan:
-        planned = {tuple(c) for c in read_json(plan)["cells"]}
+        found = read_json(plan)
+        planned = {tuple(c) for c in found["cells"]}
         paths = {
             cell: files
             for cell, files in paths.items()
             if cell in planned or all(Path(f).is_file() for f in files)
         }
+        for key, seeds in found.get("seeds", {}).items():
+            temperature, density = key.split("/")
+            extra = {"temperature": temperature, "density": density}
+            paths[(temperature, density)] += [
+                pattern.format(**extra, seed=seed, a=a, b=b) for seed in seeds for a, b in axes["pair"]
+            ]
     return [path for files in paths.values() for path in files]
 
 

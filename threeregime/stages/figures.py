@@ -14,14 +14,25 @@ from threeregime.views.plot import esd_diagram, instability_diagram, phase_diagr
 log = logging.getLogger("threeregime")
 
 
-def regime_figures(spec_json: str, regimes_csv: str, selection_csv: str, phase: list[str], maps: list[str]):
+def regime_figures(
+    spec_json: str,
+    regimes_csv: str,
+    selection_csv: str,
+    boundaries_csv: str,
+    phase: list[str],
+    maps: list[str],
+) -> None:
     """Figure 2's phase diagram and the regime map (``selection_csv``: mark the best and picked
-    cells; "": none), each written to every path given (one per format)."""
+    cells; ``boundaries_csv``: draw the boundaries' intervals; "": none), each written to every
+    path given (one per format)."""
     cfg = PlotConfig(**json.loads(spec_json)["plot"])
     regimes = pd.read_csv(regimes_csv)
     selection = pd.read_csv(selection_csv) if selection_csv else None
-    phase_diagram(regimes, cfg, phase)
-    regime_map(regimes, cfg, maps, selection)
+    boundaries = (
+        pd.read_csv(boundaries_csv, keep_default_na=False, na_values=[""]) if boundaries_csv else None
+    )
+    phase_diagram(regimes, cfg, phase, boundaries)
+    regime_map(regimes, cfg, maps, selection, boundaries)
     log.info("figures: %s", ", ".join(phase + maps))
 
 

@@ -8,7 +8,9 @@ import logging
 import numpy as np
 import pandas as pd
 
-from threeregime.analysis.adaptive import Grid, coarse_cells, plan_round
+from threeregime.analysis.adaptive import plan_round
+from threeregime.config.experiment import Grid, coarse_cells
+from threeregime.config.settings import AdaptiveConfig
 from threeregime.config.specs import regime_config_from_spec
 from threeregime.io.files import read_json, write_json
 
@@ -29,23 +31,29 @@ def plan_from_files(round_number: int, spec: dict, previous: str, metrics: list[
     metrics files of the cells planned so far (the previous plan, an input too, is skipped)."""
     grid = Grid(tuple(spec["temperatures"]), tuple(spec["densities"]), spec["reference"])
     cfg = regime_config_from_spec(spec["regimes"])
-    adaptive = spec["adaptive"]
+    adaptive = AdaptiveConfig(**spec["adaptive"])
     if previous:
-        planned = [tuple(c) for c in read_json(previous)["cells"]]
+        planned = read_json(previous)
     else:
-        planned = coarse_cells(grid, adaptive["step"])
+        planned = {"cells": coarse_cells(grid, adaptive.step), "seeds": {}}
     paths = [path for path in metrics if path != previous]
     observations = pd.DataFrame([pair_observation(read_json(path), cfg.cka_metric) for path in paths])
-    return plan_round(
-        round_number, planned, observations, grid, cfg, adaptive["budget"], adaptive["min_confidence"]
-    )
+    return plan_round(round_number, planned, observations, grid, cfg, adaptive, spec["dense_seeds"])
 
 
 def plan(round_number: int, spec: dict, previous: str, metrics: list[str], out: str) -> dict:
     """Plan one round and write it to ``out``."""
     found = plan_from_files(round_number, spec, previous, metrics)
     write_json(out, found)
-    log.info("round %d: %d cells measured, %d added (%s), %d of %d planned", round_number,
-             found["measured_before"], len(found["added"]), ", ".join("/".join(a) for a in found["added"]),
-             len(found["cells"]), found["grid_cells"])  # fmt: skip
+    units = found["units"]
+    log.info(
+        "round %d: %d cells measured, %d of %d units of work used (the coarse sub-grid included)",
+        round_number, found["measured_before"], units["used_before"], units["allowed"],
+    )  # fmt: skip
+    for t, d, reason in found["added"]:
+        log.info("  added cell %s / %s (%s)", t, d, reason)
+    for t, d, seed, reason in found["replicated"]:
+        log.info("  added dense seed %d to cell %s / %s (%s)", seed, t, d, reason)
+    if found["why_nothing"]:
+        log.info("  added nothing: %s", found["why_nothing"])
     return found

@@ -130,8 +130,9 @@ def _mark_best(ax, values: np.ndarray) -> None:
 
 
 # ----------------------------------------------------------------------------- figures
-def phase_figure(regimes: pd.DataFrame, cfg: PlotConfig):
-    """Figure 2: one heatmap per metric in a grid of ``cfg.ncols`` columns, boundaries drawn."""
+def phase_figure(regimes: pd.DataFrame, cfg: PlotConfig, boundaries: pd.DataFrame | None = None):
+    """Figure 2: one heatmap per metric in a grid of ``cfg.ncols`` columns, boundaries drawn
+    (with their intervals, from ``boundaries``)."""
     knob = regimes["knob"].iloc[0]
     regime_grid, temps, densities = cell_grid(regimes, "regime")
     panels = [p for p in registered_panels() if p[0] in regimes and regimes[p[0]].notna().any()]
@@ -150,6 +151,7 @@ def phase_figure(regimes: pd.DataFrame, cfg: PlotConfig):
         if column == "test_error_mean":
             _mark_best(ax, values)
         draw_boundaries(ax, regime_grid)
+        bands = draw_bands(ax, boundaries, temps, densities)
         _axes_labels(ax, knob, temps, densities, (width - 1.6, height - 1.6))
         ax.set_title(wrapped(panel.title, width - 1.2, 11), fontsize=11)
         ax.set_gid(column)
@@ -160,7 +162,7 @@ def phase_figure(regimes: pd.DataFrame, cfg: PlotConfig):
         Line2D([], [], label=f"{BOUNDARY_LABEL['I']}, eps = {eps:.3g}", **BOUNDARY_STYLE["I"]),
         Line2D([], [], label=f"{BOUNDARY_LABEL['II']}, cut = {cut:.3g}", **BOUNDARY_STYLE["II"]),
         Line2D([], [], ls="", ms=9, label="lowest test error per density", **STAR),
-    ]
+    ] + (bands if panels else [])
     figure_width = ncols * width
     legend_columns = max(1, min(len(handles), int(figure_width // 4.2)))
     fig.legend(handles=handles, loc="lower center", ncol=legend_columns, frameon=False, fontsize=9)
@@ -171,14 +173,21 @@ def phase_figure(regimes: pd.DataFrame, cfg: PlotConfig):
     return fig
 
 
-def phase_diagram(regimes: pd.DataFrame, cfg: PlotConfig, outputs: list[str]) -> None:
-    fig = phase_figure(regimes, cfg)
+def phase_diagram(
+    regimes: pd.DataFrame, cfg: PlotConfig, outputs: list[str], boundaries: pd.DataFrame | None = None
+) -> None:
+    fig = phase_figure(regimes, cfg, boundaries)
     for path in outputs:
         save_figure(fig, path, cfg.dpi)
     plt.close(fig)
 
 
-def regime_figure(regimes: pd.DataFrame, cfg: PlotConfig, selection: pd.DataFrame | None = None):
+def regime_figure(
+    regimes: pd.DataFrame,
+    cfg: PlotConfig,
+    selection: pd.DataFrame | None = None,
+    boundaries: pd.DataFrame | None = None,
+):
     """Categorical regime map with a legend; each cell shows its regime and, when below 1, its
     stability over the robustness sweep. Stars: lowest test error per density; circles: the
     training-metrics-only pick of the model selection (``selection``)."""
@@ -199,6 +208,7 @@ def regime_figure(regimes: pd.DataFrame, cfg: PlotConfig, selection: pd.DataFram
     _axes_labels(ax, knob, temps, densities, axes_size)
     handles = [Patch(color=REGIME_COLORS[r], label=f"Regime {r}") for r in REGIMES]
     handles += mark_uncertain(ax, regimes)
+    handles += draw_bands(ax, boundaries, temps, densities)
     handles += [Line2D([], [], label=BOUNDARY_LABEL[k], **BOUNDARY_STYLE[k]) for k in ("I", "II")]
     if selection is not None:
         row_of = {t: i for i, t in enumerate(temps)}
@@ -226,9 +236,13 @@ def regime_figure(regimes: pd.DataFrame, cfg: PlotConfig, selection: pd.DataFram
 
 
 def regime_map(
-    regimes: pd.DataFrame, cfg: PlotConfig, outputs: list[str], selection: pd.DataFrame | None = None
+    regimes: pd.DataFrame,
+    cfg: PlotConfig,
+    outputs: list[str],
+    selection: pd.DataFrame | None = None,
+    boundaries: pd.DataFrame | None = None,
 ) -> None:
-    fig = regime_figure(regimes, cfg, selection)
+    fig = regime_figure(regimes, cfg, selection, boundaries)
     for path in outputs:
         save_figure(fig, path, cfg.dpi)
     plt.close(fig)
@@ -329,9 +343,58 @@ def instability_diagram(regimes: pd.DataFrame, stable_barrier: float, outputs: l
     plt.close(fig)
 
 
+BAND_STYLE = {"I|II": {"fc": (0, 0, 0, 0.2)}, "II-A|II-B": {"fc": (0.1, 0.25, 0.85, 0.2)}}
+
+
+def density_position(density: float, densities: list) -> float:
+    """The x coordinate of a density on a heatmap whose columns are ``densities`` (ascending,
+    centred at 0, 1, ...): linear in log density between columns, clamped to the grid's edges."""
+    logs = np.log(np.asarray(densities, dtype=float))
+    x = np.interp(math.log(density), logs, np.arange(len(logs)))
+    return float(np.clip(x, -0.5, len(logs) - 0.5))
+
+
+def draw_bands(ax, boundaries: pd.DataFrame | None, temps: list, densities: list) -> list:
+    """Each boundary's interval as a shaded stretch of its temperature's row (gid ``band-<kind>``)
+    and its estimate as a vertical stroke (gid ``estimate-<kind>``); an interval end beyond the
+    grid runs to the grid's edge. Returns legend handles."""
+    from matplotlib.patches import Rectangle
+
+    if boundaries is None or boundaries.empty:
+        return []
+    row_of = {float(t): i for i, t in enumerate(temps)}
+    edges = {"low": -0.5, "high": len(densities) - 0.5}
+    drawn = set()
+    for b in boundaries.itertuples():
+        r = row_of.get(float(b.temperature))
+        if r is None or not (np.isfinite(b.low) or np.isfinite(b.high) or np.isfinite(b.density)):
+            continue
+        x0 = density_position(b.low, densities) if np.isfinite(b.low) else edges["low"]
+        x1 = density_position(b.high, densities) if np.isfinite(b.high) else edges["high"]
+        if np.isfinite(b.low) or np.isfinite(b.high):
+            ax.add_patch(
+                Rectangle((x0, r - 0.5), x1 - x0, 1, lw=0, gid=f"band-{b.boundary}", **BAND_STYLE[b.boundary])
+            )
+            drawn.add(b.boundary)
+        if np.isfinite(b.density):
+            x = density_position(b.density, densities)
+            ax.plot([x, x], [r - 0.42, r + 0.42], color="black", lw=1.2, ls=":", gid=f"estimate-{b.boundary}")
+    interval = f"{boundaries['interval'].iloc[0]:.0%}"
+    handles = [
+        Patch(label=f"{interval} interval of the {kind.replace('|', ' | ')} boundary", **BAND_STYLE[kind])
+        for kind in BAND_STYLE
+        if kind in drawn
+    ]
+    if boundaries["density"].notna().any():
+        handles.append(
+            Line2D([], [], color="black", lw=1.2, ls=":", label="boundary estimate (log-interpolated)")
+        )
+    return handles
+
+
 def mark_uncertain(ax, regimes: pd.DataFrame) -> list:
-    """Hatch every cell whose label is right in fewer than CONFIDENT of the bootstrap resamples
-    (gid ``uncertain``, with its p), and fade and hatch differently the cells whose label was
+    """Hatch every cell whose label's probability is below CONFIDENT (gid ``uncertain``, with
+    its p), and fade and hatch differently the cells whose label was
     inferred from neighbours rather than measured (gid ``inferred``). Returns legend handles."""
     from matplotlib.patches import Rectangle
 
@@ -354,8 +417,9 @@ def mark_uncertain(ax, regimes: pd.DataFrame) -> list:
             ax.text(c, r - 0.36, f"p={p[r, c]:.2f}", ha="center", va="center", fontsize=7)
     if p is not None and (p < CONFIDENT).any():
         handles.append(
-            Patch(label=f"label right in < {CONFIDENT:.0%} of bootstrap resamples", **marks["uncertain"])
-        )
+            Patch(label=f"label's probability < {CONFIDENT:.0%}: may differ with other seeds or machines",
+                  **marks["uncertain"])
+        )  # fmt: skip
     if inferred is not None and inferred.any():
         handles.append(Patch(label="not run: label inferred from measured neighbours", **marks["inferred"]))
     return handles

@@ -75,6 +75,11 @@ TABLE_PAGES = {
         "Robustness of the classification",
         "Cells that change regime when eps and the CKA cut move.",
     ),
+    "boundaries": (
+        "Regime boundaries along density",
+        "Per temperature: the density where the regime changes (I | II, and II-A | II-B among the "
+        "connected cells) and its interval from the uncertainty model's draws.",
+    ),
     "summary": ("Summary", "Thresholds used and where they came from; agreement and ranks."),
 }
 

@@ -1,47 +1,58 @@
 # Adaptive refinement (adaptive.enabled): a coarse sub-grid, then rounds of planning checkpoints
-# that each add the cells that could change the regime map (threeregime.analysis.adaptive). A cell's files
-# are the same whichever round asked for it, so reruns and grid edits reuse every measured cell.
+# that each add the cells that could change the regime map and dense seeds to the cells whose
+# label is uncertain (threeregime.analysis.adaptive). A cell's files are the same whichever round
+# asked for them, so reruns and grid edits reuse every measured cell and seed.
 # Without adaptive.enabled nothing here adds a job: collect takes the whole grid as before.
 import json
 
-from threeregime.analysis.adaptive import Grid, coarse_cells
+from threeregime.config.experiment import coarse_cells
 
 ADAPTIVE = CFG.adaptive.enabled
 ADAPTIVE_SPEC = CFG.adaptive_spec()
-ADAPTIVE_GRID = Grid(
-    tuple(ADAPTIVE_SPEC["temperatures"]),
-    tuple(ADAPTIVE_SPEC["densities"]),
-    ADAPTIVE_SPEC["reference"],
-)
+ADAPTIVE_GRID = CFG.adaptive_grid()
 PLAN = f"{RES}/adaptive/round{{round}}.json"
 FINAL_PLAN = PLAN.format(round=CFG.adaptive.rounds)
 
 
-def cell_metrics(cells):
-    """The per-pair metrics files of some (temperature, density) cells."""
+def cell_metrics(cells, extra_seeds=None):
+    """The per-pair metrics files of some (temperature, density) cells: every dense seed of the
+    config, and the seeds ``extra_seeds`` ("t/d" -> seeds) adds to a cell."""
     axes = CFG.metrics_axes()
+    extra_seeds = extra_seeds or {}
     return [
         METRICS.format(temperature=t, density=d, seed=s, a=a, b=b)
         for t, d in cells
-        for s in axes["seed"]
+        for s in axes["seed"] + [str(x) for x in extra_seeds.get(f"{t}/{d}", [])]
         for a, b in axes["pair"]
     ]
 
 
-def planned_cells(round_number):
-    """The cells measured after a round (0: the coarse sub-grid)."""
+def plan_of(round_number):
+    """A round's plan: its cells and the extra dense seeds of each (round 0: the coarse
+    sub-grid, no extra seed)."""
     if round_number == 0:
-        return coarse_cells(ADAPTIVE_GRID, CFG.adaptive.step)
+        return {"cells": coarse_cells(ADAPTIVE_GRID, CFG.adaptive.step), "seeds": {}}
     plan = checkpoints.adaptive_round.get(round=str(round_number)).output[0]
-    return [tuple(cell) for cell in json.loads(Path(plan).read_text())["cells"]]
+    return json.loads(Path(plan).read_text())
+
+
+def planned_cells(round_number):
+    """The cells measured after a round."""
+    return [tuple(cell) for cell in plan_of(round_number)["cells"]]
+
+
+def planned_metrics(round_number):
+    """The metrics files of every cell and seed a round planned."""
+    plan = plan_of(round_number)
+    return cell_metrics([tuple(c) for c in plan["cells"]], plan["seeds"])
 
 
 def adaptive_round_input(wildcards):
-    """A round reads the previous round's plan and the metrics of every cell it planned (one
-    plain list: while a checkpoint is pending Snakemake replaces an input function's result by
-    the checkpoint's output, so named inputs would not exist)."""
+    """A round reads the previous round's plan and the metrics of every cell and seed it planned
+    (one plain list: while a checkpoint is pending Snakemake replaces an input function's result
+    by the checkpoint's output, so named inputs would not exist)."""
     previous = int(wildcards.round) - 1
-    metrics = cell_metrics(planned_cells(previous))
+    metrics = planned_metrics(previous)
     return metrics if previous == 0 else [PLAN.format(round=previous)] + metrics
 
 
@@ -60,7 +71,7 @@ def collected_metrics(wildcards):
         return all_metrics()
     planned = planned_cells(CFG.adaptive.rounds)
     earlier = [c for c in measured_on_disk(ADAPTIVE_GRID.cells()) if c not in planned]
-    return cell_metrics(planned + earlier) + [FINAL_PLAN]
+    return planned_metrics(CFG.adaptive.rounds) + cell_metrics(earlier) + [FINAL_PLAN]
 
 
 # Extra command-line flags of collect and classify under adaptive refinement ("" otherwise, so

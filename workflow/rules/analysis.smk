@@ -9,6 +9,7 @@ TABLES = {
         "selection",
         "robustness",
         "summary",
+        "boundaries",
     )
 }
 COST_PAGE = f"{RES}/tables/cost.html"  # written by collect (threeregime.views.cost), not classify
@@ -91,6 +92,12 @@ rule classify:
         advice=ANALYSIS["advice"],
         advice_cells=ANALYSIS["advice_cells"],
         selection=ANALYSIS["selection"],
+        boundaries=report(
+            ANALYSIS["boundaries"],
+            caption=f"{CAPTIONS}/boundaries_csv.rst",
+            category=DATA_CAT,
+            labels={"name": "boundaries.csv"},
+        ),
         summary=f"{RES}/summary.json",
         summary_html=report(
             TABLES["summary"],
@@ -103,6 +110,12 @@ rule classify:
             caption=f"{CAPTIONS}/regimes.rst",
             category=REGIMES_CAT,
             labels={"name": "regime of every cell"},
+        ),
+        boundaries_html=report(
+            TABLES["boundaries"],
+            caption=f"{CAPTIONS}/boundaries.rst",
+            category=REGIMES_CAT,
+            labels={"name": "regime boundaries"},
         ),
         robustness_html=report(
             TABLES["robustness"],
@@ -139,7 +152,8 @@ rule classify:
         "python -m threeregime classify --spec {params.spec:q} --cells {input.cells}"
         " --regimes {output.regimes} --robustness {output.robustness}"
         " --advice {output.advice} --advice-cells {output.advice_cells}"
-        " --selection {output.selection} --summary {output.summary}"
+        " --selection {output.selection} --boundaries {output.boundaries}"
+        " --summary {output.summary}"
         " --html-dir {params.html_dir} --metrics {input.metrics}"
         + CLASSIFY_FLAGS
         + " > {log} 2>&1"
@@ -149,6 +163,7 @@ rule plot:
     input:
         regimes=ANALYSIS["regimes"],
         selection=ANALYSIS["selection"],
+        boundaries=ANALYSIS["boundaries"],
     output:
         phase_png=report(
             PHASE_PNG,
@@ -175,7 +190,7 @@ rule plot:
         panels=lambda wildcards, output: panel_caption(),
     shell:
         "python -m threeregime plot --spec {params.spec:q} --regimes {input.regimes}"
-        " --selection {input.selection}"
+        " --selection {input.selection} --boundaries {input.boundaries}"
         " --phase {output.phase_png} {output.phase_other}"
         " --map {output.map_png} {output.map_other} > {log} 2>&1"
 

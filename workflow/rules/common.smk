@@ -213,6 +213,7 @@ ANALYSIS = {
         "advice",
         "advice_cells",
         "selection",
+        "boundaries",
     )
 }
 FIGURES = {
