@@ -1,4 +1,4 @@
-"""(9) Adaptive refinement against the full grid on MNIST-1D: jobs needed and label agreement.
+"""Adaptive refinement against the full grid on MNIST-1D: jobs needed and label agreement.
 
 Runs the workflow of this checkout twice in one scratch folder: first with ``adaptive.enabled``
 (coarse sub-grid, then rounds of refinement), then the same config without it. A cell's files do
