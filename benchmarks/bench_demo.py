@@ -1,4 +1,4 @@
-"""(5) The embedded demo end to end: ``snakemake`` on config.yaml from an empty results folder.
+"""The embedded demo end to end: ``snakemake`` on config.yaml from an empty results folder.
 
 Runs the workflow of this checkout in a scratch working directory (a copy of config.yaml, the
 default profile's 2 cores), timing the whole process, then a second ``snakemake`` (nothing to

@@ -1,4 +1,4 @@
-"""(4) ``snakemake -n`` wall time on the paper presets (the full Figure-2-sized DAGs).
+"""``snakemake -n`` wall time on the paper presets (the full Figure-2-sized DAGs).
 
 Each preset runs in a fresh scratch directory holding an empty stand-in for torchvision's
 CIFAR-10 files (config validation only checks that they exist), twice: a cold run (new

@@ -1,4 +1,4 @@
-"""(2) Hessian top eigenvalue and trace: PyHessian 0.1 vs the project's path, time and accuracy.
+"""Hessian top eigenvalue and trace: PyHessian 0.1 vs the project's path, time and accuracy.
 
 PreResNet-20 in eval mode on one batch of ``--samples`` CIFAR-10-shaped images, after
 ``--train-steps`` SGD steps on learnable synthetic data (class template + noise), or a real

@@ -1,4 +1,4 @@
-"""(8) The next levers toward the epochs preset in 24 GPU-hours, each measured as a ratio in one
+"""The next levers toward the epochs preset in 24 GPU-hours, each measured as a ratio in one
 process, the method unchanged (same epochs, samples and points).
 
 * **Test evaluation in retraining.** A retrain job evaluates the test set after every epoch, but

@@ -1,4 +1,4 @@
-"""(7) Effect of metrics.lmc_bn_batch_size on LMC: mc with BatchNorm recomputed in batches of
+"""Effect of metrics.lmc_bn_batch_size on LMC: mc with BatchNorm recomputed in batches of
 eval_batch_size (the default) and of 64 (the paper's code), on the retrained models of a finished run.
 
 In train mode each batch is normalised with its own statistics, so the recomputed running

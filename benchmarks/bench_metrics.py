@@ -1,4 +1,4 @@
-"""(3) LMC and CKA cost per cell: the project's metrics vs a paper-style implementation.
+"""LMC and CKA cost per cell: the project's metrics vs a paper-style implementation.
 
 Two PreResNet-20s (different seeds) on CIFAR-10-shaped data. LMC: ``--points`` evenly spaced
 interpolations, at each BatchNorm statistics recomputed over the whole training set (train

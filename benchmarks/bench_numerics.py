@@ -1,4 +1,4 @@
-"""(7) Do the fast numerics move the regime map? One MNIST-1D grid through the real workflow in
+"""Do the fast numerics move the regime map? One MNIST-1D grid through the real workflow in
 fp32 (the presets' numerics) and in each faster setting, compared cell by cell against the
 seed-to-seed noise.
 

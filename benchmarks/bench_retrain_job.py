@@ -1,8 +1,9 @@
-"""(1c) Whole retrain jobs: ``python -m threeregime retrain`` with 1, 3 or 27 packed runs, timed as
+"""Whole retrain jobs: ``python -m threeregime retrain`` with 1, 3 or 27 packed runs, timed as
 processes, against the paper-style loop's steady-state rate.
 
-This is (1) at the level a Slurm job sees: process start, dataset load, model build, compile,
-every epoch's test evaluation, resume checkpoints and the final writes are all inside the clock.
+This is bench_train.py's throughput at the level a Slurm job sees: process start, dataset load,
+model build, compile, every epoch's test evaluation, resume checkpoints and the final writes are
+all inside the clock.
 The data is CIFAR-10-shaped (50 000 train / 10 000 test uint8 noise images); the recipe is the
 epochs preset's retraining (LR rewinding: SGD momentum 0.9, lr 0.1, weight decay 1e-4, batch 64,
 crop + flip) cut to ``--epochs``; the runs are the preset's 9 densities x 3 retrain seeds of one

@@ -1,4 +1,4 @@
-"""(6) Several training processes on one GPU: aggregate images/s of K concurrent trainers.
+"""Several training processes on one GPU: aggregate images/s of K concurrent trainers.
 
 PreResNet-20 at batch 64 is too small to keep a modern GPU busy: one process spends most of
 its time launching kernels. Snakemake can run several retrain jobs on one GPU (a local

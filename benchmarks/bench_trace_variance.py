@@ -1,4 +1,4 @@
-"""(2b) How much deflation cuts the Hessian trace's variance on the workflow's own models.
+"""How much deflation cuts the Hessian trace's variance on the workflow's own models.
 
 For each retrained checkpoint (a ``model.pt`` of ``results/<run>/retrain``, its masks applied)
 and the first ``--samples`` training samples of the run's prepared dataset, the sd per probe of

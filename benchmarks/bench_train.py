@@ -1,4 +1,4 @@
-"""(1) Training throughput: the project's trainer vs a paper-style loop, dense and masked retraining.
+"""Training throughput: the project's trainer vs a paper-style loop, dense and masked retraining.
 
 PreResNet-20 on CIFAR-10-shaped data (uint8 noise images, 10 classes), batch 64, SGD momentum
 0.9, lr 0.1, weight decay 1e-4, RandomCrop(32, padding=4) + horizontal flip.

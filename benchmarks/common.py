@@ -2,7 +2,7 @@
 
 Every script compares its contenders side by side in one process (same machine, same load),
 interleaving repetitions so that a burst of load from elsewhere hits all of them alike, and
-prints a Markdown table that can be pasted into benchmarks/README.md.
+prints a Markdown table for benchmarks/README.md (current) or benchmarks/logs/ (full, dated).
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Wheels of what the workflow needs on a GPU machine whose Python (3.12) lacks it: snakemake
 and its dependencies, at this environment's versions, minus what that image already holds.
 
-Run here (it needs PyPI), in the repository root; the GPU command then installs them first:
+Run on a machine with PyPI access, in the repository root; on the GPU machine, install them first:
 
-    python benchmarks/gpu_wheels.py .whl        # then carry .whl (git-ignored) with the command
+    python benchmarks/gpu_wheels.py .whl        # then copy .whl/ (git-ignored) with the checkout
     python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
 
 Pure-Python wheels are built from this environment's versions (``pip wheel --no-deps``, one of

@@ -2,10 +2,10 @@
 # The GPU half in one go: the CUDA tests and every benchmark that takes --device cuda, each
 # under its own time limit (a step that fails or runs out of time does not stop the others).
 # About 18 minutes on one H200 in all (pack 2, job 6, tests 2.5, train 3, hessian 1.5, metrics
-# 1.5, share 1.5): longer than one device-tool call, so name a few steps per call.
+# 1.5, share 1.5); name steps to run only some of them.
 # Usage: bash benchmarks/run_gpu.sh [folder for the logs] [step ...]   (default: the first seven;
 # steps: pack job tests train hessian metrics share, and the prepared ones not in the default:
-# numerics jobs2 levers densepack, see benchmarks/README.md "Prepared GPU measurements")
+# numerics jobs2 levers densepack: benchmarks/README.md#prepared-gpu-measurements)
 set -u
 out=${1:-gpu-logs}
 shift || true
@@ -37,7 +37,7 @@ step share 90 "$python" benchmarks/bench_share.py --device cuda --procs 1 3 6 --
 # Prepared measurements (numerics first: it runs both settings of a whole MNIST-1D grid at once)
 step numerics 270 "$python" benchmarks/bench_numerics.py --device cuda --cores 16 \
     --csv "$out/numerics.csv" --save-tables "$out/numerics-tables"
-if [[ -d $out/numerics-tables ]]; then  # one file: a GPU call returns only a few
+if [[ -d $out/numerics-tables ]]; then  # one archive instead of hundreds of small files
     tar czf "$out/numerics-tables.tgz" -C "$out" numerics-tables && rm -r "$out/numerics-tables"
 fi
 step jobs2 230 "$python" benchmarks/bench_retrain_job.py --device cuda --epochs 2 --threads 2 --repeats 1 \
