@@ -9,7 +9,7 @@ import logging
 import pandas as pd
 
 from threeregime.analysis.adaptive import Grid, with_inferred
-from threeregime.analysis.advice import analyse
+from threeregime.analysis.advice import analyse, with_collapsed, without_collapsed
 from threeregime.analysis.confidence import add_confidence
 from threeregime.config.settings import RegimeConfig
 from threeregime.io.files import write_csv, write_json
@@ -23,9 +23,11 @@ def classify_run(
     cells: pd.DataFrame, observations: pd.DataFrame | None, cfg: RegimeConfig, grid: Grid | None = None
 ) -> dict:
     """:func:`threeregime.analysis.advice.analyse` of the cells table, each label's bootstrap
-    confidence from the per-pair ``observations`` (None: off), and on an adaptive ``grid`` an
-    inferred label for every cell not measured."""
-    result = add_confidence(analyse(cells, cfg), observations, cfg, cfg.bootstrap)
+    confidence from the per-pair ``observations`` (None: off; collapsed cells left out), and on
+    an adaptive ``grid`` an inferred label for every cell not measured."""
+    result = analyse(cells, cfg)
+    measured = without_collapsed(observations, result)
+    result = with_collapsed(add_confidence(result, measured, cfg, cfg.bootstrap))
     if grid is not None:
         result["regimes"] = with_inferred(result["regimes"], grid)
         sources = result["regimes"]["label_source"].value_counts()
