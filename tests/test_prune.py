@@ -324,3 +324,16 @@ def test_the_audit_counts_nonzero_weights_and_refuses_one_outside_the_mask():
         "m.pt: 1 weights of features.6.weight outside its pruning mask are nonzero; retraining "
         "must keep pruned weights at zero"
     )
+
+
+@pytest.mark.parametrize(("method", "granularity"), [("wanda", "unstructured"), ("uniform", "channel")])
+def test_a_lower_density_on_a_pruned_model_keeps_a_subset(method, granularity):
+    """Iterative pruning needs nested masks: pruned weights score zero and rank last."""
+    from threeregime.compute.prune import check_nested
+
+    model = _model("cnn1d")
+    first = compute_masks(model, 0.6, method, granularity=granularity, inputs=_inputs("cnn1d"))
+    apply_masks(model, first)
+    second = compute_masks(model, 0.3, method, granularity=granularity, inputs=_inputs("cnn1d"))
+    check_nested(second, first, method)
+    assert mask_density(second) < mask_density(first)
