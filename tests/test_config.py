@@ -54,7 +54,10 @@ def test_canonical_grid_strings():
         (lambda c: c["knob"].update(values=[1.5]), "knob.values[0]: 1.5 must be a whole number"),
         (lambda c: c["knob"].update(name="batch_size", values=[32]), "train.iterations: the batch_size knob"),
         (lambda c: c["model"].update(name="preresnet20"), "model.name: preresnet20 needs data.name in"),
-        (lambda c: c["prune"].update(densities=[0.001]), "prune.densities: density 0.001 keeps no weight"),
+        (
+            lambda c: c["prune"].update(densities=[0.001]),
+            "prune.densities: density 0.001 keeps 0 of 40 weights",
+        ),
         (lambda c: c["runtime"].update(device="tpu"), "runtime.device: 'tpu' is not one of"),
         (lambda c: c["runtime"].update(tf32="yes"), "runtime.tf32: 'yes' is not of type 'boolean'"),
         (lambda c: c["runtime"].update(retrain_pack="all"), "runtime.retrain_pack: 'all' is not one of"),

@@ -38,7 +38,7 @@ RUN_SNAKEMAKE = (
 
 
 def test_the_document_has_every_example():
-    assert sorted(EXAMPLES) == ["dataset", "knob", "metric", "model", "pruning"]
+    assert sorted(EXAMPLES) == ["dataset", "granularity", "knob", "metric", "model", "pruning"]
     assert sorted(CODE) == ["metric", "model", "pruning"]
 
 
@@ -78,6 +78,7 @@ def _counts(stdout: str) -> dict[str, int]:
         ("knob", "knob.name: 'momentum' is not one of", {"dense_train": 2, "retrain": 4, "metrics": 2}),
         ("metric", "metrics: Additional properties", {"dense_train": 2, "retrain": 4, "metrics": 2}),
         ("pruning", "prune.method: 'random' is not one of", {"prune": 4, "retrain": 8, "metrics": 4}),
+        ("granularity", "prune.granularity: '1:4' is not one of", {"prune": 2, "retrain": 4, "metrics": 2}),
         ("model", "model.name: 'tiny_cnn1d' is not one of", {"dense_train": 2, "prune": 2}),
         ("dataset", "is not one of", {"prepare_data": 1, "dense_train": 2}),
     ],
@@ -101,9 +102,9 @@ def registered(monkeypatch):
     from threeregime.registry.knobs import KNOBS
     from threeregime.registry.metrics import METRICS
     from threeregime.registry.models import MODELS
-    from threeregime.registry.pruning import PRUNING_METHODS
+    from threeregime.registry.pruning import GRANULARITIES, PRUNING_METHODS
 
-    registries = (DATASETS, KNOBS, METRICS, MODELS, PRUNING_METHODS)
+    registries = (DATASETS, KNOBS, METRICS, MODELS, PRUNING_METHODS, GRANULARITIES)
     saved = [dict(registry) for registry in registries]
 
     def place(example: str) -> dict:
@@ -174,6 +175,27 @@ def test_the_pruning_example_keeps_exact_counts(registered):
     assert {k: int(m.sum()) for k, m in masks.items()} == {
         k: round(0.2 * m.numel()) for k, m in masks.items()
     }
+    channels = prune.compute_masks(_model("preresnet20"), 0.2, "random", granularity="channel")
+    for mask in channels.values():
+        rows = mask.reshape(mask.shape[0], -1)
+        assert torch.equal(rows.any(dim=1), rows.all(dim=1))
+        assert int(rows.all(dim=1).sum()) == round(0.2 * rows.shape[0])
+
+
+def test_the_granularity_example_keeps_one_of_every_four(registered):
+    from threeregime.compute import prune
+
+    from .test_prune import _model
+
+    registered("granularity")
+    masks = prune.compute_masks(_model("preresnet20"), 0.25, "uniform", granularity="1:4")
+    for name, mask in masks.items():
+        rows = mask.reshape(mask.shape[0], -1)
+        if rows.shape[1] % 4 == 0:
+            assert (rows.reshape(-1, 4).sum(dim=1) == 1).all(), name
+        else:  # the first conv: 3 x 3 x 3 inputs per filter
+            assert mask.all(), name
+    assert load_config(_config("granularity")).prune_spec("0.25")["granularity"] == "1:4"
 
 
 def test_the_model_example_pasted_into_its_module_matches_its_shapes(registered):

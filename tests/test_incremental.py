@@ -177,6 +177,20 @@ def test_tf32_reruns_everything_from_dense_training_on(done):
     assert jobs == dense | cells | ANALYSIS
 
 
+@pytest.mark.parametrize(
+    "overlay", [{"prune": {"granularity": "2:4"}}, {"prune": {"method": "wanda", "calibration_samples": 64}}]
+)
+def test_a_granularity_or_method_reruns_pruning_and_what_follows(done, overlay):
+    folder, _ = done
+    expected = set().union(*(cell_jobs(t, DENSITY) for t in TEMPS)) | ANALYSIS
+    assert plan(folder, overlay) == expected
+
+
+def test_the_pruning_defaults_written_out_rerun_nothing(done):
+    folder, _ = done
+    assert plan(folder, {"prune": {"granularity": "unstructured", "min_layer_weights": 2}}) == set()
+
+
 def test_packing_a_cells_retrain_seeds_reruns_nothing(done):
     """Packing only changes how results are computed (to rounding), like compile."""
     folder, _ = done

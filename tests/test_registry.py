@@ -16,7 +16,7 @@ from threeregime.registry.datasets import DATASETS, Dataset
 from threeregime.registry.knobs import KNOBS, Knob
 from threeregime.registry.metrics import METRICS, Metric
 from threeregime.registry.models import MODELS, Model
-from threeregime.registry.pruning import PRUNING_METHODS, PruningMethod
+from threeregime.registry.pruning import GRANULARITIES, PRUNING_METHODS, Granularity, PruningMethod
 
 SIMILARITY = "threeregime.compute.landscape:output_similarity"
 FLAG = (Setting("my_flag", False, {"type": "boolean"}, "turns my metric on"),)
@@ -72,22 +72,38 @@ CASES = [
     ),
     (
         PRUNING_METHODS,
-        PruningMethod("x", "threeregime.compute.prune:uniform_mask", "per layer", "d"),
-        "pruning registry: x: masks 'threeregime.compute.prune:uniform_mask': "
-        "threeregime.compute.prune defines no uniform_mask",
+        PruningMethod("x", "threeregime.compute.prune:score_unifrm", "per layer", "d"),
+        "pruning registry: x: scores 'threeregime.compute.prune:score_unifrm': "
+        "threeregime.compute.prune defines no score_unifrm",
     ),
     (
         PRUNING_METHODS,
-        PruningMethod("x", "threeregime.compute.prun:uniform_masks", "per layer", "d"),
-        "pruning registry: x: masks 'threeregime.compute.prun:uniform_masks': module "
+        PruningMethod("x", "threeregime.compute.prun:score_uniform", "per layer", "d"),
+        "pruning registry: x: scores 'threeregime.compute.prun:score_uniform': module "
         "threeregime.compute.prun not found",
     ),
     (
         PRUNING_METHODS,
         PruningMethod(
-            "x", "threeregime.compute.prune:uniform_masks", "per layer", "d", (Setting("rate", 1, {}, "c"),)
+            "x", "threeregime.compute.prune:score_uniform", "per layer", "d", (Setting("rate", 1, {}, "c"),)
         ),
         "pruning registry: x: setting prune.rate is already a prune.* key of the config's",
+    ),
+    (
+        PRUNING_METHODS,
+        PruningMethod("x", "threeregime.compute.prune:score_wanda", "per row", "d", calibration=True),
+        "pruning registry: x: a method with calibration owns a calibration_samples setting",
+    ),
+    (
+        GRANULARITIES,
+        Granularity("x", "threeregime.compute.prune:n_of_m_mask", lambda s, d, r: 0, "d"),
+        "granularity registry: x: masks 'threeregime.compute.prune:n_of_m_mask': "
+        "threeregime.compute.prune defines no n_of_m_mask",
+    ),
+    (
+        GRANULARITIES,
+        Granularity("x", "threeregime.compute.prune:channel_masks", None, "d"),
+        "granularity registry: x: kept must be a function of (shape, density, per_row)",
     ),
     (
         MODELS,
@@ -124,7 +140,7 @@ def test_a_typo_in_an_entry_is_refused_at_validation_in_one_line(
 
 def test_every_shipped_entry_names_code_that_exists(tiny_config):
     load_config(tiny_config)  # the shipped registries pass the same checks
-    assert reference_problem("threeregime.compute.prune:uniform_masks", "masks") is None
+    assert reference_problem("threeregime.compute.prune:score_uniform", "scores") is None
 
 
 def test_validation_resolves_references_without_importing_torch(tmp_path):

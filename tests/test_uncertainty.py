@@ -15,8 +15,8 @@ from threeregime.analysis.uncertainty import (
     moderation_prior,
     noise,
     pooled_draws,
-    unit_table,
     uncertainty_draws,
+    unit_table,
 )
 from threeregime.config.settings import RegimeConfig
 
@@ -171,8 +171,8 @@ def test_a_cka_split_over_too_few_connected_cells_uses_the_declared_cut_in_every
     assert np.all(draws.cut == 0.93)
     assert _p(draws, 9, 0.5, "II-A") == pytest.approx(1.0) and _p(draws, 9, 0.9, "II-B") == pytest.approx(1.0)
     # with enough connected cells the cut is split per draw, and moves with the drawn means
-    more = {(9, d): [(0.0, c), (0.0, c + 0.01)] for d, c in zip((0.1, 0.3, 0.5, 0.7, 0.9, 0.95),
-                                                                (0.80, 0.83, 0.86, 0.97, 0.98, 0.99), strict=True)}  # fmt: skip
+    densities, means = (0.1, 0.3, 0.5, 0.7, 0.9, 0.95), (0.80, 0.83, 0.86, 0.97, 0.98, 0.99)
+    more = {(9, d): [(0.0, c), (0.0, c + 0.01)] for d, c in zip(densities, means, strict=True)}
     split = pooled_draws(_units_table(barrier | more), cfg, 500)
     assert split.cut.std() > 0 and 0.86 < np.median(split.cut) < 0.97
 

@@ -39,6 +39,10 @@ def test_outputs_and_columns(tiny_run):
     assert (metrics["mc"] <= 0.5).all() and (metrics["test_error"].between(0, 1)).all()
     assert set(metrics["density"]) == {0.2, 0.6} and set(metrics["temperature"]) == {1, 3}
     assert (abs(metrics["density_actual"] - metrics["density"]) < 0.02).all()
+    assert (metrics["density_retrained"] == metrics["density_actual"]).all()  # the density audit
+    cells = pd.read_csv(results / "cells.csv")
+    assert (cells["density_retrained_mean"] == cells["density_actual_mean"]).all()
+    assert not cells["collapsed"].any() and (cells["chance_error"] == 0.9).all()
     models = pd.read_csv(results / "models.csv")
     assert len(models) == 2 * 2 * 2 and set(models["retrain_seed"]) == {1, 2}
     regimes = pd.read_csv(results / "regimes.csv")

@@ -127,7 +127,7 @@ def cmd_rewind(args) -> None:
 def cmd_prune(args) -> None:
     from threeregime.stages import jobs
 
-    jobs.prune(args.spec, args.dense, args.out)
+    jobs.prune(args.spec, args.dense, args.out, args.data)
 
 
 def cmd_retrain(args) -> None:
@@ -291,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--dense", required=True, nargs="+", metavar="MODEL",
         help="the dense model, then (iterative pruning, past level 1) the previous level's retrained model",
     )  # fmt: skip
+    p.add_argument("--data", default="", help="the dataset, for a method that calibrates on training samples")
     p.add_argument("--out", required=True)
     p = command("retrain", cmd_retrain, compute=True)
     p.add_argument(

@@ -22,7 +22,7 @@ then replicates, then edge cells, then the neighbours of uncertain labels, while
 and says what it added and why, or why it added nothing. A cell measured once stays measured:
 every round's plan holds every measured cell. Every cell never measured gets the label the
 majority of its nearest measured cells have (ties: the label with the larger summed
-probability, then I, II-A, II-B), flagged ``inferred`` in ``regimes.csv`` and drawn hatched.
+probability, then I, II-A, II-B, collapsed), flagged ``inferred`` in ``regimes.csv`` and drawn hatched.
 
 A round's plan is a pure function of the config and the measured cells' metrics, and a cell's
 files do not depend on the round that asked for them, so rerunning, or adding a grid value,
@@ -37,16 +37,18 @@ import numpy as np
 import pandas as pd
 
 from threeregime.analysis.cells import CELL, aggregate_cells
-from threeregime.analysis.regimes import REGIMES, choose_thresholds, classify
+from threeregime.analysis.regimes import COLLAPSED, REGIMES, classify_cells
 from threeregime.analysis.uncertainty import uncertainty_draws
 from threeregime.config.experiment import Cell, Grid
 from threeregime.config.settings import AdaptiveConfig, RegimeConfig, fmt_value
+
+LABELS = (*REGIMES, COLLAPSED)  # what a measured cell can be labelled, in tie-break order
 
 
 def _strength(cells: list[Cell], p_label: dict[Cell, float], regime: str) -> tuple:
     """How strongly nearest cells vote for a regime: count, summed p_label, then REGIMES order."""
     p = sum(p_label[c] for c in cells if np.isfinite(p_label.get(c, np.nan)))
-    return len(cells), p, -REGIMES.index(regime)
+    return len(cells), p, -LABELS.index(regime)
 
 
 def infer_labels(labels: dict[Cell, str], p_label: dict[Cell, float], grid: Grid) -> pd.DataFrame:
@@ -62,10 +64,10 @@ def infer_labels(labels: dict[Cell, str], p_label: dict[Cell, float], grid: Grid
         i, j = grid.index(cell)
         distance = {c: abs(i - a) + abs(j - b) for (a, b), c in measured}
         nearest = [c for c, dist in distance.items() if dist == min(distance.values())]
-        votes = {r: [c for c in nearest if labels[c] == r] for r in REGIMES}
+        votes = {r: [c for c in nearest if labels[c] == r] for r in LABELS}
 
-        label = max(REGIMES, key=lambda r: _strength(votes[r], p_label, r))
-        counted = ",".join(f"{r}:{len(votes[r])}" for r in REGIMES if votes[r])
+        label = max(LABELS, key=lambda r: _strength(votes[r], p_label, r))
+        counted = ",".join(f"{r}:{len(votes[r])}" for r in LABELS if votes[r])
         rows.append((*cell, label, "inferred", counted))
     return pd.DataFrame(rows, columns=["temperature", "density", "regime", "label_source", "inferred_from"])
 
@@ -164,15 +166,16 @@ def next_moves(
 
 
 def measured_labels(observations: pd.DataFrame, cfg: RegimeConfig) -> tuple[dict, dict, dict, dict]:
-    """Labels and p_label of the measured cells (keys: canonical strings), the dense seeds each
-    was measured with, and the thresholds used."""
-    cells = aggregate_cells(observations)
-    thresholds = choose_thresholds(cells, cfg)
-    regime = classify(cells, thresholds.eps, thresholds.cka_cut, cfg.cka_metric)
+    """Labels and p_label of the measured cells (keys: canonical strings; a collapsed cell is
+    labelled ``collapsed``, without a probability), the dense seeds each was measured with, and
+    the thresholds used."""
+    cells, thresholds = classify_cells(aggregate_cells(observations), cfg)
     keys = [(fmt_value(t), fmt_value(d)) for t, d in zip(cells["temperature"], cells["density"])]
-    labels = dict(zip(keys, regime))
+    labels = dict(zip(keys, cells["regime"]))
     p_label = {k: float("nan") for k in keys}
-    draws = uncertainty_draws(observations, cfg)
+    collapsed = pd.MultiIndex.from_frame(cells.loc[cells["collapsed"], CELL])
+    regime_cells = ~pd.MultiIndex.from_frame(observations[CELL]).isin(collapsed)
+    draws = uncertainty_draws(observations[regime_cells], cfg)
     if draws is not None:
         shares = draws.probabilities()
         for (t, d), row in zip(zip(draws.cells["temperature"], draws.cells["density"]), shares):

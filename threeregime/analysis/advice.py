@@ -10,6 +10,11 @@ density, pick the dense model among the temperature grid from training metrics o
 connected cell with the most similar retrainings, i.e. highest CKA; if none is connected, the
 smallest barrier) and report its test-error rank, next to two baselines (the reference model
 and the lowest sparse training loss).
+
+Collapsed cells (threeregime.analysis.cells.collapsed_cells) are set aside: no advice from one
+(``advice`` ``none``), never the selection's pick, no part in the thresholds, and outside the
+bootstrap (:func:`without_collapsed`); :func:`with_collapsed` puts them back into the regimes
+table, labelled ``collapsed``.
 """
 
 from __future__ import annotations
@@ -18,8 +23,15 @@ from dataclasses import asdict
 
 import pandas as pd
 
-from threeregime.analysis.cells import environments_of, temperature_order
-from threeregime.analysis.regimes import REGIMES, classify_cells, count_true, robustness
+from threeregime.analysis.cells import CELL, collapsed_cells, environments_of, temperature_order
+from threeregime.analysis.regimes import (
+    COLLAPSED,
+    REGIMES,
+    classify_cells,
+    count_true,
+    measured_cells,
+    robustness,
+)
 from threeregime.config.settings import RegimeConfig
 from threeregime.registry.knobs import KNOBS
 
@@ -29,8 +41,8 @@ ACTIONS = {"I": "raise", "II-A": "lower", "II-B": "keep"}
 # ----------------------------------------------------------------------------- advice
 def knob_action(knob: str, action: str) -> str:
     """'raise temperature' in the knob's own words (e.g. 'fewer epochs')."""
-    if action == "keep":
-        return "keep"
+    if action in ("keep", "none"):
+        return action
     entry = KNOBS[knob]
     return entry.advice(larger=(action == "raise") == (entry.hotter > 0))
 
@@ -47,14 +59,14 @@ def _advise(column: pd.DataFrame, reference: float, tol: float) -> dict:
     i = temps.index(reference)
     error = column["test_error_mean"]
     regime = column.loc[reference, "regime"]
-    advice = ACTIONS[regime]
+    advice = ACTIONS.get(regime, "none")  # a collapsed cell advises nothing
     best_t = float(error.idxmin())
     ref_error, best_error = float(error[reference]), float(error.min())
     if ref_error - best_error <= tol:
         best_move = "keep"
     else:
         best_move = "raise" if temps.index(best_t) > i else "lower"
-    step = {"raise": i + 1, "lower": i - 1, "keep": i}[advice]
+    step = {"raise": i + 1, "lower": i - 1, "keep": i}.get(advice, -1)
     checkable = 0 <= step < len(temps)
     row = {
         "reference_temperature": float(reference),
@@ -142,7 +154,10 @@ def rule_pick(column: pd.DataFrame, eps: float, cka_metric: str) -> float:
     """Training-set-only choice of temperature in one density column (indexed by temperature):
     the connected cell with the most similar retrainings (highest CKA, so a II-B cell whenever
     there is one); if no cell is connected, the one with the smallest barrier (highest mc).
-    Ties go to the first row."""
+    Ties go to the first row. Collapsed cells are never picked; None when every cell is."""
+    column = column[~collapsed_cells(column)]
+    if column.empty:
+        return None
     connected = column[column["mc_mean"] >= -eps]
     if not connected.empty:
         return float(connected[f"{cka_metric}_mean"].idxmax())
@@ -166,12 +181,19 @@ def model_selection(
             "best_temperature": float(best),
             "best_test_error": float(column.loc[best, "test_error_mean"]),
             "rule_temperature": picked,
-            "rule_regime": column.loc[picked, "regime"],
-            "rule_test_error": float(column.loc[picked, "test_error_mean"]),
-            "rule_rank": int(ranks[picked]),
-            "regret": float(column.loc[picked, "test_error_mean"] - column.loc[best, "test_error_mean"]),
+            "rule_regime": COLLAPSED,  # no pick: every cell of the column collapsed
+            "rule_test_error": None,
+            "rule_rank": None,
+            "regret": None,
             "candidates": len(column),
         }
+        if picked is not None:
+            row |= {
+                "rule_regime": column.loc[picked, "regime"],
+                "rule_test_error": float(column.loc[picked, "test_error_mean"]),
+                "rule_rank": int(ranks[picked]),
+                "regret": float(column.loc[picked, "test_error_mean"] - column.loc[best, "test_error_mean"]),
+            }
         if "train_loss_mean" in column:
             low_loss = column["train_loss_mean"].idxmin()
             row["train_loss_temperature"] = float(low_loss)
@@ -188,17 +210,24 @@ def selection_summary(selection: pd.DataFrame) -> dict:
     out = {}
     for method in ("rule", "reference", "train_loss"):
         if f"{method}_rank" in selection:
-            ranks = selection[f"{method}_rank"]
+            ranks = selection[f"{method}_rank"].dropna()
             out[method] = {"mean_rank": float(ranks.mean()), "top1": float((ranks == 1).mean())}
     out["candidates"] = int(selection["candidates"].max())
-    out["mean_regret"] = float(selection["regret"].mean())
+    out["mean_regret"] = float(selection["regret"].astype(float).mean())
     return out
 
 
+def _mean(values: pd.Series) -> float | None:
+    """The mean of the known values; None when there are none (every cell collapsed)."""
+    return float(values.mean()) if values.notna().any() else None
+
+
 def analyse(cells: pd.DataFrame, cfg: RegimeConfig) -> dict:
-    """Classification, robustness, advice and selection of one cells table, plus a summary."""
+    """Classification, robustness, advice and selection of one cells table, plus a summary.
+    The regimes table holds the measured cells; the collapsed ones wait in ``collapsed`` (the
+    bootstrap of threeregime.analysis.confidence labels regimes only) for :func:`with_collapsed`."""
     regimes, thresholds = classify_cells(cells, cfg)
-    robust = robustness(cells, cfg, thresholds)
+    robust = robustness(measured_cells(cells), cfg, thresholds)
     reference = cfg.reference_temperature
     if reference is None:
         reference = temperature_order(cells)[0]
@@ -219,7 +248,7 @@ def analyse(cells: pd.DataFrame, cfg: RegimeConfig) -> dict:
             "max_cells_changed": int(off_chosen["cells_changed"].max()) if len(off_chosen) else 0,
             "max_fraction_changed": float(robust["fraction_changed"].max()),
             "cells_stable_everywhere": int((regimes["stability"] == 1).sum()),
-            "mean_stability": float(regimes["stability"].mean()),
+            "mean_stability": _mean(regimes["stability"]),
         },
         "advice": {
             "reference_temperature": float(reference),
@@ -235,12 +264,53 @@ def analyse(cells: pd.DataFrame, cfg: RegimeConfig) -> dict:
             "matching_cells": count_true(regimes["matching"]),
         },
     }
+    picked = selection["rule_temperature"].notna()
+    collapsed = regimes[regimes["collapsed"]]
+    if len(collapsed):  # only then: a run without collapsed cells keeps its summary
+        summary["regime_counts"][COLLAPSED] = len(collapsed)
+        cells_of = collapsed[["temperature", "density"]].itertuples(index=False)
+        summary["collapsed_cells"] = [{"temperature": float(t), "density": float(d)} for t, d in cells_of]
     return {
-        "regimes": regimes,
+        "regimes": regimes[~regimes["collapsed"]].copy(),
         "thresholds": thresholds,
         "robustness": robust,
         "advice": advice,
         "advice_cells": per_cell,
-        "selection": selection,
+        "selection": selection[picked].copy(),
         "summary": summary,
+        # set aside for the bootstrap: collapsed cells, and densities without a pick
+        "collapsed": {"regimes": collapsed, "selection": selection[~picked]},
     }
+
+
+def without_collapsed(observations: pd.DataFrame | None, result: dict) -> pd.DataFrame | None:
+    """The per-pair observations of the cells :func:`analyse` did not set aside as collapsed
+    (the bootstrap's input; None when every cell collapsed: nothing to resample)."""
+    collapsed = result["collapsed"]["regimes"]
+    if observations is None or collapsed.empty:
+        return observations
+    if result["regimes"].empty:
+        return None
+    keys = pd.MultiIndex.from_frame(collapsed[CELL])
+    return observations[~pd.MultiIndex.from_frame(observations[CELL]).isin(keys)]
+
+
+def with_collapsed(result: dict) -> dict:
+    """The collapsed cells back in the regimes table after the bootstrap (regime and
+    ``confidence`` ``collapsed``, no probabilities), in the cells table's order, the densities
+    without a pick back in the selection, and the advice rows collapsed cells give marked."""
+    collapsed = result.pop("collapsed")
+    if collapsed["regimes"].empty:
+        return result
+    regimes = pd.concat([result["regimes"], collapsed["regimes"].assign(confidence=COLLAPSED)])
+    result["regimes"] = regimes.sort_values(CELL, kind="stable").reset_index(drop=True)
+    selection = pd.concat([result["selection"], collapsed["selection"]])
+    result["selection"] = selection.sort_values("density", kind="stable").reset_index(drop=True)
+    note = f"{COLLAPSED}: test error at chance or no mc / CKA; no regime, no advice"
+    for name in ("advice", "advice_cells"):
+        table = result[name]
+        if "confidence" in table:
+            rows = table["regime"] == COLLAPSED
+            table.loc[rows, "confidence"] = COLLAPSED
+            table.loc[rows, "advice_note"] = note
+    return result

@@ -86,9 +86,11 @@ def _margins(mc, cka, eps, cut, kind: str) -> np.ndarray:
 
 
 def boundaries(regimes: pd.DataFrame, draws: Draws | None, cka_metric: str, interval: float) -> pd.DataFrame:
-    """One row per temperature and boundary (module docstring); measured cells only (an adaptive
-    grid's inferred cells have no means)."""
-    measured = regimes[regimes["mc_mean"].notna()] if "mc_mean" in regimes else regimes.iloc[0:0]
+    """One row per temperature and boundary (module docstring); measured cells with a regime only
+    (an adaptive grid's inferred cells have no means, a collapsed cell has no regime)."""
+    if "mc_mean" not in regimes:
+        return pd.DataFrame(columns=COLUMNS)
+    measured = regimes[regimes["mc_mean"].notna() & regimes["regime"].isin(REGIMES)]
     rows = []
     if measured.empty:
         return pd.DataFrame(columns=COLUMNS)

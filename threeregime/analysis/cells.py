@@ -9,6 +9,9 @@ from threeregime.registry.knobs import KNOBS
 from threeregime.registry.metrics import as_cell, combine, observed, parse_vector
 
 CELL = ["knob", "temperature", "density"]
+# A cell is collapsed when its retrained models are no better than chance: mean test error within
+# this margin of chance (1 - 1/classes), or no mc or CKA (NaN: constant or non-finite outputs).
+COLLAPSE_MARGIN = 0.02
 
 
 def temperature_order(cells: pd.DataFrame) -> list[float]:
@@ -37,7 +40,25 @@ def aggregate_cells(observations: pd.DataFrame) -> pd.DataFrame:
             lambda texts, name=name: as_cell(combine(name, [parse_vector(t) for t in texts]))
         )
         cells[f"{name}_mean"] = column.to_numpy()
+    if "chance_error" in observations:  # written by the metrics job from the number of classes
+        cells["chance_error"] = observations.groupby(CELL, sort=True)["chance_error"].max().to_numpy()
+    cells["collapsed"] = collapsed_cells(cells)
     return cells
+
+
+def collapsed_cells(cells: pd.DataFrame) -> pd.Series:
+    """Per cell: whether its retrained models collapsed (:data:`COLLAPSE_MARGIN`): the
+    ``collapsed`` column when the table has one, else derived from its means. Such cells get no
+    regime and take no part in thresholds, advice or model selection (threeregime.analysis)."""
+    if "collapsed" in cells:
+        return cells["collapsed"].astype(bool)
+    missing = pd.Series(False, index=cells.index)
+    for column in ("mc_mean", "cka_softmax_mean", "cka_logits_mean"):
+        if column in cells:
+            missing |= cells[column].isna()
+    if "chance_error" in cells and "test_error_mean" in cells:
+        missing |= cells["test_error_mean"] >= cells["chance_error"] - COLLAPSE_MARGIN
+    return missing.rename("collapsed")
 
 
 def environments_of(cells: pd.DataFrame) -> list[str]:

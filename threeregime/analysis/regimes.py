@@ -28,6 +28,10 @@ classified by two explicit rules applied to the cell's means over seeds:
   variance, 0..1): near 1 the connected cells form two clear clusters, near 0 the split is
   arbitrary. Fewer than two distinct connected values fall back to ``regimes.cka_cut``.
 
+A **collapsed** cell (its retrained models no better than chance, or no mc or CKA:
+threeregime.analysis.cells.collapsed_cells) gets the label ``collapsed`` instead of a regime,
+and takes no part in the thresholds, the robustness sweep, the advice or the model selection.
+
 Robustness: the classification is repeated over a grid of eps and CKA cut values (config ranges,
 or by default eps x 0.5 .. 2 and the cut's distance from 1 x 0.5 .. 2) and the table counts the
 cells that change regime; every cell also gets a *stability*, the fraction of the grid that keeps
@@ -42,9 +46,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from threeregime.analysis.cells import collapsed_cells
 from threeregime.config.settings import RegimeConfig
 
 REGIMES = ("I", "II-A", "II-B")
+COLLAPSED = "collapsed"  # the label of a collapsed cell, in place of a regime
 ROBUSTNESS_FACTORS = (0.5, 0.75, 1.0, 1.5, 2.0)
 
 
@@ -170,7 +176,7 @@ def robustness(cells: pd.DataFrame, cfg: RegimeConfig, chosen: Thresholds) -> pd
                 "cka_cut": cut,
                 "chosen": bool(eps == chosen.eps and cut == chosen.cka_cut),
                 "cells_changed": changed,
-                "fraction_changed": changed / len(cells),
+                "fraction_changed": changed / max(len(cells), 1),
                 **{f"n_{r}": int((regime == r).sum()) for r in REGIMES},
             }
         )
@@ -185,14 +191,24 @@ def cell_stability(cells: pd.DataFrame, cfg: RegimeConfig, chosen: Thresholds) -
 
 
 def classify_cells(cells: pd.DataFrame, cfg: RegimeConfig) -> tuple[pd.DataFrame, Thresholds]:
-    """The cells with ``regime``, the thresholds used, and each cell's ``stability``."""
-    thresholds = choose_thresholds(cells, cfg)
+    """The cells with ``regime`` (``collapsed`` for a collapsed cell), ``collapsed``, the
+    thresholds used (from the other cells), and each cell's ``stability``."""
+    collapsed = collapsed_cells(cells)
+    measured = cells[~collapsed]
+    thresholds = choose_thresholds(measured, cfg)
     out = cells.copy()
-    out["regime"] = classify(cells, thresholds.eps, thresholds.cka_cut, cfg.cka_metric)
+    out["collapsed"] = collapsed
+    regime = classify(cells, thresholds.eps, thresholds.cka_cut, cfg.cka_metric)
+    out["regime"] = regime.where(~collapsed, COLLAPSED)
     out["eps"] = thresholds.eps
     out["cka_cut"] = thresholds.cka_cut
-    out["stability"] = cell_stability(cells, cfg, thresholds)
+    out["stability"] = cell_stability(measured, cfg, thresholds).reindex(cells.index)
     return ticket_criteria(out, cfg), thresholds
+
+
+def measured_cells(cells: pd.DataFrame) -> pd.DataFrame:
+    """The cells that are not collapsed (those the thresholds and the robustness sweep see)."""
+    return cells[~collapsed_cells(cells)]
 
 
 def _verdict(cells: pd.DataFrame, columns: list[str], test) -> pd.Series:

@@ -16,8 +16,9 @@ model (``regimes.uncertainty: pooled``):
   both estimated from every cell's variance (empirical Bayes: Smyth 2004, limma's moderated t):
   (d0 s0^2 + d s2) / (d0 + d). Where the cells' variances are consistent with one level (d0
   infinite), every cell gets the pooled variance, with as many degrees of freedom as the grid
-  has replicates, and each draw draws that one level for all cells. A cell with a single unit gets the common level: its label has a probability
-  whenever some cell of the grid is replicated.
+  has replicates, and each draw draws that one level for all cells. A cell with a single unit
+  gets the common level: its label has a probability whenever some cell of the grid is
+  replicated.
 * **Draws.** Each draw takes every cell's mean from its posterior (a t distribution around the
   observed mean, scale the moderated standard error of the mean), the grid's noise level from
   its posterior (scaled inverse chi-square), derives eps from that level and the CKA cut from

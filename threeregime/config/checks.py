@@ -15,9 +15,15 @@ from threeregime.registry.datasets import registry_problems as dataset_problems
 from threeregime.registry.knobs import KNOBS
 from threeregime.registry.knobs import registry_problems as knob_problems
 from threeregime.registry.metrics import registry_problems as metric_problems
-from threeregime.registry.models import MODELS, layer_sizes
+from threeregime.registry.models import MODELS, layer_sizes, weight_shapes
 from threeregime.registry.models import registry_problems as model_problems
-from threeregime.registry.pruning import PRUNING_METHODS
+from threeregime.registry.pruning import (
+    CALIBRATION_SAMPLES,
+    DEFAULT_GRANULARITY,
+    GRANULARITIES,
+    PRUNING_METHODS,
+    row_length,
+)
 from threeregime.registry.pruning import registry_problems as pruning_problems
 
 MAX_SEED = 2**32
@@ -99,7 +105,9 @@ def check_semantics(cfg: ExperimentConfig, source: str, check_paths: bool = True
         )
     if cfg.prune.iterative:
         check_iterative(cfg, fail)
+    check_granularity(cfg, fail)
     check_layer_sizes(cfg, fail)
+    check_calibration(cfg, fail)
     if cfg.adaptive.enabled and not cfg.prune.iterative:
         check_adaptive(cfg, fail)
     check_rewind_step(cfg, fail)
@@ -202,6 +210,13 @@ def check_iterative(cfg: ExperimentConfig, fail) -> None:
             f"{cfg.prune.method} does not nest its masks level after level; iterative pruning "
             f"needs one of {nesting}",
         )
+    if not GRANULARITIES[cfg.prune.granularity].nests:
+        nesting = sorted(name for name, g in GRANULARITIES.items() if g.nests)
+        fail(
+            "prune.granularity",
+            f"{cfg.prune.granularity} does not nest its masks level after level (its density is "
+            f"fixed); iterative pruning needs one of {nesting}",
+        )
     if cfg.prune.control != "none":
         fail("prune.control", f"{cfg.prune.control} applies to one-shot masks; use prune.schedule oneshot")
     if cfg.runtime.retrain_pack == "temperature":
@@ -237,23 +252,73 @@ def check_adaptive(cfg: ExperimentConfig, fail) -> None:
         )
 
 
+def check_granularity(cfg: ExperimentConfig, fail) -> None:
+    """A structure that fixes the density (N:M) takes that density only, and some layer of the
+    model must have its groups; the random-mask control draws unstructured positions."""
+    name = cfg.prune.granularity
+    structure = GRANULARITIES[name]
+    if cfg.prune.control == "random_mask" and name != DEFAULT_GRANULARITY:
+        fail(
+            "prune.control",
+            f"random_mask draws each layer's kept weights at unstructured positions; with "
+            f"prune.granularity {name} use none or reinit",
+        )
+    if structure.fixed_density is None:
+        return
+    fixed = structure.fixed_density
+    for density in cfg.prune.densities:
+        if abs(density - fixed) > 1e-12:
+            fail(
+                "prune.densities",
+                f"{fmt_value(density)} is not {name}'s density: {name} keeps a fixed "
+                f"{fmt_value(fixed)} of the weights it structures; use prune.densities: [{fmt_value(fixed)}]",
+            )
+    shapes = weight_shapes(cfg.model.name, cfg.model.width, cfg.data.name)
+    if structure.group and not any(row_length(s) % structure.group[1] == 0 for s in shapes.values()):
+        fail(
+            "prune.granularity",
+            f"no prunable layer of {cfg.model.name} has rows (in_channels x kernel) a multiple of "
+            f"{structure.group[1]} long: {name} would prune nothing",
+        )
+
+
+def check_calibration(cfg: ExperimentConfig, fail) -> None:
+    """A method that calibrates on training samples needs that many of them."""
+    if not cfg.prune_calibrates:
+        return
+    wanted = cfg.prune.option(CALIBRATION_SAMPLES)
+    samples = train_samples(cfg.data.name, cfg.data.num_samples)
+    if samples is not None and wanted > samples:
+        fail(
+            f"prune.{CALIBRATION_SAMPLES}",
+            f"{wanted} exceeds the {samples} training samples of {cfg.data.name}",
+        )
+
+
 def check_layer_sizes(cfg: ExperimentConfig, fail) -> None:
-    """A model needs a prunable layer; uniform pruning keeps round(d * n) weights per layer,
-    and zero would empty one (the shapes are known without torch: no torch import at DAG time)."""
-    sizes = layer_sizes(cfg.model.name, cfg.model.width, cfg.data.name)
-    if not sizes:
+    """A model needs a prunable layer; a method with the same density in every layer keeps,
+    per layer, what its granularity says for the layer's shape (known without torch: no torch
+    import at DAG time), and no layer may keep fewer than prune.min_layer_weights."""
+    shapes = weight_shapes(cfg.model.name, cfg.model.width, cfg.data.name)
+    if not shapes:
         fail(
             "model.name",
             f"{cfg.model.name} has no prunable layer (every convolution and every Linear layer "
             "but the last are pruned)",
         )
-    if cfg.prune.method != "uniform":
+    method = PRUNING_METHODS[cfg.prune.method]
+    if not method.same_density:
         return
-    smallest_name, smallest = min(sizes.items(), key=lambda kv: kv[1])
+    structure = GRANULARITIES[cfg.prune.granularity]
+    per_row = method.ranking == "per row"
+    minimum = cfg.prune.min_layer_weights
+    sizes = layer_sizes(cfg.model.name, cfg.model.width, cfg.data.name)
     for density in (cfg.prune_spec(d)["density"] for d in cfg.pruned_densities):
-        if round(density * smallest) < 1:
-            fail(
-                "prune.densities",
-                f"density {fmt_value(density)} keeps no weight of layer {smallest_name} "
-                f"({smallest} weights); use a density >= {1 / smallest:.3g}",
-            )
+        for name, shape in shapes.items():
+            kept = structure.kept(shape, density, per_row)
+            if kept < minimum:
+                fail(
+                    "prune.densities",
+                    f"density {fmt_value(density)} keeps {kept} of {sizes[name]} weights of layer "
+                    f"{name}, fewer than prune.min_layer_weights = {minimum}; use a higher density",
+                )

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 
 from threeregime.config.settings import (
+    MIN_LAYER_WEIGHTS,
     AdaptiveConfig,
     DataConfig,
     KnobConfig,
@@ -28,7 +29,7 @@ from threeregime.config.specs import recipe_spec
 from threeregime.registry.datasets import DATASETS
 from threeregime.registry.knobs import KNOBS
 from threeregime.registry.metrics import settings as metric_settings
-from threeregime.registry.pruning import PRUNING_METHODS
+from threeregime.registry.pruning import DEFAULT_GRANULARITY, PRUNING_METHODS
 
 Cell = tuple[str, str]  # (temperature, density) as canonical grid strings
 
@@ -232,13 +233,23 @@ class ExperimentConfig:
         del dense["stop_epoch"]
         return dense | {"rewind_step": self.rewind_step(temperature)}
 
+    @property
+    def prune_calibrates(self) -> bool:
+        """Whether the prune jobs read the dataset (a method that calibrates on inputs: Wanda)."""
+        return PRUNING_METHODS[self.prune.method].calibration
+
     def prune_spec(self, density: str) -> dict:
-        """Method, density, the prune.* settings the method's registry entry owns that act, and
-        the lottery-ticket control when there is one."""
+        """Method, density, the prune.* settings the method's registry entry owns that act, the
+        granularity and the least weights a layer keeps when not at their defaults (so that specs
+        written before they existed stay), and the lottery-ticket control when there is one."""
         method = PRUNING_METHODS[self.prune.method]
         values = {s.key: self.prune.option(s.key) for s in method.settings}
         settings = {s.key: values[s.key] for s in method.settings if s.acts(values[s.key])}
         spec = {"method": self.prune.method, "density": float(density)} | settings
+        if self.prune.granularity != DEFAULT_GRANULARITY:
+            spec["granularity"] = self.prune.granularity
+        if self.prune.min_layer_weights != MIN_LAYER_WEIGHTS:
+            spec["min_layer_weights"] = self.prune.min_layer_weights
         if self.prune.iterative:  # the exact level density, not its printed label
             level = self.prune_level(density)
             spec |= {"density": self.prune.level_density(level), "schedule": "iterative"}

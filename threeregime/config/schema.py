@@ -17,7 +17,7 @@ from threeregime.registry.datasets import DATASETS
 from threeregime.registry.knobs import KNOBS
 from threeregime.registry.metrics import METRICS
 from threeregime.registry.models import MODELS
-from threeregime.registry.pruning import PRUNING_METHODS
+from threeregime.registry.pruning import GRANULARITIES, PRUNING_METHODS
 
 SCHEMA_PATH = Path(__file__).parent / "schema" / "config.schema.yaml"
 
@@ -35,6 +35,7 @@ def schema() -> dict:
     sections = full["properties"]
     sections["knob"]["properties"]["name"]["enum"] = list(KNOBS)
     sections["prune"]["properties"]["method"]["enum"] = list(PRUNING_METHODS)
+    sections["prune"]["properties"]["granularity"]["enum"] = list(GRANULARITIES)
     sections["model"]["properties"]["name"]["enum"] = list(MODELS)
     sections["data"]["properties"]["name"]["enum"] = list(DATASETS)
     for section, entries in (("metrics", METRICS), ("prune", PRUNING_METHODS)):
@@ -68,7 +69,21 @@ def validate_schema(raw: Any, source: str) -> None:
         hint = ""
         if error.validator in ("type", "minimum", "exclusiveMinimum") and isinstance(error.instance, str):
             hint = " (snakemake --config passes values as strings: use an overlay file with --configfile)"
+        if error.validator == "enum" and isinstance(error.instance, int):
+            meant = [v for v in error.validator_value if _sexagesimal(v) == error.instance]
+            if meant:
+                hint = f" (YAML reads {meant[0]} unquoted as the number {error.instance}: write '{meant[0]}')"
         raise ConfigError(f"{source}: {_key_path(error)}: {error.message}{hint}")
+
+
+def _sexagesimal(value) -> int | None:
+    """The number YAML 1.1 (PyYAML, Snakemake) reads an unquoted ``"2:4"`` as (base 60: 124)."""
+    if not isinstance(value, str) or not re.fullmatch(r"[1-9][0-9]*(:[0-5]?[0-9])+", value):
+        return None
+    number = 0
+    for part in value.split(":"):
+        number = number * 60 + int(part)
+    return number
 
 
 def resolve_ref(node: dict, root: dict) -> dict:

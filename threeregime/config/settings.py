@@ -10,7 +10,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from threeregime.registry.metrics import settings as metric_settings
+from threeregime.registry.pruning import DEFAULT_GRANULARITY
 from threeregime.registry.pruning import settings as pruning_settings
+
+# The fewest weights a pruned layer may keep (prune.min_layer_weights): a layer reduced to one
+# weight (AlphaPruning's allocation does that at low densities) carries no signal worth measuring.
+MIN_LAYER_WEIGHTS = 2
 
 
 class ConfigError(ValueError):
@@ -80,10 +85,14 @@ class KnobConfig:
 class PruneConfig:
     """``control``: the lottery-ticket controls (Frankle & Carbin 2019). ``random_mask`` keeps
     each layer's number of weights at random positions; ``reinit`` keeps the mask and draws the
-    weights afresh from the initialisation distribution."""
+    weights afresh from the initialisation distribution. ``granularity``: the pattern of kept
+    weights (threeregime.registry.pruning). ``min_layer_weights``: a mask that leaves a layer
+    fewer weights is refused."""
 
     densities: tuple[float, ...]
     method: str = "uniform"
+    granularity: str = DEFAULT_GRANULARITY
+    min_layer_weights: int = MIN_LAYER_WEIGHTS
     control: str = "none"
     schedule: str = "oneshot"
     rate: float = 0.2

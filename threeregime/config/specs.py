@@ -11,7 +11,15 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields
 
-from threeregime.config.settings import ConfigError, MetricsConfig, ModelConfig, Recipe, RegimeConfig
+from threeregime.config.settings import (
+    MIN_LAYER_WEIGHTS,
+    ConfigError,
+    MetricsConfig,
+    ModelConfig,
+    Recipe,
+    RegimeConfig,
+)
+from threeregime.registry.pruning import DEFAULT_GRANULARITY
 
 
 def to_json(spec: dict) -> str:
@@ -95,12 +103,14 @@ class DenseSpec:
 
 @dataclass(frozen=True)
 class PruneSpec:
-    """A prune job: method and density, the method's own settings (``settings``), iterative
-    pruning's level, and the lottery-ticket control."""
+    """A prune job: method, density and granularity, the method's own settings (``settings``),
+    the least weights a layer keeps, iterative pruning's level, and the lottery-ticket control."""
 
     method: str
     density: float
     settings: dict = field(default_factory=dict)
+    granularity: str = DEFAULT_GRANULARITY
+    min_layer_weights: int = MIN_LAYER_WEIGHTS
     schedule: str = "oneshot"
     rate: float | None = None
     level: int | None = None

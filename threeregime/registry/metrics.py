@@ -239,6 +239,20 @@ _scalar(
     "train_error", "model", "threeregime.compute.evaluate:evaluate", "training error of the sparse model."
 )
 _scalar(
+    "density_actual",
+    "model",
+    "threeregime.compute.prune:mask_density",
+    "fraction of the prunable weights the pruning mask keeps (the density achieved; N:M and "
+    "channel structures can differ from the requested one).",
+)
+_scalar(
+    "density_retrained",
+    "model",
+    "threeregime.compute.prune:retrained_density",
+    "fraction of the prunable weights that are nonzero after retraining (the density audit: "
+    "equal to density_actual, since retraining keeps pruned weights at zero).",
+)
+_scalar(
     "mc",
     "pair",
     "threeregime.compute.landscape:linear_mode_connectivity",

@@ -10,7 +10,7 @@ import logging
 import pandas as pd
 
 from threeregime.analysis.adaptive import with_inferred
-from threeregime.analysis.advice import analyse
+from threeregime.analysis.advice import analyse, with_collapsed, without_collapsed
 from threeregime.analysis.boundaries import boundaries
 from threeregime.analysis.confidence import add_confidence
 from threeregime.analysis.uncertainty import uncertainty_draws
@@ -28,10 +28,11 @@ def classify_run(
 ) -> dict:
     """:func:`threeregime.analysis.advice.analyse` of the cells table (eps from the pooled noise
     of the per-pair ``observations``; None: from the cells' own spreads), each label's
-    probability and the boundaries from the draws of the uncertainty model, and on an adaptive
-    ``grid`` an inferred label for every cell not measured."""
-    draws = uncertainty_draws(observations, cfg)
-    result = add_confidence(analyse(cells, cfg), draws)
+    probability and the boundaries from the draws of the uncertainty model (collapsed cells left
+    out of both), and on an adaptive ``grid`` an inferred label for every cell not measured."""
+    result = analyse(cells, cfg)
+    draws = uncertainty_draws(without_collapsed(observations, result), cfg)
+    result = with_collapsed(add_confidence(result, draws))
     result["boundaries"] = boundaries(result["regimes"], draws, cfg.cka_metric, cfg.interval)
     thresholds = result["summary"]["thresholds"]
     if "unstable" in thresholds["cka_cut_source"]:

@@ -29,6 +29,7 @@ from threeregime.compute.checkpoints import (
 from threeregime.compute.environments import merge_environments
 from threeregime.compute.landscape import model_metrics, pair_metrics, summarize_test_error
 from threeregime.compute.models import init_model
+from threeregime.compute.prune import retrained_density
 from threeregime.compute.resume import ResumableJob, fingerprint, train_resumable
 from threeregime.compute.runtime import (
     Performance,
@@ -127,17 +128,20 @@ def rewind(spec_json: str, data_path: str, out: str, compute: Compute) -> None:
     log.info("kept the state at iteration %d (epoch %d of the replay)", step, epochs)
 
 
-def prune(spec_json: str, models: list[str], out: str) -> None:
+def prune(spec_json: str, models: list[str], out: str, data_path: str = "") -> None:
     """Prune the dense model (``models[0]``), or under iterative pruning the previous level's
-    retrained model (``models[1]``), to the spec's density; apply a lottery-ticket control."""
+    retrained model (``models[1]``), to the spec's density and granularity; apply a
+    lottery-ticket control. A method that calibrates on training inputs (Wanda) reads its first
+    ``calibration_samples`` from the dataset (``data_path``). Records each layer's kept count."""
     from threeregime.compute.prune import (
         apply_masks,
         check_nested,
         compute_masks,
-        layer_densities,
+        kept_counts,
         mask_density,
     )
     from threeregime.compute.tickets import control_seed, fresh_weights, random_masks
+    from threeregime.registry.pruning import CALIBRATION_SAMPLES, PRUNING_METHODS
 
     spec = PruneSpec.parse(spec_json)
     if len(models) > 2:
@@ -146,7 +150,16 @@ def prune(spec_json: str, models: list[str], out: str) -> None:
     previous = models[1] if len(models) == 2 else None  # iterative pruning: level l-1
     source = load(previous, "retrain") if previous else dense
     model = model_from(source, source=previous or models[0])
-    masks = compute_masks(model, spec.density, spec.method, spec.settings)
+    inputs = None
+    if spec.method in PRUNING_METHODS and PRUNING_METHODS[spec.method].calibration:
+        if not data_path:
+            raise ConfigError(f"prune: method {spec.method} calibrates on training samples; give --data")
+        samples = spec.settings[CALIBRATION_SAMPLES]
+        inputs, _ = next(load_dataset(data_path, "cpu", False).eval_batches("train", samples, samples))
+        log.info("calibration: the first %d training samples of %s", len(inputs), data_path)
+    masks = compute_masks(
+        model, spec.density, spec.method, spec.settings, spec.granularity, spec.min_layer_weights, inputs
+    )
     if previous:
         check_nested(masks, source["masks"], spec.method)
         log.info("level %d: pruning %s (level %d)", spec.level, previous, spec.level - 1)
@@ -160,16 +173,19 @@ def prune(spec_json: str, models: list[str], out: str) -> None:
     if control != "none":
         log.info("lottery-ticket control %s (seed %d)", control, seed)
     apply_masks(model, masks)
-    achieved = mask_density(masks)
-    log.info("pruned with %s to density %.5f (target %g)", spec.method, achieved, spec.density)
-    for name, value in layer_densities(masks).items():
-        log.info("  %-40s density %.4f", name, value)
+    achieved, kept = mask_density(masks), kept_counts(masks)
+    log.info("pruned with %s (%s) to density %.5f (target %g)", spec.method, spec.granularity,
+             achieved, spec.density)  # fmt: skip
+    for name, mask in masks.items():
+        size = mask.numel()
+        log.info("  %-40s kept %8d of %8d (density %.4f)", name, kept[name], size, kept[name] / size)
     payload = {key: dense[key] for key in ("model_cfg", "in_channels", "num_classes")}
     payload |= {
         "model": model.state_dict(),
         "environments": environments(source),
         "reinit": control == "reinit",  # weight rewinding then keeps these fresh weights
         "masks": masks,
+        "kept": kept,  # the density audit: weights each layer keeps
         "spec": json.loads(spec_json),
         "density_actual": achieved,
         "dense_history": dense["state"]["history"],  # the matching criterion's reference
@@ -218,11 +234,14 @@ def retrain(
         ],
     )
     finals = train_resumable(job, run_set, data, recipe, perf=perf)
+    from threeregime.compute.prune import nonzero_counts
+
     for pruned, (path, out, seed), final in zip(pruned_of_run, runs, finals):
         final.pop("optimizer")  # not needed downstream; the resume file held it
+        kept = nonzero_counts(final["model"], pruned["masks"], out)  # the density audit
         save_model(
             out, "retrain", final, pruned["model_cfg"], data, masks=pruned["masks"],
-            spec=record | {"seed": seed}, density_actual=pruned["density_actual"],
+            spec=record | {"seed": seed}, density_actual=pruned["density_actual"], kept=kept,
             environments=lineages[path], dense_history=pruned.get("dense_history"),
         )  # fmt: skip
     job.finished()
@@ -244,9 +263,12 @@ def pair(spec_json: str, data_path: str, a_path: str, b_path: str, labels: dict,
     model_b = model_from(b, device, perf, data.image, b_path)
     result = dict(labels)
     result["models"] = [
-        {"retrain_seed": result[f"seed_{side}"]} | model_metrics(payload, model, data, settings, perf)
-        for side, payload, model in (("a", a, model_a), ("b", b, model_b))
+        {"retrain_seed": result[f"seed_{side}"]}
+        | model_metrics(payload, model, data, settings, perf)
+        | retrained_density(payload, path)
+        for side, payload, model, path in (("a", a, model_a, a_path), ("b", b, model_b, b_path))
     ]
+    result["chance_error"] = 1 - 1 / data.num_classes  # a collapsed cell's test error
     result |= pair_metrics(model_a, model_b, a["model"], b["model"], data, settings, perf)
     if a.get("dense_history"):  # pruned before the dense history was kept: no matching verdict
         dense = summarize_test_error(a["dense_history"], settings.test_error_last)

@@ -5,7 +5,8 @@ temperature (bottom) to the hottest (top), so temperature rises upward whatever 
 epochs the top row is the fewest epochs, for batch size the smallest batch, for SAM the largest
 rho. Regime boundaries are drawn from the classification (``regimes.csv``), never by hand: a solid
 line along every cell edge between Regime I and Regime II (the LMC boundary, mc = -eps) and a
-dashed line between II-A and II-B (the CKA boundary).
+dashed line between II-A and II-B (the CKA boundary). A collapsed cell (no regime: its models
+are at chance) is grey and labelled in the regime map, and no boundary is drawn along its edges.
 """
 
 from __future__ import annotations
@@ -26,13 +27,14 @@ from matplotlib.patches import Patch  # noqa: E402
 
 from threeregime.analysis.advice import knob_action
 from threeregime.analysis.cells import temperature_order
-from threeregime.analysis.regimes import REGIMES  # noqa: E402
+from threeregime.analysis.regimes import COLLAPSED, REGIMES  # noqa: E402
 from threeregime.config.settings import PlotConfig, fmt_value  # noqa: E402
 from threeregime.io.files import save_figure  # noqa: E402
 from threeregime.registry.knobs import KNOBS  # noqa: E402
 from threeregime.registry.metrics import panels as registered_panels  # noqa: E402
 
-REGIME_COLORS = {"I": "#d62728", "II-A": "#ff9f1c", "II-B": "#2ca02c"}
+REGIME_COLORS = {"I": "#d62728", "II-A": "#ff9f1c", "II-B": "#2ca02c", COLLAPSED: "#b0b0b0"}
+LABELS = (*REGIMES, COLLAPSED)  # the regime map's categories
 BOUNDARY_STYLE = {
     "I": {"color": "black", "lw": 2.4, "ls": "-"},
     "II": {"color": "black", "lw": 2.0, "ls": (0, (4, 2))},
@@ -66,13 +68,18 @@ def boundary_segments(regimes: np.ndarray) -> list[tuple[str, tuple[float, float
     for r in range(rows):
         for c in range(cols):
             here = regimes[r, c]
-            if c + 1 < cols and here != regimes[r, c + 1]:
+            if c + 1 < cols and _between_regimes(here, regimes[r, c + 1]):
                 kind = "I" if "I" in (here, regimes[r, c + 1]) else "II"
                 segments.append((kind, (c + 0.5, c + 0.5), (r - 0.5, r + 0.5)))
-            if r + 1 < rows and here != regimes[r + 1, c]:
+            if r + 1 < rows and _between_regimes(here, regimes[r + 1, c]):
                 kind = "I" if "I" in (here, regimes[r + 1, c]) else "II"
                 segments.append((kind, (c - 0.5, c + 0.5), (r + 0.5, r + 0.5)))
     return segments
+
+
+def _between_regimes(a, b) -> bool:
+    """Two different regimes meet (a collapsed cell has no regime: no boundary along it)."""
+    return a != b and COLLAPSED not in (a, b)
 
 
 def draw_boundaries(ax, regimes: np.ndarray) -> None:
@@ -193,11 +200,11 @@ def regime_figure(
     training-metrics-only pick of the model selection (``selection``)."""
     knob = regimes["knob"].iloc[0]
     regime_grid, temps, densities = cell_grid(regimes, "regime")
-    codes = np.vectorize(REGIMES.index)(regime_grid)
-    cmap = ListedColormap([REGIME_COLORS[r] for r in REGIMES])
+    codes = np.vectorize(LABELS.index)(regime_grid)
+    cmap = ListedColormap([REGIME_COLORS[r] for r in LABELS])
     axes_size = (max(3.0, 0.9 * len(densities)), max(2.8, 0.55 * len(temps)))
     fig, ax = plt.subplots(figsize=(axes_size[0] + 4.4, axes_size[1] + 1.9))
-    ax.imshow(codes, origin="lower", cmap=cmap, vmin=-0.5, vmax=len(REGIMES) - 0.5, aspect="auto")
+    ax.imshow(codes, origin="lower", cmap=cmap, vmin=-0.5, vmax=len(LABELS) - 0.5, aspect="auto")
     stability = cell_grid(regimes, "stability")[0] if "stability" in regimes else None
     for (r, c), name in np.ndenumerate(regime_grid):
         text = name
@@ -207,6 +214,9 @@ def regime_figure(
     draw_boundaries(ax, regime_grid)
     _axes_labels(ax, knob, temps, densities, axes_size)
     handles = [Patch(color=REGIME_COLORS[r], label=f"Regime {r}") for r in REGIMES]
+    if (regime_grid == COLLAPSED).any():
+        label = "collapsed: test error at chance\nor no mc / CKA (no regime)"
+        handles.append(Patch(color=REGIME_COLORS[COLLAPSED], label=label))
     handles += mark_uncertain(ax, regimes)
     handles += draw_bands(ax, boundaries, temps, densities)
     handles += [Line2D([], [], label=BOUNDARY_LABEL[k], **BOUNDARY_STYLE[k]) for k in ("I", "II")]
@@ -218,7 +228,8 @@ def regime_figure(
                 continue
             best, rule = pick["best_temperature"].iloc[0], pick["rule_temperature"].iloc[0]
             ax.plot(c - 0.32, row_of[best] + 0.3, ms=11, gid="best", **STAR)
-            ax.plot(c + 0.32, row_of[rule] + 0.3, gid="pick", **PICK)
+            if rule in row_of:  # no pick where every cell of the density collapsed
+                ax.plot(c + 0.32, row_of[rule] + 0.3, gid="pick", **PICK)
         handles += [
             Line2D([], [], ls="", ms=11, label="lowest test error", **STAR),
             Line2D([], [], ls="", label="pick from training metrics", **PICK),

@@ -120,6 +120,22 @@ def prune_inputs(wildcards):
     return inputs
 
 
+def prune_data(wildcards):
+    """The dataset, for a method that calibrates on training samples (Wanda); none otherwise."""
+    return DATA if CFG.prune_calibrates else []
+
+
+# The prune command; a calibrating method adds --data, so every other config's command (and
+# Snakemake's record of it) stays as it was.
+PRUNE_COMMAND = (
+    "python -m threeregime prune --spec {params.spec:q} --dense {input.models}"
+    " --data {input.data} --out {output} > {log} 2>&1"
+    if CFG.prune_calibrates
+    else "python -m threeregime prune --spec {params.spec:q} --dense {input} --out {output}"
+    " > {log} 2>&1"
+)
+
+
 # Iterative pruning's levels that are links of the chain but not measured: only their first
 # retraining is needed (it is what the next level prunes).
 CHAIN_LINKS = [d for d in CFG.pruned_densities if d not in CFG.densities]

@@ -1,6 +1,7 @@
 rule prune:
     input:
-        prune_inputs,
+        models=prune_inputs,
+        data=prune_data,
     output:
         PRUNED,
     log:
@@ -12,5 +13,4 @@ rule prune:
     params:
         spec=lambda wc: to_json(CFG.prune_spec(wc.density)),
     shell:
-        "python -m threeregime prune --spec {params.spec:q} --dense {input} --out {output}"
-        " > {log} 2>&1"
+        PRUNE_COMMAND
