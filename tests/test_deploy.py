@@ -254,7 +254,8 @@ def test_a_deployed_project_runs_its_own_config_with_the_installed_package(deplo
     assert linked.resolve() == Path(imported).parent.resolve()  # jobs' PYTHONPATH: that package alone
     assert "Nothing to be done" in deployed.snakemake("-n").stdout
     # the catalog's check, in an environment where the package is installed and nothing else
-    assert "Congratulations" in deployed.snakemake("--lint", folder=deployed.clone).stdout
+    lint = deployed.snakemake("--lint", folder=deployed.clone)
+    assert "Congratulations, your workflow is in a good condition!" in lint.stdout + lint.stderr
     # the commands that look at a run read config/config.yaml here, as snakemake does
     for command, expected in (("status", "cells: # done 4"), ("cost", "dense_train")):
         looked = subprocess.run(
@@ -330,6 +331,30 @@ def test_no_shared_file_system_gives_the_shared_runs_results(deployed, tmp_path)
     assert len(cost[1]) == 19 and (cost[1]["device"] == "cpu").all()
     assert sorted(map(tuple, cost[1].values)) == sorted(map(tuple, cost[0].values))
     assert "Nothing to be done" in deployed.snakemake("-n", *storage, folder=project).stdout
+
+
+@pytest.mark.slow
+def test_an_adaptive_grid_without_a_shared_file_system_plans_as_with_one(tmp_path):
+    """Adaptive refinement reads each round's plan, and asks which cells an earlier run measured,
+    while Snakemake builds the DAG: under a storage provider too (plans stay local, cells are
+    looked up in storage). Same regime table as on a shared file system; a later invocation
+    with no local copies left has nothing to do."""
+    _rsync()
+    from .test_adaptive import _adaptive_config
+
+    config = _adaptive_config()
+    config["adaptive"]["rounds"] = 1
+    shared, project = write_config(tmp_path / "shared", config).parent, tmp_path / "project"
+    write_config(project, config)
+    storage = ["--default-storage-provider", "fs", "--default-storage-prefix", str(tmp_path / "store")]
+    snakemake(shared)
+    snakemake(project, *storage, "--shared-fs-usage", "none")
+    stored = tmp_path / "store" / "results" / "tiny"
+    for table in ("metrics.csv", "regimes.csv"):
+        assert (stored / table).read_bytes() == (shared / "results" / "tiny" / table).read_bytes(), table
+    assert sorted(p.name for p in (project / "results" / "tiny").rglob("*")) == ["adaptive", "round1.json"]
+    elsewhere = ["--local-storage-prefix", str(tmp_path / "fresh-copies")]
+    assert "Nothing to be done" in snakemake(project, "-n", *storage, *elsewhere).stdout
 
 
 def test_collect_declares_every_jobs_benchmark_under_a_storage_provider(tmp_path):
