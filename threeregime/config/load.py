@@ -28,6 +28,8 @@ from threeregime.config.settings import (
 )
 
 BASE_CONFIG = "config.yaml"  # the Snakefile's `configfile:`, relative to where snakemake starts
+# A project deployed with snakedeploy reads config/config.yaml first instead (config/README.md).
+DEPLOYED_CONFIG = "config/config.yaml"
 
 
 def merge_configs(*raws: dict) -> dict:
@@ -129,11 +131,14 @@ def load_config(raw: dict | str | Path, source: str | None = None, check_paths: 
     return cfg
 
 
-def load_overlays(configfiles: list[str], base: str = BASE_CONFIG) -> ExperimentConfig:
-    """The configuration a `snakemake --configfile A B` run uses: config.yaml, then each file
-    merged over it, as Snakemake merges them (for commands that look at a run from outside:
-    `threeregime cost`, `threeregime status`). Where the data lives does not matter to a look
-    at results: no data path check."""
+def load_overlays(configfiles: list[str], base: str | None = None) -> ExperimentConfig:
+    """The configuration a `snakemake --configfile A B` run uses: config.yaml (in a deployed
+    project config/config.yaml), then each file merged over it, as Snakemake merges them (for
+    commands that look at a run from outside: `threeregime cost`, `threeregime status`). Where
+    the data lives does not matter to a look at results: no data path check."""
+    if base is None:
+        deployed = not Path(BASE_CONFIG).exists() and Path(DEPLOYED_CONFIG).exists()
+        base = DEPLOYED_CONFIG if deployed else BASE_CONFIG
     files = [base, *configfiles]
     raw = merge_configs(*(read_config_file(path) for path in files))
     return load_config(raw, source=", ".join(files), check_paths=False)

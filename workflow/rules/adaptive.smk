@@ -10,6 +10,8 @@ from threeregime.config.experiment import coarse_cells
 ADAPTIVE = CFG.adaptive.enabled
 ADAPTIVE_SPEC = CFG.adaptive_spec()
 ADAPTIVE_GRID = CFG.adaptive_grid()
+# A round's plan; local(): it stays where snakemake runs, also under a storage provider
+# (see the checkpoint below).
 PLAN = f"{RES}/adaptive/round{{round}}.json"
 FINAL_PLAN = PLAN.format(round=CFG.adaptive.rounds)
 
@@ -53,25 +55,32 @@ def adaptive_round_input(wildcards):
     by the checkpoint's output, so named inputs would not exist)."""
     previous = int(wildcards.round) - 1
     metrics = planned_metrics(previous)
-    return metrics if previous == 0 else [PLAN.format(round=previous)] + metrics
+    return metrics if previous == 0 else [local(PLAN.format(round=previous))] + metrics
 
 
 def measured_on_disk(cells):
-    """The cells among ``cells`` whose every metrics file exists: measured by an earlier run,
-    whatever its plan (a larger budget, another grid), so they stay measured, never inferred.
-    """
-    return [cell for cell in cells if all(map(os.path.exists, cell_metrics([cell])))]
+    """The cells among ``cells`` whose every metrics file exists (on disk, or in the storage of
+    a storage provider): measured by an earlier run, whatever its plan (a larger budget, another
+    grid), so they stay measured, never inferred."""
+    return [cell for cell in cells if all(map(stored, cell_metrics([cell])))]
 
 
 def collected_metrics(wildcards):
     """collect's inputs: the whole grid, or the cells of the last adaptive round, every other
-    cell measured before (threeregime.stages.collect.metrics_paths keeps them) and the plan.
-    """
+    cell measured before (threeregime.stages.collect.metrics_paths keeps them) and the plan;
+    under a storage provider also the jobs' benchmarks and logs its cost table reads."""
     if not ADAPTIVE:
-        return all_metrics()
-    planned = planned_cells(CFG.adaptive.rounds)
-    earlier = [c for c in measured_on_disk(ADAPTIVE_GRID.cells()) if c not in planned]
-    return planned_metrics(CFG.adaptive.rounds) + cell_metrics(earlier) + [FINAL_PLAN]
+        cells = [(t, d) for t in CFG.temperatures for d in CFG.densities]
+        inputs, extra = all_metrics(), {}
+    else:
+        planned = planned_cells(CFG.adaptive.rounds)
+        earlier = [
+            c for c in measured_on_disk(ADAPTIVE_GRID.cells()) if c not in planned
+        ]
+        cells, extra = planned + earlier, plan_of(CFG.adaptive.rounds)["seeds"]
+        inputs = planned_metrics(CFG.adaptive.rounds) + cell_metrics(earlier)
+        inputs += [local(FINAL_PLAN)]
+    return inputs + (job_records(cells, extra) if STORAGE else [])
 
 
 # Extra command-line flags of collect and classify under adaptive refinement ("" otherwise, so
@@ -88,19 +97,20 @@ CLASSIFY_FLAGS = (
 if ADAPTIVE:
 
     # Planning a round reads metrics files and writes a small plan (seconds): bookkeeping that
-    # runs where snakemake runs, like collect and classify, never a queued cluster job.
-    localrules:
-        adaptive_round,
-
+    # runs where snakemake runs, like collect and classify, never a queued cluster job. Its plan
+    # stays there too, out of any storage provider: the next round and collect (local rules as
+    # well) read it, and so does Snakemake itself when it builds the DAG (planned_cells), which
+    # under a storage provider sees no stored file's contents.
     checkpoint adaptive_round:
         input:
             adaptive_round_input,
         output:
-            PLAN,
+            local(PLAN),
         log:
             f"{LOGS}/adaptive/round{{round}}.log",
         wildcard_constraints:
             round=r"\d+",
+        localrule: True
         conda:
             ENV
         params:

@@ -17,7 +17,7 @@ COST_PAGE = f"{RES}/tables/cost.html"  # written by collect (threeregime.views.c
 PHASE_PNG, *PHASE_OTHER = FIGURES["phase"]
 MAP_PNG, *MAP_OTHER = FIGURES["map"]
 CAPTIONS = "../report"
-FIGURES_CAT = "1. Figures"
+FIGURES_CAT = "1. Figures"  # subcategories: phase diagrams, regime maps, ...
 REGIMES_CAT = "2. Regimes"
 ADVICE_CAT = "3. Advice and model selection"
 DATA_CAT = "4. Data (CSV downloads)"
@@ -61,12 +61,22 @@ rule collect:
         ),
     log:
         f"{LOGS}/collect.log",
+    localrule: True
     conda:
         ENV
     params:
         # the file list is rebuilt from pattern x grid: thousands of paths exceed bash's
-        # argument limit
-        pattern=lambda wildcards: METRICS,
+        # argument limit. Under a storage provider the job sees local copies, so the pattern
+        # starts where they are (derived from the output there, which keeps it out of the
+        # params a shared-filesystem run records).
+        pattern=(
+            (
+                lambda wildcards, output: Path(output.cost).parent.as_posix()
+                + METRICS[len(RES) :]
+            )
+            if STORAGE
+            else (lambda wildcards: METRICS)
+        ),
         grid=to_json(CFG.metrics_axes()),
         results=lambda wildcards, output: str(Path(output.cost).parent),
     shell:
@@ -143,6 +153,7 @@ rule classify:
         ),
     log:
         f"{LOGS}/classify.log",
+    localrule: True
     conda:
         ENV
     params:
@@ -169,6 +180,7 @@ rule plot:
             PHASE_PNG,
             caption=f"{CAPTIONS}/phase_diagram.rst",
             category=FIGURES_CAT,
+            subcategory="Phase diagrams",
             labels={"name": "phase diagram"},
         ),
         phase_other=PHASE_OTHER,
@@ -176,11 +188,13 @@ rule plot:
             MAP_PNG,
             caption=f"{CAPTIONS}/regime_map.rst",
             category=FIGURES_CAT,
+            subcategory="Regime maps",
             labels={"name": "regime map"},
         ),
         map_other=MAP_OTHER,
     log:
         f"{LOGS}/plot.log",
+    localrule: True
     conda:
         ENV
     params:
@@ -205,6 +219,7 @@ if "esd" in FIGURES:
                 FIGURES["esd"][0],
                 caption=f"{CAPTIONS}/hessian_esd.rst",
                 category=FIGURES_CAT,
+                subcategory="Hessian eigenvalue density",
                 labels={"name": "Hessian eigenvalue density"},
             ),
             esd_other=FIGURES["esd"][1:],
@@ -229,6 +244,7 @@ if "instability" in FIGURES:
                 FIGURES["instability"][0],
                 caption=f"{CAPTIONS}/instability.rst",
                 category=FIGURES_CAT,
+                subcategory="Instability",
                 labels={"name": "instability"},
             ),
             other=FIGURES["instability"][1:],

@@ -1,3 +1,5 @@
+import hashlib
+import itertools
 import os
 import re
 import shlex
@@ -13,6 +15,7 @@ from threeregime.config.settings import ConfigError
 from threeregime.config.specs import grid_cells, to_json
 from threeregime.io import locks
 from threeregime.registry.metrics import panel_caption
+from threeregime.views.cost import GPU_RULES
 
 try:
     CFG = load_config(
@@ -41,7 +44,7 @@ if not (workflow.remote_exec or workflow.subprocess_exec):
 # The run lock of results/<run_name>, held until this process ends: a second live run of the
 # same results is refused here, before any job (hooks run only in the main process of a real
 # run, never in a dry run or inside a job).
-onstart:
+def start_run():
     try:
         locks.acquire_run(
             os.getcwd(),
@@ -52,8 +55,10 @@ onstart:
         raise WorkflowError(str(exc)) from None
 
 
-onsuccess:
+def end_run(succeeded):
     locks.release_run(os.getcwd(), CFG.run_name)
+    if not succeeded:
+        return
     from threeregime.stages.collect import mixed_environments_warning
 
     _mixed = mixed_environments_warning(f"results/{CFG.run_name}/summary.json")
@@ -61,8 +66,43 @@ onsuccess:
         logger.warning(_mixed)
 
 
+onstart:
+    start_run()
+
+
+onsuccess:
+    end_run(True)
+
+
 onerror:
-    locks.release_run(os.getcwd(), CFG.run_name)
+    end_run(False)
+
+
+def run_after(hook, ours):
+    """The deploying workflow's ``hook`` (Snakemake calls it with the log's path), preceded by
+    ``ours``."""
+
+    def chained(log):
+        ours()
+        hook(log)
+
+    return chained
+
+
+# Used as a module (snakedeploy writes `module threeregime: ...` and `use rule * from
+# threeregime`), Snakemake registers only the deploying Snakefile's hooks and would skip the
+# ones above: chain them onto that workflow's. (A hook the deploying Snakefile defines after its
+# `use rule` line replaces them; docs/cluster.md.)
+if not workflow.modifier.is_main_snakefile():
+    if all(hasattr(workflow, f"_on{name}") for name in ("start", "success", "error")):
+        workflow._onstart = run_after(workflow._onstart, start_run)
+        workflow._onsuccess = run_after(workflow._onsuccess, lambda: end_run(True))
+        workflow._onerror = run_after(workflow._onerror, lambda: end_run(False))
+    else:
+        logger.warning(
+            "this Snakemake cannot run a module's onstart hook: the run lock of"
+            f" results/{CFG.run_name} is not taken (two runs of it are not kept apart)"
+        )
 
 
 RES = f"results/{CFG.run_name}"
@@ -83,13 +123,57 @@ PRUNED = f"{RES}/pruned/{CELL}/model.pt"
 RETRAINED = f"{RES}/retrain/{CELL}/retrain{{rseed}}/model.pt"
 METRICS = f"{RES}/metrics/{CELL}/pair{{a}}-{{b}}.json"
 ENV = "../../envs/threeregime.yaml"
+# No shared filesystem (a default storage provider: Kubernetes, Google Batch, or
+# `--default-storage-provider fs` on one machine): Snakemake keeps every declared file in
+# storage, and a job sees local copies of its own declared files only (docs/cluster.md).
+STORAGE = workflow.storage_settings.default_storage_provider is not None
+
+
+def stored(path) -> bool:
+    """Whether a file of this workflow exists where Snakemake keeps it: on disk, or in the
+    default storage provider's storage, which os.path.exists does not see (and Snakemake's own
+    exists() cannot be called from an input function in Snakemake 9)."""
+    if not STORAGE:
+        return os.path.exists(path)
+    prefix = workflow.storage_settings.default_storage_prefix or ""
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"
+    query = f"{prefix}{os.path.normpath(path)}"
+    return workflow.storage_registry.default_storage_provider.object(query).exists()
+
+
+def job_pythonpath() -> str:
+    """Where jobs import threeregime from, also inside conda environments: the checkout these
+    rules are read from (a clone, or a module declared by a local path), else the package this
+    snakemake imported (a module read from GitHub or a git tag: the package installed beside
+    snakemake), linked alone into .snakemake/threeregime/python/ so that nothing else of the
+    folder it is installed in comes before a conda environment's own packages."""
+    import threeregime
+
+    rules_folder = workflow.current_basedir  # a path only when read from local files
+    if isinstance(rules_folder, os.PathLike):
+        checkout = Path(rules_folder).parents[1]
+        if (checkout / "threeregime" / "__init__.py").is_file():
+            return str(checkout)
+    package = Path(threeregime.__file__).resolve().parent
+    key = hashlib.sha256(str(package).encode()).hexdigest()[:16]
+    folder = Path.cwd() / ".snakemake" / "threeregime" / "python" / key
+    if not (folder / "threeregime").exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        link = folder / f".threeregime.{os.getpid()}.tmp"
+        link.unlink(missing_ok=True)
+        link.symlink_to(package, target_is_directory=True)
+        os.replace(link, folder / "threeregime")
+    return str(folder)
+
+
 # Runtime settings (device, threads, checkpoint interval, compile) and where CIFAR lives do not
 # change results, so they are not params (no rerun when they change); jobs read them from the
-# environment. The package is imported from this checkout, also inside conda environments.
+# environment, and the package from job_pythonpath().
 _EXPORTS = (
     f"export THREEREGIME_RUNTIME={shlex.quote(to_json(asdict(CFG.runtime)))}"
     f" THREEREGIME_DATA_LOCATION={shlex.quote(to_json(CFG.data_location()))}"
-    f" PYTHONPATH={shlex.quote(str(Path(workflow.basedir).parent))}${{PYTHONPATH:+:$PYTHONPATH}}; "
+    f" PYTHONPATH={shlex.quote(job_pythonpath())}${{PYTHONPATH:+:$PYTHONPATH}}; "
 )
 shell.prefix(_EXPORTS.replace("{", "{{").replace("}", "}}"))
 GPUS_PER_JOB = gpus_per_job(CFG.runtime.device)
@@ -176,6 +260,84 @@ RETRAIN_JOB = {
         "benchmark": f"{BENCH}/retrain/{KNOB}-{{temperature}}/seed{{seed}}/retrain.tsv",
     },
 }[CFG.runtime.retrain_pack]
+
+# Each compute rule's log and benchmark (threeregime.views.cost reads the benchmarks, and the logs
+# of the rules that run on runtime.device for the device).
+JOB_FILES = {
+    "prepare_data": (f"{LOGS}/prepare_data.log", f"{BENCH}/prepare_data.tsv"),
+    "dense_train": (
+        f"{LOGS}/dense/{DENSE_RUN}/seed{{seed}}.log",
+        f"{BENCH}/dense_train/{DENSE_RUN}/seed{{seed}}.tsv",
+    ),
+    "rewind": (
+        f"{LOGS}/rewind/{KNOB}-{{temperature}}/seed{{seed}}.log",
+        f"{BENCH}/rewind/{KNOB}-{{temperature}}/seed{{seed}}.tsv",
+    ),
+    "prune": (f"{LOGS}/prune/{CELL}.log", f"{BENCH}/prune/{CELL}.tsv"),
+    "retrain": (RETRAIN_JOB["log"], RETRAIN_JOB["benchmark"]),
+    "metrics": (
+        f"{LOGS}/metrics/{CELL}/pair{{a}}-{{b}}.log",
+        f"{BENCH}/metrics/{CELL}/pair{{a}}-{{b}}.tsv",
+    ),
+}
+
+
+def with_ancestors(start, parent):
+    """``start`` and every ancestor ``parent`` names (the epochs knob's earlier checkpoints, an
+    iterative pruning's earlier levels)."""
+    links = [start]
+    while (start := parent(start)) is not None:
+        links.append(start)
+    return links
+
+
+def job_records(cells, extra_seeds=None):
+    """The benchmark of every compute job the metrics of ``cells`` ((temperature, density)
+    pairs) are computed from, with every dense seed of the config and a cell's
+    ``extra_seeds`` ("t/d" -> seeds, an adaptive plan's replicates), and the log of each such job
+    that runs on runtime.device: what collect's cost table reads. Declared as collect's inputs
+    under a storage provider, where a job sees only its declared files."""
+    extra_seeds = extra_seeds or {}
+
+    def seeds_of(t, d):
+        return [str(s) for s in CFG.seeds.dense + extra_seeds.get(f"{t}/{d}", [])]
+
+    # pruned densities per (temperature, seed); the epochs knob's earlier checkpoints only train
+    densities = {
+        (a, s): set()
+        for t, d in cells
+        for s in seeds_of(t, d)
+        for a in with_ancestors(t, CFG.dense_parent)
+    }
+    for t, d in cells:
+        for s in seeds_of(t, d):
+            # a job packing a dense model's retrainings needs every density's pruned model
+            if CFG.runtime.retrain_pack == "temperature":
+                densities[(t, s)] |= set(CFG.densities)
+            densities[(t, s)] |= set(with_ancestors(d, CFG.prune_parent))
+    jobs = [("prepare_data", {})]
+    for t, s in sorted(densities):
+        model = {"temperature": t, "seed": s}
+        jobs.append(("dense_train", model))
+        if CFG.retrain.rewinds_weights:
+            jobs.append(("rewind", model))
+        for d in sorted(densities[(t, s)]):
+            jobs.append(("prune", model | {"density": d}))
+            measured = d in CFG.densities  # else a link of an iterative chain
+            for r in RETRAIN_SEEDS if measured else [str(CFG.chain_seed)]:
+                jobs.append(("retrain", model | {"density": d, "rseed": r}))
+    for t, d in cells:
+        for s, (a, b) in itertools.product(seeds_of(t, d), CFG.retrain_pairs):
+            jobs.append(
+                ("metrics", {"temperature": t, "density": d, "seed": s, "a": a, "b": b})
+            )
+    records = set()
+    for name, wildcards in jobs:
+        job_log, benchmark = JOB_FILES[name]
+        records.add(benchmark.format(**wildcards))
+        if name in GPU_RULES:
+            records.add(job_log.format(**wildcards))
+    return sorted(records)
 
 
 def retrain_rewind(wildcards):

@@ -6,9 +6,9 @@ rule metrics:
     output:
         METRICS,
     log:
-        f"{LOGS}/metrics/{CELL}/pair{{a}}-{{b}}.log",
+        JOB_FILES["metrics"][0],
     benchmark:
-        f"{BENCH}/metrics/{CELL}/pair{{a}}-{{b}}.tsv"
+        JOB_FILES["metrics"][1]
     conda:
         ENV
     threads: CFG.runtime.threads

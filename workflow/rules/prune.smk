@@ -5,9 +5,9 @@ rule prune:
     output:
         PRUNED,
     log:
-        f"{LOGS}/prune/{CELL}.log",
+        JOB_FILES["prune"][0],
     benchmark:
-        f"{BENCH}/prune/{CELL}.tsv"
+        JOB_FILES["prune"][1]
     conda:
         ENV
     params:

@@ -1,10 +1,16 @@
+# Cheap bookkeeping runs where snakemake runs, never as a cluster job (`localrule: True` here and
+# on collect, classify, plot and adaptive_round; per rule, so that it survives a deployment's
+# `use rule * from threeregime as ...`); on one machine this changes nothing. prepare_data only
+# converts the dataset (seconds) and may need the internet (data.download), which a login node
+# has and compute nodes often lack; data.root is read there too, never by a cluster job.
 rule prepare_data:
     output:
         DATA,
     log:
-        f"{LOGS}/prepare_data.log",
+        JOB_FILES["prepare_data"][0],
     benchmark:
-        f"{BENCH}/prepare_data.tsv"
+        JOB_FILES["prepare_data"][1]
+    localrule: True
     conda:
         ENV
     params:
@@ -20,9 +26,9 @@ rule dense_train:
     output:
         DENSE,
     log:
-        f"{LOGS}/dense/{DENSE_RUN}/seed{{seed}}.log",
+        JOB_FILES["dense_train"][0],
     benchmark:
-        f"{BENCH}/dense_train/{DENSE_RUN}/seed{{seed}}.tsv"
+        JOB_FILES["dense_train"][1]
     conda:
         ENV
     threads: CFG.runtime.threads
@@ -42,9 +48,9 @@ rule rewind:
     output:
         REWIND,
     log:
-        f"{LOGS}/rewind/{KNOB}-{{temperature}}/seed{{seed}}.log",
+        JOB_FILES["rewind"][0],
     benchmark:
-        f"{BENCH}/rewind/{KNOB}-{{temperature}}/seed{{seed}}.tsv"
+        JOB_FILES["rewind"][1]
     conda:
         ENV
     threads: CFG.runtime.threads
@@ -65,9 +71,9 @@ rule retrain:
     output:
         RETRAIN_JOB["outputs"],
     log:
-        RETRAIN_JOB["log"],
+        JOB_FILES["retrain"][0],
     benchmark:
-        RETRAIN_JOB["benchmark"]
+        JOB_FILES["retrain"][1]
     conda:
         ENV
     threads: CFG.runtime.threads
