@@ -190,7 +190,7 @@ def test_a_layer_left_too_few_weights_is_refused_for_every_method(monkeypatch):
 
     model = _model("cnn1d")
     alphas = dict.fromkeys(prunable_layers(model), 2.0) | {"features.3.weight": 40.0}
-    monkeypatch.setattr(spectra, "layer_alphas", lambda layers: alphas)
+    monkeypatch.setattr(spectra, "layer_alphas", lambda layers, xmin_rule: alphas)
     masks = compute_masks(model, 0.1, "alpha", {"alpha_epsilon": 0.9})
     assert int(masks["features.3.weight"].sum()) == 1  # the allocation's floor, allowed at 1
     with pytest.raises(PruneError) as info:

@@ -300,7 +300,7 @@ def job_records(cells, extra_seeds=None):
     extra_seeds = extra_seeds or {}
 
     def seeds_of(t, d):
-        return [str(s) for s in CFG.seeds.dense + extra_seeds.get(f"{t}/{d}", [])]
+        return [str(s) for s in [*CFG.seeds.dense, *extra_seeds.get(f"{t}/{d}", [])]]
 
     # pruned densities per (temperature, seed); the epochs knob's earlier checkpoints only train
     densities = {
