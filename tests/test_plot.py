@@ -148,11 +148,43 @@ def test_regime_map_legend_markers_and_boundaries():
     assert labels[:3] == ["Regime I", "Regime II-A", "Regime II-B"]
     assert "pick from training metrics" in labels and "lowest test error" in labels
     picks = {tuple(np.round(np.ravel(line.get_data()), 2)) for line in ax.lines if line.get_gid() == "pick"}
-    assert picks == {(0.32, 1.3), (1.32, 0.3)}  # density 0.1 at 20 epochs (row 1), 0.5 at 40
+    assert picks == {(0.32, 1.32), (1.32, 0.32)}  # density 0.1 at 20 epochs (row 1), 0.5 at 40
     texts = [t.get_text() for t in ax.texts]
     assert "I" in texts and "II-A\n(50%)" in texts and "II-B" in texts
     assert "mc < -0.02" in ax.get_title() and "CKA < 0.95" in ax.get_title()
     plt.close(fig)
+
+
+def test_boundary_intervals_are_drawn_where_the_table_puts_them():
+    """Each boundary's interval is a bar across its row from low to high (an end beyond the grid
+    runs to the edge), its estimate a diamond; in the regime map and every phase-diagram panel."""
+    boundaries = pd.DataFrame(
+        [
+            {"knob": "epochs", "temperature": 40, "boundary": "I|II", "density": np.sqrt(0.05),
+             "low": 0.1, "high": 0.5, "interval": 0.9},
+            {"knob": "epochs", "temperature": 20, "boundary": "II-A|II-B", "density": np.sqrt(0.05),
+             "low": np.nan, "high": 0.5, "interval": 0.9},
+        ]
+    )  # fmt: skip
+    figures = [regime_figure(_regimes(), PlotConfig(), None, boundaries)]
+    figures.append(phase_figure(_regimes(), PlotConfig(), boundaries=boundaries))
+    for fig in figures:
+        for ax in [a for a in fig.axes if a.get_images()]:  # heatmaps, not colour bars
+            bands = {
+                line.get_gid(): tuple(np.round(np.ravel(line.get_data()), 2))
+                for line in ax.lines
+                if (line.get_gid() or "").startswith(("band-", "estimate-"))
+            }
+            # rows: 40 epochs is row 0, 20 epochs row 1; bars sit below the row's centre
+            assert bands == {
+                "band-I|II": (0.0, 1.0, -0.42, -0.42),
+                "estimate-I|II": (0.5, -0.42),
+                "band-II-A|II-B": (-0.5, 1.0, 0.7, 0.7),  # no low end: from the grid's edge
+                "estimate-II-A|II-B": (0.5, 0.7),
+            }
+        plt.close(fig)
+    labels = [t.get_text() for t in figures[0].axes[0].get_legend().get_texts()]
+    assert "I | II boundary: estimate and 90% interval" in labels
 
 
 def test_figures_are_written_as_png_and_pdf(tmp_path):

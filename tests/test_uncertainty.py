@@ -51,8 +51,9 @@ def _p(draws, t, d, regime):
 
 
 def test_equal_noise_gives_the_pooled_t_probability_of_each_side_of_eps():
-    """12 cells with the same unit spread sd and 4 dense seeds: the noise is pooled (36 degrees of
-    freedom) and P(I) = P(true mean < -eps) = T_36((-eps - mean) / (sd / 2))."""
+    """12 cells with the same unit spread sd and 4 dense seeds: the noise is the trend's, flat here
+    (36 degrees of freedom less the trend's 2) and P(I) = P(true mean < -eps) =
+    T_34((-eps - mean) / (sd / 2))."""
     sd, n = 0.01, 4
     offsets = [-2, -1, -0.5, 0, 0.5, 1, 2, 3, -3, 1.5, -1.5, 0.25]
     cells = {}
@@ -62,22 +63,27 @@ def test_equal_noise_gives_the_pooled_t_probability_of_each_side_of_eps():
     draws = pooled_draws(_units_table(cells), FIXED, count=40000)
     assert draws.units == "dense seeds"
     for k, offset in enumerate(offsets):
-        expected = stats.t.cdf(offset, df=len(offsets) * (n - 1))
+        expected = stats.t.cdf(offset, df=len(offsets) * (n - 1) - 2)
         assert _p(draws, 10 + k, 0.5, "I") == pytest.approx(expected, abs=0.012), offset
         # connected draws are all II-B: CKA sits far above the cut with zero spread
         assert _p(draws, 10 + k, 0.5, "II-B") == pytest.approx(1 - expected, abs=0.012)
 
 
-def test_the_moderation_prior_recovers_planted_noise():
-    """Cell variances drawn around a common level s0^2 with d0 prior degrees of freedom, then
-    sampled with 3 degrees of freedom each: Smyth's estimates recover both."""
+def test_the_moderation_prior_recovers_a_planted_trend_and_spread():
+    """Cell variances drawn around a level that rises as exp(2 x) with a covariate x, with d0 prior
+    degrees of freedom, then sampled with 3 degrees of freedom each: the fitted prior levels
+    follow the planted trend and d0 is recovered."""
     rng = np.random.default_rng(5)
     s0, d0, d, cells = 0.02**2, 8.0, 3.0, 3000
-    true_var = s0 * d0 / rng.chisquare(d0, cells)
+    x = rng.uniform(-2, 1, cells)
+    true_var = s0 * np.exp(2 * x) * d0 / rng.chisquare(d0, cells)
     sample_var = true_var * rng.chisquare(d, cells) / d
-    prior_var, prior_dof = moderation_prior(sample_var, np.full(cells, d), float(sample_var.mean()))
-    assert prior_var == pytest.approx(s0, rel=0.1)
-    assert prior_dof == pytest.approx(d0, rel=0.3)
+    levels, prior_dof, residual_dof = moderation_prior(sample_var, np.full(cells, d), x)
+    assert np.median(levels / (s0 * np.exp(2 * x))) == pytest.approx(1.0, rel=0.1)
+    assert prior_dof == pytest.approx(d0, rel=0.3) and residual_dof == cells * d - 2
+    # without a trend to find, the level is flat
+    flat, _, _ = moderation_prior(s0 * rng.chisquare(d, cells) / d, np.full(cells, d), x)
+    assert flat.max() / flat.min() == pytest.approx(1.0, abs=0.1)
 
 
 def test_consistent_variances_pool_and_inconsistent_ones_are_moderated():
@@ -88,15 +94,15 @@ def test_consistent_variances_pool_and_inconsistent_ones_are_moderated():
     table = _units_table(quiet)
     units, _ = unit_table(table, "cka_softmax")
     cells = units.groupby(["knob", "temperature", "density"]).size().reset_index()
-    equal = noise(units, cells, "mc")
-    assert np.allclose(equal.variance, 0.01**2) and np.all(equal.dof == 12)
+    equal = noise(units, cells, "mc", "mc")
+    assert equal.shared and np.allclose(equal.variance, 0.01**2) and np.all(equal.dof == 11)
 
     rng = np.random.default_rng(2)
     mixed = {(t, 0.5): [(m, 0.95) for m in -0.2 + 0.01 * rng.standard_normal(3)] for t in range(10, 30)}
     mixed[(99, 0.5)] = [(m, 0.95) for m in _exact_units(-0.2, 0.2, 3)]
     units, _ = unit_table(_units_table(mixed), "cka_softmax")
     cells = units.groupby(["knob", "temperature", "density"]).size().reset_index()
-    moderated = noise(units, cells, "mc")
+    moderated = noise(units, cells, "mc", "mc")
     noisy = int(np.flatnonzero(cells["temperature"].to_numpy() == 99)[0])
     assert np.isfinite(moderated.dof[noisy]) and moderated.dof[noisy] > 2
     assert np.median(moderated.variance) < moderated.variance[noisy] < 0.2**2
@@ -146,20 +152,24 @@ def test_simulated_two_seed_grids_are_calibrated_where_the_bootstrap_is_overconf
     )
 
 
-def test_estimated_eps_moves_with_the_drawn_noise():
-    """eps_mode noise: each draw's eps is eps_z x the median standard error of its drawn noise, so a
-    cell at the point eps is a coin flip (a fixed eps would call it I or II sharply)."""
+def test_drawn_eps_follows_what_a_run_of_the_same_design_would_estimate():
+    """eps_mode noise: a draw's eps is the point rule (eps_z x the median over cells of a cell's
+    standard error) on spreads a run of the same design would see. With the noise known well (40
+    cells, 2 dense seeds each, one level), its distribution is the point rule's sampling
+    distribution, simulated here directly; a cell sitting at the point eps is a coin flip."""
     cfg = RegimeConfig(eps_mode="noise", eps=0.001, eps_z=2.0, cka_cut_mode="fixed", cka_cut=0.9)
-    sd, n = 0.02, 4
-    cells = {(t, 0.5): [(m, 0.95) for m in _exact_units(-0.5, sd, n)] for t in range(10, 20)}
-    point_eps = 2.0 * sd / np.sqrt(n)
-    cells[(99, 0.5)] = [(m, 0.95) for m in _exact_units(-point_eps, sd, n)]
+    sd, n, count = 0.02, 2, 40
+    rng = np.random.default_rng(8)
+    cells = {(t, 0.5): [(m, 0.95) for m in -0.5 + sd * rng.standard_normal(n)] for t in range(count)}
     draws = pooled_draws(_units_table(cells), cfg, 20000)
-    assert np.median(draws.eps) == pytest.approx(point_eps, rel=0.05)
-    # one noise level with 33 degrees of freedom: its standard deviation is about 1 / sqrt(2 x 30)
-    assert draws.eps.std() / np.median(draws.eps) == pytest.approx(1 / np.sqrt(66), rel=0.2)
-    assert _p(draws, 99, 0.5, "I") == pytest.approx(0.5, abs=0.05)
-    assert _p(draws, 10, 0.5, "I") == pytest.approx(1.0, abs=1e-9)
+    simulated = sd * rng.standard_normal((20000, count, n))
+    point = 2.0 * np.median(simulated.std(axis=2, ddof=1), axis=1) / np.sqrt(n)
+    for q in (5, 50, 95):
+        assert np.percentile(draws.eps, q) == pytest.approx(np.percentile(point, q), rel=0.12), q
+    at_eps = dict(cells) | {(99, 0.5): [(m, 0.95) for m in _exact_units(-np.median(draws.eps), sd, n)]}
+    again = pooled_draws(_units_table(at_eps), cfg, 20000)
+    assert _p(again, 99, 0.5, "I") == pytest.approx(0.5, abs=0.06)
+    assert _p(again, 10, 0.5, "I") == pytest.approx(1.0, abs=1e-9)
 
 
 def test_a_cka_split_over_too_few_connected_cells_uses_the_declared_cut_in_every_draw():

@@ -319,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("regimes", "robustness", "advice", "advice-cells", "selection", "boundaries", "summary"):
         p.add_argument(f"--{name}", required=True)
     p.add_argument("--html-dir", default="", help="also write <dir>/<table>.html views")
-    p.add_argument("--metrics", default="", help="metrics.csv: per-pair rows for the bootstrap")
+    p.add_argument("--metrics", default="", help="metrics.csv: per-pair rows for the label probabilities")
     p.add_argument("--grid", default="", help="JSON temperatures, densities, reference: infer the rest")
     p = command("adaptive-plan", cmd_adaptive_plan)
     p.add_argument("--round", type=int, required=True)

@@ -262,7 +262,7 @@ def compare_maps(full: pd.DataFrame, adaptive: pd.DataFrame) -> tuple[pd.DataFra
     """An adaptive regimes table against the full grid's: per cell both labels, whether the
     adaptive label was measured or inferred, and the full grid's own confidence there; and the
     agreement overall, on measured and on inferred cells, with the disagreements the full grid's
-    bootstrap already called uncertain (p_label below CONFIDENT, or unmeasured)."""
+    uncertainty model already called uncertain (p_label below CONFIDENT, or unmeasured)."""
     from threeregime.analysis.confidence import CONFIDENT
 
     keep = ["temperature", "density", "regime", "p_label", "confidence"]

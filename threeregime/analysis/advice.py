@@ -13,8 +13,8 @@ and the lowest sparse training loss).
 
 Collapsed cells (threeregime.analysis.cells.collapsed_cells) are set aside: no advice from one
 (``advice`` ``none``), never the selection's pick, no part in the thresholds, and outside the
-bootstrap (:func:`without_collapsed`); :func:`with_collapsed` puts them back into the regimes
-table, labelled ``collapsed``.
+label probabilities (:func:`without_collapsed`); :func:`with_collapsed` puts them back into the
+regimes table, labelled ``collapsed``.
 """
 
 from __future__ import annotations
@@ -225,7 +225,7 @@ def _mean(values: pd.Series) -> float | None:
 def analyse(cells: pd.DataFrame, cfg: RegimeConfig) -> dict:
     """Classification, robustness, advice and selection of one cells table, plus a summary.
     The regimes table holds the measured cells; the collapsed ones wait in ``collapsed`` (the
-    bootstrap of threeregime.analysis.confidence labels regimes only) for :func:`with_collapsed`."""
+    probabilities of threeregime.analysis.uncertainty label regimes only) for :func:`with_collapsed`."""
     regimes, thresholds = classify_cells(cells, cfg)
     robust = robustness(measured_cells(cells), cfg, thresholds)
     reference = cfg.reference_temperature
@@ -278,14 +278,14 @@ def analyse(cells: pd.DataFrame, cfg: RegimeConfig) -> dict:
         "advice_cells": per_cell,
         "selection": selection[picked].copy(),
         "summary": summary,
-        # set aside for the bootstrap: collapsed cells, and densities without a pick
+        # set aside for the label probabilities: collapsed cells, and densities without a pick
         "collapsed": {"regimes": collapsed, "selection": selection[~picked]},
     }
 
 
 def without_collapsed(observations: pd.DataFrame | None, result: dict) -> pd.DataFrame | None:
     """The per-pair observations of the cells :func:`analyse` did not set aside as collapsed
-    (the bootstrap's input; None when every cell collapsed: nothing to resample)."""
+    (the uncertainty model's input; None when every cell collapsed: nothing to draw)."""
     collapsed = result["collapsed"]["regimes"]
     if observations is None or collapsed.empty:
         return observations
@@ -296,7 +296,7 @@ def without_collapsed(observations: pd.DataFrame | None, result: dict) -> pd.Dat
 
 
 def with_collapsed(result: dict) -> dict:
-    """The collapsed cells back in the regimes table after the bootstrap (regime and
+    """The collapsed cells back in the regimes table after the label probabilities (regime and
     ``confidence`` ``collapsed``, no probabilities), in the cells table's order, the densities
     without a pick back in the selection, and the advice rows collapsed cells give marked."""
     collapsed = result.pop("collapsed")

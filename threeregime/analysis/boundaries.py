@@ -32,9 +32,10 @@ COLUMNS = ["knob", "temperature", "boundary", "low_side", "high_side", "density"
 COLUMNS += ["p_inside", "interval"]
 
 
-def _cut(upper: np.ndarray, rising: bool) -> int:
-    """Index b of the best step (cells before b one class, from b on the other): ``upper``
-    marks the cells of the class that lies high when ``rising``; ties go to the lowest b."""
+def _cuts(upper: np.ndarray, rising: bool) -> np.ndarray:
+    """Every index b of a best step (cells before b one class, from b on the other, the fewest
+    cells on the wrong side), ascending: ``upper`` marks the cells of the class that lies high
+    when ``rising``."""
     k = len(upper)
     ups = np.concatenate([[0], np.cumsum(upper)])  # upper cells among the first b
     b = np.arange(k + 1)
@@ -42,7 +43,7 @@ def _cut(upper: np.ndarray, rising: bool) -> int:
         wrong = ups + (k - b) - (ups[-1] - ups)  # upper below b, lower at or above b
     else:
         wrong = (b - ups) + (ups[-1] - ups)
-    return int(np.argmin(wrong))
+    return np.flatnonzero(wrong == wrong.min())
 
 
 def _log_position(b: int, log_d: np.ndarray, margin: np.ndarray, rising: bool) -> float:
@@ -59,8 +60,9 @@ def _log_position(b: int, log_d: np.ndarray, margin: np.ndarray, rising: bool) -
     return float((x0 + x1) / 2)
 
 
-def _row_boundary(labels: np.ndarray, margin: np.ndarray, log_d: np.ndarray, kind: str, rising=None):
-    """(log density, rising) of one boundary of one row; rising None: choose the orientation."""
+def _row_boundary(labels, margin, log_d, kind: str, rising=None, near: float | None = None):
+    """(log density, rising) of one boundary of one row; rising None: choose the orientation.
+    Equally good steps: the one nearest ``near`` (a draw: the point estimate), else the lowest."""
     if kind == "I|II":
         keep = np.ones(len(labels), dtype=bool)
         upper = labels != REGIME_I
@@ -73,11 +75,14 @@ def _row_boundary(labels: np.ndarray, margin: np.ndarray, log_d: np.ndarray, kin
     if rising is None:
         fits = {r: _errors(upper, r) for r in (True, False)}
         rising = fits[True] <= fits[False]
-    return _log_position(_cut(upper, rising), log_d, margin, rising), rising
+    positions = [_log_position(b, log_d, margin, rising) for b in _cuts(upper, rising)]
+    if near is None or math.isnan(near):
+        return positions[0], rising
+    return min(positions, key=lambda x: abs(np.clip(x, -1e9, 1e9) - np.clip(near, -1e9, 1e9))), rising
 
 
 def _errors(upper: np.ndarray, rising: bool) -> int:
-    b = _cut(upper, rising)
+    b = _cuts(upper, rising)[0]
     return int(upper[:b].sum() + (~upper[b:]).sum()) if rising else int((~upper[:b]).sum() + upper[b:].sum())
 
 
@@ -114,7 +119,8 @@ def boundaries(regimes: pd.DataFrame, draws: Draws | None, cka_metric: str, inte
                     margin = _margins(
                         draws.mc[r, columns], draws.cka[r, columns], draws.eps[r], draws.cut[r], kind
                     )
-                    position, _ = _row_boundary(draws.labels[r, columns], margin, log_d, kind, rising)
+                    labels_r = draws.labels[r, columns]
+                    position, _ = _row_boundary(labels_r, margin, log_d, kind, rising, point)
                     found.append(position)
             rows.append(_row(knob, temperature, kind, sides, point, np.array(found), interval))
     return pd.DataFrame(rows, columns=COLUMNS)

@@ -10,21 +10,25 @@ model (``regimes.uncertainty: pooled``):
   pruned model, so the independent units of a cell are its dense seeds: each unit is the mean of
   that dense seed's pairs. With a single dense seed in every cell the pairs are the units, and
   the noise of dense training goes unmeasured (the summary says so).
-* **Noise, pooled across the grid.** Each metric's noise is shared by the cells up to a
-  cell-to-cell spread; the cell means are not. Each cell's unit variance s2 (d = units - 1
-  degrees of freedom) is shrunk towards a common level s0^2 with d0 prior degrees of freedom,
-  both estimated from every cell's variance (empirical Bayes: Smyth 2004, limma's moderated t):
-  (d0 s0^2 + d s2) / (d0 + d). Where the cells' variances are consistent with one level (d0
-  infinite), every cell gets the pooled variance, with as many degrees of freedom as the grid
-  has replicates, and each draw draws that one level for all cells. A cell with a single unit
-  gets the common level: its label has a probability whenever some cell of the grid is
-  replicated.
-* **Draws.** Each draw takes every cell's mean from its posterior (a t distribution around the
-  observed mean, scale the moderated standard error of the mean), the grid's noise level from
-  its posterior (scaled inverse chi-square), derives eps from that level and the CKA cut from
-  the drawn connected cells exactly as the point estimate does (a split over fewer than
-  ``regimes.cka_split_min_cells`` cells falls back to ``regimes.cka_cut``), and labels every
-  cell. ``p_label`` is the share of draws that give a cell its label: threshold instability, a
+* **Noise, pooled across the grid.** How noisy a metric is depends on where the cell sits (a
+  deep barrier varies from seed to seed far more than no barrier, a CKA of 0.9 more than one of
+  0.9996), and is otherwise shared by the cells; the cell means are not. Each cell's unit
+  variance s2 (d = units - 1 degrees of freedom) is shrunk towards a prior level s0^2 with d0
+  prior degrees of freedom: (d0 s0^2 + d s2) / (d0 + d) (empirical Bayes: Smyth 2004, limma's
+  moderated t). The prior level is a log-linear trend in the cell's distance from where the
+  metric cannot vary (|mc| from 0, 1 - CKA from 1; limma-trend), fitted with d0 to every
+  replicated cell's variance. Where the variances scatter around the trend no more than
+  sampling explains (d0 infinite), every cell gets the trend's variance, known up to one factor
+  with as many degrees of freedom as the grid has replicates (less the trend's two), and each
+  draw draws that factor for all cells. A cell with a single unit gets the trend's level: its
+  label has a probability whenever enough cells of the grid are replicated.
+* **Draws.** Each draw takes every cell's noise from its posterior (scaled inverse chi-square),
+  its mean from a normal around the observed mean with that noise (together: a t distribution;
+  a drawn CKA above 1 is 1), derives eps as a run of the same design would estimate it (each
+  replicated cell's sample spread drawn around its drawn noise, then the point rule) and the CKA
+  cut from the drawn connected cells exactly as the point estimate does (a split over fewer
+  than ``regimes.cka_split_min_cells`` cells falls back to ``regimes.cka_cut``), and labels
+  every cell. ``p_label`` is the share of draws that give a cell its label: threshold instability, a
   split on a handful of cells, moves labels from draw to draw and lowers their probability.
 
 Assumptions: units are normal around their cell's true mean; cells are independent given the
@@ -82,21 +86,20 @@ class Draws:
 @dataclass(frozen=True)
 class Noise:
     """One metric's noise: per cell the observed mean, its units, the moderated unit variance
-    and its degrees of freedom; the grid's pooled variance; ``shared``: the cells' variances are
-    consistent with one level (then every cell has the pooled variance and degrees of freedom,
-    and a draw draws that one level for all cells)."""
+    and its degrees of freedom; the grid's residual degrees of freedom (0: nothing replicated);
+    ``shared``: the cells' variances are consistent with the trend alone (then each cell's
+    variance is the trend's, and a draw draws one factor for all cells)."""
 
     means: np.ndarray
     units: np.ndarray
     variance: np.ndarray
     dof: np.ndarray
-    pooled_variance: float
     pooled_dof: float
     shared: bool
 
     @property
     def replicated(self) -> bool:
-        return self.pooled_dof > 0
+        return self.pooled_dof > 0 and bool(np.isfinite(self.variance).all())
 
 
 def unit_table(observations: pd.DataFrame, cka_metric: str) -> tuple[pd.DataFrame, str]:
@@ -113,45 +116,65 @@ def unit_table(observations: pd.DataFrame, cka_metric: str) -> tuple[pd.DataFram
     return table, "dense seeds"
 
 
-def noise(units: pd.DataFrame, cells: pd.DataFrame, metric: str) -> Noise:
-    """The moderated noise of one metric, for ``cells`` (their CELL columns) in order."""
+# Where a metric has no room to vary, its noise vanishes: mc at 0 (no barrier), CKA at 1 (the
+# same function). The noise level follows the distance from there (on the demo the log variance
+# rises ~2.4x as fast as the log distance, for both), so the prior level is a trend in it.
+NOISE_COVARIATES = {
+    "mc": lambda means: np.log(np.abs(means) + 1e-3),
+    "cka": lambda means: np.log(np.clip(1 - means, 0, None) + 1e-4),
+}
+
+
+def noise(units: pd.DataFrame, cells: pd.DataFrame, metric: str, kind: str) -> Noise:
+    """The moderated noise of one metric (``kind``: mc or cka, its noise covariate), for
+    ``cells`` (their CELL columns) in order."""
     grouped = units.groupby(CELL, sort=True)[metric]
     stats = pd.DataFrame({"mean": grouped.mean(), "n": grouped.size(), "var": grouped.var(ddof=1)})
     stats = stats.reindex(pd.MultiIndex.from_frame(cells[CELL]))
-    n = stats["n"].to_numpy(float)
+    means, n = stats["mean"].to_numpy(float), stats["n"].to_numpy(float)
     own_dof = np.maximum(n - 1, 0)
     own_var = np.nan_to_num(stats["var"].to_numpy(float))
-    pooled_dof = float(own_dof.sum())
-    pooled_var = float((own_dof * own_var).sum() / pooled_dof) if pooled_dof else math.nan
-    prior_var, prior_dof = moderation_prior(own_var[own_dof > 0], own_dof[own_dof > 0], pooled_var)
+    levels, prior_dof, residual_dof = moderation_prior(own_var, own_dof, NOISE_COVARIATES[kind](means))
     shared = math.isinf(prior_dof)
     if shared:
-        variance = np.full(len(n), pooled_var)
-        dof = np.full(len(n), pooled_dof)
+        variance, dof = levels, np.full(len(n), residual_dof)
     else:
-        variance = (prior_dof * prior_var + own_dof * own_var) / (prior_dof + own_dof)
+        variance = (prior_dof * levels + own_dof * own_var) / (prior_dof + own_dof)
         dof = prior_dof + own_dof
-    return Noise(stats["mean"].to_numpy(float), n, variance, dof, pooled_var, pooled_dof, shared)
+    return Noise(means, n, variance, dof, residual_dof, shared)
 
 
-def moderation_prior(variances: np.ndarray, dofs: np.ndarray, pooled: float) -> tuple[float, float]:
-    """(s0^2, d0): the common level of the cells' variances and how many degrees of freedom it is
-    worth, from the spread of their logarithms (Smyth 2004); d0 is infinite, and s0^2 the pooled
-    variance, when the spread is no larger than sampling alone explains, or when fewer than
-    three cells are replicated."""
+def moderation_prior(
+    variances: np.ndarray, dofs: np.ndarray, covariate: np.ndarray
+) -> tuple[np.ndarray, float, float]:
+    """(s0^2 per cell, d0, residual degrees of freedom): the prior level of each cell's variance,
+    a log-linear trend in ``covariate`` (limma-trend), and how many degrees of freedom the prior
+    is worth, from the spread of the log variances around the trend (Smyth 2004). d0 is infinite
+    when that spread is no larger than sampling alone explains: every cell's variance is then
+    the trend's, known up to one factor with the residual degrees of freedom. A trend needs four
+    replicated cells, a spread three; with fewer, the pooled variance is the level everywhere."""
     from scipy.special import digamma, polygamma
 
-    positive = variances > 0
-    if positive.sum() < 3 or not np.isfinite(pooled) or pooled <= 0:
-        return pooled, math.inf
-    values, degrees = variances[positive], dofs[positive]
-    e = np.log(values) - digamma(degrees / 2) + np.log(degrees / 2)
-    spread = float(np.mean((e - e.mean()) ** 2) * len(e) / (len(e) - 1) - np.mean(polygamma(1, degrees / 2)))
-    if spread <= 0:
-        return pooled, math.inf
+    replicated = (dofs > 0) & (variances > 0)
+    total_dof = float(dofs.sum())
+    if replicated.sum() < 3:
+        pooled = float((dofs * variances).sum() / total_dof) if total_dof else math.nan
+        return np.full(len(variances), pooled), math.inf, total_dof
+    d, x = dofs[replicated], covariate[replicated]
+    e = np.log(variances[replicated]) - digamma(d / 2) + np.log(d / 2)
+    design = np.column_stack([np.ones_like(x), x]) if replicated.sum() >= 4 else np.ones((len(x), 1))
+    coef, _, rank, _ = np.linalg.lstsq(design, e, rcond=None)
+    residual = e - design @ coef
+    spread = float((residual**2).sum() / (len(e) - rank) - np.mean(polygamma(1, d / 2)))
+    full = np.column_stack([np.ones_like(covariate), covariate])[:, : design.shape[1]]
+    trend = full @ coef
+    residual_dof = max(total_dof - rank, 1.0)
+    if spread <= 0:  # one factor times the trend's shape: the pooled variance of the standardised cells
+        shape = np.exp(trend - trend.mean())
+        factor = float((dofs * variances / shape).sum() / total_dof)
+        return factor * shape, math.inf, residual_dof
     prior_dof = 2 * _inverse_trigamma(spread)
-    prior_var = float(np.exp(e.mean() + digamma(prior_dof / 2) - np.log(prior_dof / 2)))
-    return prior_var, prior_dof
+    return np.exp(trend + digamma(prior_dof / 2) - np.log(prior_dof / 2)), prior_dof, residual_dof
 
 
 def _inverse_trigamma(x: float) -> float:
@@ -176,7 +199,7 @@ def pooled_draws(observations: pd.DataFrame, cfg: RegimeConfig, count: int, seed
     """``count`` draws of the classification under the pooled noise model (module docstring)."""
     units, unit_kind = unit_table(observations, cfg.cka_metric)
     cells = units.groupby(CELL, sort=True).size().rename("n").reset_index()
-    mc, cka = noise(units, cells, "mc"), noise(units, cells, cfg.cka_metric)
+    mc, cka = noise(units, cells, "mc", "mc"), noise(units, cells, cfg.cka_metric, "cka")
     rng = np.random.default_rng(seed)
     shape = (count, len(cells))
     drawn, variance = {}, {}
@@ -185,15 +208,19 @@ def pooled_draws(observations: pd.DataFrame, cfg: RegimeConfig, count: int, seed
             drawn[name] = np.broadcast_to(metric.means, shape).copy()
             variance[name] = np.zeros(shape)
             continue
-        if metric.shared:  # one level for the whole grid, drawn once per draw
-            level = metric.pooled_variance * metric.pooled_dof / rng.chisquare(metric.pooled_dof, (count, 1))
-            variance[name] = np.broadcast_to(level, shape)
+        if metric.shared:  # the trend's level, one factor for the whole grid drawn per draw
+            factor = metric.pooled_dof / rng.chisquare(metric.pooled_dof, (count, 1))
+            variance[name] = factor * metric.variance
         else:  # each cell's moderated noise
             variance[name] = metric.variance * metric.dof / rng.chisquare(metric.dof, size=shape)
         drawn[name] = metric.means + np.sqrt(variance[name] / metric.units) * rng.standard_normal(shape)
+    drawn["cka"] = np.minimum(drawn["cka"], 1.0)  # a similarity: at most 1
     eps = np.full(count, cfg.eps)
-    if cfg.eps_mode == "noise" and mc.replicated:  # the point rule on the drawn noise
-        errors = np.sqrt(variance["mc"] / mc.units)[:, mc.units >= 2]
+    if cfg.eps_mode == "noise" and mc.replicated:  # the point rule on a run of the same design
+        replicated = mc.units >= 2
+        d = mc.units[replicated] - 1
+        sample = variance["mc"][:, replicated] * rng.chisquare(d, size=(count, int(replicated.sum()))) / d
+        errors = np.sqrt(sample / mc.units[replicated])
         eps = np.maximum(cfg.eps, cfg.eps_z * np.median(errors, axis=1))
     cut = np.array([_cut(drawn["mc"][r], drawn["cka"][r], eps[r], cfg) for r in range(count)])
     labels = _labels(drawn["mc"], drawn["cka"], eps, cut)

@@ -379,7 +379,7 @@ _scalar(
     "p_label",
     "cell",
     "threeregime.analysis.confidence:add_confidence",
-    "probability that the cell's regime label is right: the share of bootstrap resamples (dense "
-    "seeds, retrain seeds, thresholds re-derived) that give it the same regime.",
-    Panel("Label confidence (bootstrap)", "P(regime label is right)"),
+    "probability that the cell's regime label is right: the share of draws of the uncertainty "
+    "model (regimes.uncertainty; cell means, noise and thresholds drawn) that give it the same regime.",
+    Panel("Label probability", "P(regime label is right)"),
 )

@@ -49,8 +49,8 @@ def boundary_summary(table: pd.DataFrame) -> list[str]:
     """Each boundary as a sentence, e.g. 'epochs 160: I below density 0.08 [0.06, 0.11], II
     above'."""
 
-    def value(x) -> str:
-        return "beyond the grid" if pd.isna(x) else f"{x:.3g}"
+    def value(x, side: str) -> str:
+        return f"{side} the grid" if pd.isna(x) else f"{x:.3g}"
 
     lines = []
     for row in table.itertuples():
@@ -62,7 +62,7 @@ def boundary_summary(table: pd.DataFrame) -> list[str]:
         elif row.outside:
             lines.append(f"{head}: no {row.boundary} boundary (fewer than two cells to split)")
         else:
-            where = f"density {row.density:.3g} [{value(row.low)}, {value(row.high)}]"
+            where = f"density {row.density:.3g} [{value(row.low, 'below')}, {value(row.high, 'above')}]"
             lines.append(f"{head}: {row.low_side} below {where}, {row.high_side} above")
     return lines
 

@@ -42,8 +42,8 @@ BOUNDARY_STYLE = {
 # Markers: white star = lowest test error of a density; open circle = the model-selection pick.
 STAR = {"marker": "*", "color": "white", "mec": "black"}
 PICK = {"marker": "o", "ms": 8, "mfc": "none", "mec": "black", "mew": 1.6}
-# The bootstrap's probability that each label is right: with the boundaries drawn over it, this
-# panel shows which stretches of a boundary are uncertain.
+# Each label's probability of being right (threeregime.analysis.uncertainty): with the boundaries
+# drawn over it, this panel shows which stretches of a boundary are uncertain.
 BOUNDARY_LABEL = {
     "I": "boundary Regime I | II (LMC: mc = -eps)",
     "II": "boundary II-A | II-B (CKA = cut)",
@@ -202,7 +202,7 @@ def regime_figure(
     regime_grid, temps, densities = cell_grid(regimes, "regime")
     codes = np.vectorize(LABELS.index)(regime_grid)
     cmap = ListedColormap([REGIME_COLORS[r] for r in LABELS])
-    axes_size = (max(3.0, 0.9 * len(densities)), max(2.8, 0.55 * len(temps)))
+    axes_size = (max(3.0, 0.9 * len(densities)), max(2.8, 0.75 * len(temps)))
     fig, ax = plt.subplots(figsize=(axes_size[0] + 4.4, axes_size[1] + 1.9))
     ax.imshow(codes, origin="lower", cmap=cmap, vmin=-0.5, vmax=len(LABELS) - 0.5, aspect="auto")
     stability = cell_grid(regimes, "stability")[0] if "stability" in regimes else None
@@ -210,7 +210,7 @@ def regime_figure(
         text = name
         if stability is not None and stability[r, c] < 1:
             text += f"\n({stability[r, c]:.0%})"
-        ax.text(c, r, text, ha="center", va="center", fontsize=8, color="black")
+        ax.text(c, r + 0.06, text, ha="center", va="center", fontsize=8, color="black")
     draw_boundaries(ax, regime_grid)
     _axes_labels(ax, knob, temps, densities, axes_size)
     handles = [Patch(color=REGIME_COLORS[r], label=f"Regime {r}") for r in REGIMES]
@@ -227,9 +227,9 @@ def regime_figure(
             if pick.empty:
                 continue
             best, rule = pick["best_temperature"].iloc[0], pick["rule_temperature"].iloc[0]
-            ax.plot(c - 0.32, row_of[best] + 0.3, ms=11, gid="best", **STAR)
+            ax.plot(c - 0.32, row_of[best] + 0.32, ms=11, gid="best", **STAR)
             if rule in row_of:  # no pick where every cell of the density collapsed
-                ax.plot(c + 0.32, row_of[rule] + 0.3, gid="pick", **PICK)
+                ax.plot(c + 0.32, row_of[rule] + 0.32, gid="pick", **PICK)
         handles += [
             Line2D([], [], ls="", ms=11, label="lowest test error", **STAR),
             Line2D([], [], ls="", label="pick from training metrics", **PICK),
@@ -354,7 +354,8 @@ def instability_diagram(regimes: pd.DataFrame, stable_barrier: float, outputs: l
     plt.close(fig)
 
 
-BAND_STYLE = {"I|II": {"fc": (0, 0, 0, 0.2)}, "II-A|II-B": {"fc": (0.1, 0.25, 0.85, 0.2)}}
+# boundary bars sit in the lower part of a row: label in the middle, markers of the selection above
+BAND_STYLE = {"I|II": {"color": "black", "offset": -0.42}, "II-A|II-B": {"color": "#1f3fbf", "offset": -0.3}}
 
 
 def density_position(density: float, densities: list) -> float:
@@ -366,41 +367,49 @@ def density_position(density: float, densities: list) -> float:
 
 
 def draw_bands(ax, boundaries: pd.DataFrame | None, temps: list, densities: list) -> list:
-    """Each boundary's interval as a shaded stretch of its temperature's row (gid ``band-<kind>``)
-    and its estimate as a vertical stroke (gid ``estimate-<kind>``); an interval end beyond the
-    grid runs to the grid's edge. Returns legend handles."""
-    from matplotlib.patches import Rectangle
-
+    """Each boundary's interval as a bar across its temperature's row (gid ``band-<kind>``; an
+    end beyond the grid runs to the grid's edge, without a cap) and its estimate as a diamond on
+    it (gid ``estimate-<kind>``). Returns legend handles."""
     if boundaries is None or boundaries.empty:
         return []
     row_of = {float(t): i for i, t in enumerate(temps)}
-    edges = {"low": -0.5, "high": len(densities) - 0.5}
+    edges = (-0.5, len(densities) - 0.5)
     drawn = set()
     for b in boundaries.itertuples():
         r = row_of.get(float(b.temperature))
-        if r is None or not (np.isfinite(b.low) or np.isfinite(b.high) or np.isfinite(b.density)):
+        if r is None:
             continue
-        x0 = density_position(b.low, densities) if np.isfinite(b.low) else edges["low"]
-        x1 = density_position(b.high, densities) if np.isfinite(b.high) else edges["high"]
+        style = BAND_STYLE[b.boundary]
+        y = r + style["offset"]
         if np.isfinite(b.low) or np.isfinite(b.high):
-            ax.add_patch(
-                Rectangle((x0, r - 0.5), x1 - x0, 1, lw=0, gid=f"band-{b.boundary}", **BAND_STYLE[b.boundary])
-            )
+            x0 = density_position(b.low, densities) if np.isfinite(b.low) else edges[0]
+            x1 = density_position(b.high, densities) if np.isfinite(b.high) else edges[1]
+            ax.plot([x0, x1], [y, y], color=style["color"], lw=2.2, solid_capstyle="butt",
+                    gid=f"band-{b.boundary}")  # fmt: skip
+            for x, finite in ((x0, np.isfinite(b.low)), (x1, np.isfinite(b.high))):
+                if finite:
+                    ax.plot([x, x], [y - 0.07, y + 0.07], color=style["color"], lw=2.2)
             drawn.add(b.boundary)
         if np.isfinite(b.density):
             x = density_position(b.density, densities)
-            ax.plot([x, x], [r - 0.42, r + 0.42], color="black", lw=1.2, ls=":", gid=f"estimate-{b.boundary}")
+            ax.plot([x], [y], marker="D", ms=5, mfc="white", mec=style["color"], mew=1.5, ls="",
+                    gid=f"estimate-{b.boundary}")  # fmt: skip
+            drawn.add(b.boundary)
     interval = f"{boundaries['interval'].iloc[0]:.0%}"
-    handles = [
-        Patch(label=f"{interval} interval of the {kind.replace('|', ' | ')} boundary", **BAND_STYLE[kind])
+    return [
+        Line2D(
+            [],
+            [],
+            color=BAND_STYLE[kind]["color"],
+            lw=2.2,
+            marker="D",
+            ms=5,
+            mfc="white",
+            label=f"{kind.replace('|', ' | ')} boundary: estimate and {interval} interval",
+        )  # fmt: skip
         for kind in BAND_STYLE
         if kind in drawn
     ]
-    if boundaries["density"].notna().any():
-        handles.append(
-            Line2D([], [], color="black", lw=1.2, ls=":", label="boundary estimate (log-interpolated)")
-        )
-    return handles
 
 
 def mark_uncertain(ax, regimes: pd.DataFrame) -> list:
@@ -425,7 +434,7 @@ def mark_uncertain(ax, regimes: pd.DataFrame) -> list:
             ax.add_patch(Rectangle((c - 0.5, r - 0.5), 1, 1, gid="inferred", **marks["inferred"]))
         elif p is not None and p[r, c] < CONFIDENT:
             ax.add_patch(Rectangle((c - 0.5, r - 0.5), 1, 1, gid="uncertain", **marks["uncertain"]))
-            ax.text(c, r - 0.36, f"p={p[r, c]:.2f}", ha="center", va="center", fontsize=7)
+            ax.text(c, r - 0.18, f"p={p[r, c]:.2f}", ha="center", va="center", fontsize=7)
     if p is not None and (p < CONFIDENT).any():
         handles.append(
             Patch(label=f"label's probability < {CONFIDENT:.0%}: may differ with other seeds or machines",
