@@ -1,7 +1,7 @@
 """Regenerate docs/regime_map.png, the README's picture, from a finished demo run.
 
-It calls the workflow's own plot function on the run's tables (regimes.csv, selection.csv) and
-the demo's plot settings, at a lower resolution so the committed file stays small.
+It calls the workflow's own plot function on the run's tables (regimes.csv, selection.csv,
+boundaries.csv) and the demo's plot settings, at a lower resolution so the committed file stays small.
 
     snakemake                       # the embedded demo: results/demo/
     python docs/make_figures.py     # or: python docs/make_figures.py path/to/results/demo
@@ -26,13 +26,14 @@ def main() -> None:
     from threeregime.views.plot import regime_map
 
     results = Path(sys.argv[1]) if len(sys.argv) > 1 else REPO / "results" / "demo"
-    tables = [results / "regimes.csv", results / "selection.csv"]
+    tables = [results / "regimes.csv", results / "selection.csv", results / "boundaries.csv"]
     missing = [str(t) for t in tables if not t.is_file()]
     if missing:
         sys.exit(f"{', '.join(missing)} not found: run `snakemake` (the demo) first")
     cfg = replace(load_config(REPO / "config.yaml").plot, dpi=DPI)
     out = REPO / "docs" / "regime_map.png"
-    regime_map(pd.read_csv(tables[0]), cfg, [str(out)], pd.read_csv(tables[1]))
+    regimes, selection, boundaries = (pd.read_csv(t) for t in tables)
+    regime_map(regimes, cfg, [str(out)], selection, boundaries)
     print(f"wrote {out} ({out.stat().st_size / 1024:.0f} KiB)")
 
 
