@@ -171,14 +171,16 @@ def test_regimes_table_gets_flagged_inferred_rows():
 
 # ----------------------------------------------------------------------------- the workflow
 def _adaptive_config(densities=(0.2, 0.4, 0.6)) -> dict:
-    """3 temperatures x 3 densities; every cell connected (eps 1) and the CKA cut an Otsu split,
-    so the coarse cells always fall in two regimes and a round has boundary cells to add."""
+    """3 temperatures x 3 densities; every cell connected (eps 1) and the CKA cut an Otsu split
+    even of the 4 coarse cells, so they always fall in two regimes and a round has boundary cells
+    to add."""
     from .conftest import TINY_CONFIG
 
     config = copy.deepcopy(TINY_CONFIG)
     config["knob"]["values"] = [1, 2, 3]
     config["prune"]["densities"] = list(densities)
     config["regimes"] = {"eps_mode": "fixed", "eps": 1.0, "cka_cut_mode": "split", "bootstrap": 20}
+    config["regimes"]["cka_split_min_cells"] = 4
     config["adaptive"] = {"enabled": True, "rounds": 2, "budget": 1.0}
     return config
 

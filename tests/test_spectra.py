@@ -141,12 +141,12 @@ def test_alpha_pruning_and_the_alpha_metric_through_the_commands(tmp_path, tiny_
 
     tiny_config["train"]["epochs"] = 1
     tiny_config["knob"]["values"] = [1]
-    tiny_config["prune"] = {"method": "alpha", "densities": [0.3], "alpha_epsilon": 0.25}
+    tiny_config["prune"] = {"method": "alpha", "densities": [0.5], "alpha_epsilon": 0.25}
     tiny_config["metrics"]["weight_alpha"] = True
     cfg = load_config(tiny_config)
-    assert cfg.prune_spec("0.3") == {
+    assert cfg.prune_spec("0.5") == {
         "method": "alpha",
-        "density": 0.3,
+        "density": 0.5,
         "alpha_epsilon": 0.25,
         "alpha_xmin": "xmin_mid",
     }
@@ -157,15 +157,15 @@ def test_alpha_pruning_and_the_alpha_metric_through_the_commands(tmp_path, tiny_
     spec = json.dumps(cfg.dense_spec("1", 1))
     assert main(["dense", "--spec", spec, "--data", data, "--init", "", "--out", dense, *compute]) == 0
     assert (
-        main(["prune", "--spec", json.dumps(cfg.prune_spec("0.3")), "--dense", dense, "--out", pruned]) == 0
+        main(["prune", "--spec", json.dumps(cfg.prune_spec("0.5")), "--dense", dense, "--out", pruned]) == 0
     )
     payload = load_checkpoint(pruned, "pruned")
     sizes = {k: m.numel() for k, m in payload["masks"].items()}
-    assert payload["density_actual"] == pytest.approx(0.3, abs=len(sizes) / (2 * sum(sizes.values())))
+    assert payload["density_actual"] == pytest.approx(0.5, abs=len(sizes) / (2 * sum(sizes.values())))
     from threeregime.compute.checkpoints import model_from
 
     dense_layers = prunable_layers(model_from(load_checkpoint(dense, "dense")))
-    expected = alpha_densities(sizes, layer_alphas(dense_layers, "xmin_mid"), 0.3, 0.25)
+    expected = alpha_densities(sizes, layer_alphas(dense_layers, "xmin_mid"), 0.5, 0.25)
     assert {k: int(m.sum()) for k, m in payload["masks"].items()} == {
         k: round(expected[k] * sizes[k]) for k in sizes
     }
@@ -183,9 +183,9 @@ def test_alpha_pruning_and_the_alpha_metric_through_the_commands(tmp_path, tiny_
             str(seed),
         ]
         assert main([*args, *compute]) == 0
-    metrics = tmp_path / "metrics" / "1-0.3-1.json"
+    metrics = tmp_path / "metrics" / "1-0.5-1.json"
     metrics.parent.mkdir()
-    labels = ["knob=epochs", "temperature=1", "density=0.3", "dense_seed=1", "seed_a=1", "seed_b=2"]
+    labels = ["knob=epochs", "temperature=1", "density=0.5", "dense_seed=1", "seed_a=1", "seed_b=2"]
     flags = [x for label in labels for x in ("--label", label)]
     args = ["metrics", "--spec", json.dumps(cfg.metrics_spec()), "--data", data, "--a", retrained[0]]
     assert main([*args, "--b", retrained[1], *flags, "--out", str(metrics), *compute]) == 0

@@ -84,6 +84,43 @@ def cmd_cost(args) -> None:
         raise ConfigError(f"{folder}: no benchmarked job yet (benchmarks/ is empty or missing)")
     table = project(costs, measured_cfg, target)
     print(projection_report(table, f"{folder} ({len(costs)} jobs)", target.run_name))
+    if args.cores or args.profile:
+        print(wall_time_report(args, target, costs, table))
+
+
+def wall_time_report(args, target, costs, table) -> str:
+    """The expected wall time of the target at --cores N, or under a cluster profile's jobs."""
+    import pandas as pd
+    import yaml
+
+    from threeregime.config.load import results_dir
+    from threeregime.views.cost import job_units, read_local_costs
+    from threeregime.views.walltime import MODEL, dependencies, dry_run, job_seconds, simulate
+
+    cluster_jobs = 0
+    if args.profile:
+        profile = Path(args.profile) / "config.yaml"
+        try:
+            cluster_jobs = int(yaml.safe_load(profile.read_text())["jobs"])
+        except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError):
+            raise ConfigError(f"{profile}: expected a Snakemake profile with a 'jobs:' number") from None
+    try:
+        jobs, start_s = dry_run(args.configfile, remaining=args.remaining)
+    except RuntimeError as exc:
+        raise ConfigError(str(exc)) from None
+    rates = dict(zip(table["rule"], table["s_per_unit"]))
+    measured = pd.concat([costs, read_local_costs(results_dir(target))], ignore_index=True)
+    seconds = job_seconds(jobs, measured, rates, lambda rule, keys: job_units(target, rule, keys))
+    cores = args.cores or 1
+    makespan = simulate(jobs, dependencies(jobs), seconds, cores, cluster_jobs)
+    where = f"{cluster_jobs} cluster jobs at once ({args.profile})" if cluster_jobs else f"--cores {cores}"
+    what = "the jobs still to run" if args.remaining else "every job"
+    total = start_s + makespan
+    return (
+        f"\nexpected wall time of {what} ({len(jobs)}) at {where}: {total / 60:.1f} min "
+        f"(snakemake's start {start_s:.0f} s + jobs {makespan:.0f} s; summed job time "
+        f"{sum(seconds.values()) / 60:.1f} min)\nmodel: {MODEL}"
+    )
 
 
 def cmd_unlock(args) -> None:
@@ -267,6 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--measured-configfile", nargs="*", default=None,
         help="overlays naming the run whose jobs were measured (default: the target's own run)",
     )  # fmt: skip
+    p.add_argument("--cores", type=int, default=0, help="also the expected wall time at snakemake --cores N")
+    p.add_argument("--profile", default="", help="also the expected wall time under a cluster profile's jobs")
+    p.add_argument("--remaining", action="store_true", help="wall time of the jobs not done yet only")
     p = command("unlock", cmd_unlock, spec=False)
     p.add_argument("directory", nargs="?", default=".", help="the workflow's working directory")
     p.add_argument("--force", action="store_true", help="also remove locks recorded by another host")

@@ -124,6 +124,20 @@ def read_costs(results: Path, retrain_seeds: int = 1, densities: int = 1) -> pd.
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
+def read_local_costs(results: Path) -> pd.DataFrame:
+    """The benchmarks of the local bookkeeping jobs (collect, classify, plot, adaptive rounds:
+    ``benchmarks-local/<rule>.tsv``), one row per file, in :func:`read_costs`' columns."""
+    rows = []
+    for path in sorted((Path(results) / "benchmarks-local").glob("*.tsv")):
+        first = _benchmark(path)
+        if first is None:
+            continue
+        rule = "adaptive_round" if path.stem.startswith("adaptive-round") else path.stem
+        rows.append({"rule": rule, "runs": 1, "wall_s": float(first["s"]), "cpu_s": float(first["cpu_time"]),
+                     "max_rss_mb": float(first["max_rss"]), "device": "cpu"})  # fmt: skip
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
 def summarize(costs: pd.DataFrame) -> pd.DataFrame:
     """Per rule: jobs, wall and CPU hours, the largest max RSS, the devices seen."""
     grouped = costs.groupby("rule", sort=False)

@@ -108,6 +108,8 @@ if ADAPTIVE:
             local(PLAN),
         log:
             f"{LOGS}/adaptive/round{{round}}.log",
+        benchmark:
+            f"{BENCH}-local/adaptive-round{{round}}.tsv",
         wildcard_constraints:
             round=r"\d+",
         localrule: True

@@ -61,6 +61,8 @@ rule collect:
         ),
     log:
         f"{LOGS}/collect.log",
+    benchmark:
+        f"{BENCH}-local/collect.tsv",
     localrule: True
     conda:
         ENV
@@ -153,6 +155,8 @@ rule classify:
         ),
     log:
         f"{LOGS}/classify.log",
+    benchmark:
+        f"{BENCH}-local/classify.tsv",
     localrule: True
     conda:
         ENV
@@ -194,6 +198,8 @@ rule plot:
         map_other=MAP_OTHER,
     log:
         f"{LOGS}/plot.log",
+    benchmark:
+        f"{BENCH}-local/plot.tsv",
     localrule: True
     conda:
         ENV
@@ -225,6 +231,8 @@ if "esd" in FIGURES:
             esd_other=FIGURES["esd"][1:],
         log:
             f"{LOGS}/plot_esd.log",
+        benchmark:
+            f"{BENCH}-local/plot_esd.tsv",
         conda:
             ENV
         params:
@@ -250,6 +258,8 @@ if "instability" in FIGURES:
             other=FIGURES["instability"][1:],
         log:
             f"{LOGS}/plot_instability.log",
+        benchmark:
+            f"{BENCH}-local/plot_instability.tsv",
         conda:
             ENV
         params:
