@@ -262,7 +262,7 @@ def test_adaptive_run_then_a_new_density_reuses_every_measured_cell(tmp_path):
     # a lower budget plans fewer cells, but every cell measured before stays measured (its rows
     # exactly), and no cell job runs
     lower = _adaptive_config(densities=(0.2, 0.4, 0.6, 0.8))
-    lower["adaptive"]["budget"] = 0.3
+    lower["adaptive"]["budget"] = 0.6  # 7 units: above the coarse sub-grid's 6, below what was measured
     write_config(tmp_path, lower)
     third = jobs_in(run(tmp_path))
     assert not {j for j in third if j[0] in ("prune", "retrain", "metrics")}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -160,7 +161,7 @@ def watched(tmp_path_factory):
             run.wait(timeout=60)
         log.close()
     after = cli(folder, "status")
-    cost = cli(folder, "cost")
+    cost = cli(folder, "cost", "--cores", "2", "--remaining")
     return folder, before, during, after, cost, (folder / "run.log").read_text()
 
 
@@ -207,6 +208,13 @@ def test_cost_is_measured_per_job_and_projected(watched):
     assert cost.returncode == 0, cost.stderr
     assert "projected from the jobs measured in results/tiny (17 jobs)" in cost.stdout
     assert "assumes: each rule's time is linear in its units" in cost.stdout
+    # the wall time of what is left: the killed retraining, the metrics waiting for it, the analysis
+    line = next(x for x in cost.stdout.splitlines() if x.startswith("expected wall time"))
+    assert line.startswith("expected wall time of the jobs still to run (5) at --cores 2: "), line
+    start, jobs, summed = map(
+        float, re.findall(r"start (\d+) s \+ jobs (\d+) s; summed job time ([\d.]+) min", line)[0]
+    )
+    assert 0 < jobs <= summed * 60 + 1 and start > 0
 
 
 def test_status_plans_the_shared_dense_run_and_the_rewind_replays():

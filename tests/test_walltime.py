@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from threeregime.views.cost import COLUMNS, read_costs, read_local_costs
-from threeregime.views.walltime import Job, dependencies, job_seconds, parse_dry_run, simulate
+from threeregime.views.walltime import Job, dependencies, job_seconds, local_rules, parse_dry_run, simulate
 
 RECORDED = Path(__file__).parent / "data" / "recorded_demo"
 
@@ -57,6 +57,19 @@ def test_the_dry_run_gives_jobs_with_wildcards_threads_and_their_graph():
     ]  # fmt: skip
     assert jobs[1].wildcards == {"temperature": "20", "density": "0.1", "seed": "1"}
     assert dependencies(jobs) == {2: set(), 5: {2}, 7: {5}}
+
+
+def test_local_rules_are_read_from_the_rules_declarations(tmp_path):
+    (tmp_path / "a.smk").write_text(
+        "rule train:\n    output: 'x'\n    threads: 2\n\n\n"
+        "rule collect:\n    output: 'y'\n    localrule: True\n"
+    )
+    (tmp_path / "b.smk").write_text(
+        "if config.get('x'):\n\n    checkpoint round:\n        output: 'z'\n        localrule: True\n"
+        "\n\nrule plot:  # localrule: True in a comment is not a declaration\n    output: 'w'\n"
+    )
+    assert local_rules(tmp_path) == {"collect", "round"}
+    assert local_rules() == {"prepare_data", "collect", "classify", "plot", "adaptive_round"}
 
 
 def _job(jobid, rule="r", threads=1, local=False):

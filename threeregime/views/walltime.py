@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import heapq
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import pandas as pd
 
@@ -24,12 +25,14 @@ from threeregime.views.cost import KEYS
 MODEL = (
     "each job takes its measured seconds (or its rule's measured rate x its units); a job holds "
     "its threads (at most --cores) from start to end; ready jobs start when cores are free, "
-    "longest remaining chain first; on a cluster each job is its own allocation with no queue "
-    "wait; Snakemake's start is the dry run's own time"
+    "longest remaining chain first; on a cluster each job is its own allocation (job groups not "
+    "modelled) with no queue wait; Snakemake's start is the dry run's own time"
 )
 # Local analysis jobs with no benchmark of their own yet (runs from before they had one): assumed.
 LOCAL_DEFAULT_S = {"collect": 5.0, "classify": 30.0, "plot": 20.0}
 _JOB_HEAD = re.compile(r"^(local)?(rule|checkpoint) (\w+):$")
+_RULE_HEAD = re.compile(r"^\s*(?:rule|checkpoint) (\w+):", re.MULTILINE)
+WORKFLOW = Path(__file__).resolve().parents[2] / "workflow"
 _FIELD = re.compile(r"^    (\w+): (.*)$")
 
 
@@ -84,6 +87,20 @@ def parse_dry_run(text: str) -> list[Job]:
             current[name] = value.strip()
     close()
     return jobs
+
+
+def local_rules(rules_dir: Path = WORKFLOW / "rules") -> set[str]:
+    """The rules the workflow declares ``localrule: True`` (a dry run does not mark them; a run
+    on one machine marks every job local)."""
+    local = set()
+    for path in sorted(rules_dir.glob("*.smk")):
+        text = path.read_text()
+        heads = list(_RULE_HEAD.finditer(text))
+        for head, following in zip(heads, [*heads[1:], None]):
+            body = text[head.end() : following.start() if following else len(text)]
+            if re.search(r"^\s*localrule: True\s*$", body, re.MULTILINE):
+                local.add(head.group(1))
+    return local
 
 
 def dependencies(jobs: list[Job]) -> dict[int, set[int]]:
@@ -184,9 +201,8 @@ def dry_run(configfiles: list[str], workdir: str = ".", remaining: bool = False)
     import subprocess
     import sys
     import time
-    from pathlib import Path
 
-    snakefile = Path(__file__).resolve().parents[2] / "workflow" / "Snakefile"
+    snakefile = WORKFLOW / "Snakefile"
     command = [sys.executable, "-m", "snakemake", "-s", str(snakefile), "-n"]
     command += [] if remaining else ["-F"]
     if configfiles:
@@ -197,4 +213,8 @@ def dry_run(configfiles: list[str], workdir: str = ".", remaining: bool = False)
     if done.returncode != 0:
         tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
         raise RuntimeError(f"snakemake -n failed: {tail[0]}")
-    return parse_dry_run(done.stdout + done.stderr), seconds
+    local = local_rules()
+    jobs = [
+        replace(job, local=job.local or job.rule in local) for job in parse_dry_run(done.stdout + done.stderr)
+    ]
+    return jobs, seconds
