@@ -1,4 +1,5 @@
-"""Model zoo: a BatchNorm 1D CNN for MNIST-1D, PreResNet-20, ResNet-20 and VGG-16-BN for CIFAR.
+"""Model zoo: a BatchNorm 1D CNN for MNIST-1D, PreResNet-20, ResNet-20 and VGG-16-BN for CIFAR,
+LeNet-300-100 and LeNet-5 for 28x28 MNIST.
 
 Pruning acts on every convolution weight (first conv and 1x1 downsample convs included) and
 every Linear weight but the last Linear layer's, the classifier, which is never pruned, as in
@@ -11,11 +12,16 @@ from __future__ import annotations
 import importlib
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from threeregime.config.settings import ModelConfig
 from threeregime.registry.models import (
     CNN1D_PLANES,
+    LENET5_HIDDEN,
+    LENET5_PLANES,
+    LENET300_HIDDEN,
+    MNIST_PIXELS,
     MODELS,
     PRERESNET_PLANES,
     RESNET_PLANES,
@@ -194,6 +200,49 @@ class VGG(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.features(x).mean(dim=(2, 3)))
+
+
+class LeNet300(nn.Module):
+    """LeNet-300-100 (LeCun et al. 1998), Frankle & Carbin 2019's MNIST network: the flattened
+    28x28 image through fully connected layers of 300 and 100 ReLU units (times ``width``) to
+    the classes. Weights Gaussian Glorot as theirs, biases zero. Every layer acts per sample on
+    the flattened input, so the packed form (several runs in one module) is exact."""
+
+    def __init__(self, in_channels: int, num_classes: int, width: float = 1.0):
+        super().__init__()
+        h1, h2 = (scaled(h, width) for h in LENET300_HIDDEN)
+        self.fc1 = nn.Linear(in_channels * MNIST_PIXELS, h1)
+        self.fc2 = nn.Linear(h1, h2)
+        self.fc3 = nn.Linear(h2, num_classes)
+        for layer in (self.fc1, self.fc2, self.fc3):
+            nn.init.xavier_normal_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.fc1(x.flatten(1)))
+        return self.fc3(torch.relu(self.fc2(out)))
+
+
+class LeNet5(nn.Module):
+    """LeNet-5 for 28x28 images with ReLU and max pooling: conv 5x5 (6 channels, padding 2),
+    pool, conv 5x5 (16), pool, fc 400 -> 120 -> 84 -> classes (channels and units times
+    ``width``); torch's default initialisation."""
+
+    def __init__(self, in_channels: int, num_classes: int, width: float = 1.0):
+        super().__init__()
+        c1, c2 = (scaled(c, width) for c in LENET5_PLANES)
+        h1, h2 = (scaled(h, width) for h in LENET5_HIDDEN)
+        self.conv1 = nn.Conv2d(in_channels, c1, 5, padding=2)
+        self.conv2 = nn.Conv2d(c1, c2, 5)
+        self.fc1 = nn.Linear(c2 * 5 * 5, h1)
+        self.fc2 = nn.Linear(h1, h2)
+        self.fc3 = nn.Linear(h2, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.max_pool2d(torch.relu(self.conv1(x)), 2)
+        out = F.max_pool2d(torch.relu(self.conv2(out)), 2)
+        out = torch.relu(self.fc1(out.flatten(1)))
+        return self.fc3(torch.relu(self.fc2(out)))
 
 
 def preresnet20(in_channels: int, num_classes: int, width: float = 1.0) -> PreResNet:

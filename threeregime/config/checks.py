@@ -10,7 +10,15 @@ from pathlib import Path
 from threeregime.config.experiment import ExperimentConfig, coarse_cells
 from threeregime.config.schema import schema_file, section_fields, value_problem
 from threeregime.config.settings import ConfigError, DataConfig, Recipe, RetrainConfig, fmt_value, knob_value
-from threeregime.registry.datasets import cifar_folder, cifar_howto, cifar_missing, train_samples
+from threeregime.registry.datasets import (
+    DATASETS,
+    cifar_folder,
+    cifar_howto,
+    cifar_missing,
+    packaged_problem,
+    subset_problem,
+    train_samples,
+)
 from threeregime.registry.datasets import registry_problems as dataset_problems
 from threeregime.registry.knobs import KNOBS
 from threeregime.registry.knobs import registry_problems as knob_problems
@@ -97,6 +105,13 @@ def check_semantics(cfg: ExperimentConfig, source: str, check_paths: bool = True
         if missing:
             names = ", ".join(m.name for m in missing)
             fail("data.root", f"{folder} lacks {names} (torchvision's {cfg.data.name} layout); {howto}")
+    if DATASETS[cfg.data.name].packaged is not None:
+        problem = subset_problem(cfg.data.name, cfg.data.num_samples)
+        if problem:
+            fail("data.num_samples", problem)
+        problem = packaged_problem(cfg.data.name) if check_paths else None
+        if problem:
+            fail("data.name", problem)
     if cfg.metrics.hessian_trace_deflation > cfg.metrics.hessian_max_iter:
         fail(
             "metrics.hessian_trace_deflation",

