@@ -47,6 +47,8 @@ LM_CONFIG = {
 
 
 def _needs_transformers():
+    """Skip where transformers (the lm extra) is missing: the models need it, and so does the
+    validation of any config naming one."""
     pytest.importorskip("transformers", reason="the LM models need transformers: pip install -e '.[lm]'")
 
 
@@ -126,6 +128,7 @@ def test_windows_are_next_byte_pairs_evenly_spread_with_every_tenth_held_out():
 
 
 def test_a_corpus_with_another_checksum_is_refused_in_one_line(tmp_path, monkeypatch):
+    _needs_transformers()  # a config naming a LLaMA validates only with transformers
     tampered = tmp_path / "pystdlib.txt"
     tampered.write_bytes(PYSTDLIB.location.read_bytes().replace(b"def ", b"fed ", 1))
     problem = data_file_problem(PYSTDLIB, tampered)
@@ -149,6 +152,7 @@ def test_a_corpus_with_another_checksum_is_refused_in_one_line(tmp_path, monkeyp
 
 
 def test_windows_that_do_not_fit_the_corpus_are_refused_at_validation():
+    _needs_transformers()  # a config naming a LLaMA validates only with transformers
     with pytest.raises(ConfigError, match=r"data.num_samples: 40000 windows of 64 \+ 1 bytes do not fit"):
         load_config(_lm_config(data={"num_samples": 40000, "context_length": 64}))
 
@@ -165,6 +169,7 @@ def test_a_missing_transformers_is_one_line_saying_how_to_install_it(monkeypatch
 
 
 def test_a_llama_is_never_packed():
+    _needs_transformers()  # a config naming a LLaMA validates only with transformers
     with pytest.raises(
         ConfigError, match="runtime.retrain_pack: cell: llama_tiny has layers without a packed form"
     ):
@@ -202,6 +207,7 @@ def test_the_output_is_logits_per_position_in_cross_entropys_layout():
 
 # ----------------------------------------------------------------------------- the tokens knob
 def test_the_tokens_knob_reads_checkpoints_of_one_run():
+    _needs_transformers()  # a config naming a LLaMA validates only with transformers
     cfg = load_config(_lm_config())
     assert cfg.units_per_epoch() == 9 * 20 * 16
     assert cfg.temperatures == ["5760", "2880"]  # coldest (most tokens) first
@@ -226,6 +232,7 @@ def test_the_tokens_knob_reads_checkpoints_of_one_run():
     ],
 )
 def test_token_values_are_checked_in_one_line(change, message):
+    _needs_transformers()  # a config naming a LLaMA validates only with transformers
     with pytest.raises(ConfigError) as error:
         load_config(_lm_config(**change))
     assert str(error.value) == f"config: {message}"
@@ -240,6 +247,7 @@ def test_the_tokens_knob_needs_a_token_dataset(tiny_config):
 
 
 def test_cka_of_hidden_states_is_classified_only_when_measured():
+    _needs_transformers()  # a config naming a LLaMA validates only with transformers
     with pytest.raises(
         ConfigError, match=r"regimes.cka_metric: cka_hidden is measured only with metrics.cka_hidden: true"
     ):
