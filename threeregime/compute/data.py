@@ -24,7 +24,9 @@ from threeregime.config.settings import DataConfig
 from threeregime.registry.datasets import (
     CIFAR_LAYOUT,
     DATASETS,
+    VALIDATION_EVERY,
     cifar_howto,
+    data_file_problem,
     mnist5k_split,
     packaged_file,
     sha256_problem,
@@ -216,6 +218,47 @@ def load_mnist5k(cfg: DataConfig) -> dict:
         "image": True,
         "mean": mean,
         "std": std,
+        "augment": False,
+    }
+
+
+def corpus_windows(corpus: bytes, count: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``count`` windows of ``length`` + 1 bytes at offsets i * stride, stride = (n - 1) // count
+    (evenly spread over the corpus, never overlapping but for a window's last byte): inputs are
+    a window's first ``length`` bytes, targets its last ``length`` (each next byte). Both
+    (count, length) int64."""
+    stride = (len(corpus) - 1) // count
+    if stride < length:
+        raise DataError(
+            f"data.num_samples: {count} windows of {length} + 1 bytes do not fit a {len(corpus)}-byte corpus"
+        )
+    tokens = torch.frombuffer(bytearray(corpus), dtype=torch.uint8)
+    starts = torch.arange(count) * stride
+    windows = tokens[starts[:, None] + torch.arange(length + 1)].long()
+    return windows[:, :-1].contiguous(), windows[:, 1:].contiguous()
+
+
+def load_corpus(cfg: DataConfig) -> dict:
+    """A shipped byte-level corpus (its registry entry's file, checked against its sha256) as
+    next-byte prediction: data.num_samples windows of data.context_length bytes, every
+    VALIDATION_EVERY-th one (i % VALIDATION_EVERY == VALIDATION_EVERY - 1) the validation split,
+    which the tables call test. Vocabulary: the 256 byte values."""
+    (file,) = DATASETS[cfg.name].files
+    problem = data_file_problem(file)
+    if problem:
+        raise DataError(problem)
+    x, y = corpus_windows(file.location.read_bytes(), cfg.num_samples, cfg.context_length)
+    held_out = torch.arange(cfg.num_samples) % VALIDATION_EVERY == VALIDATION_EVERY - 1
+    return {
+        "train_x": x[~held_out],
+        "train_y": y[~held_out],
+        "test_x": x[held_out],
+        "test_y": y[held_out],
+        "num_classes": 256,
+        "in_channels": 1,
+        "image": False,
+        "mean": None,
+        "std": None,
         "augment": False,
     }
 

@@ -1,5 +1,7 @@
 """Loss and error of a model, or of every run of a packed model, over batches in eval mode: the
-per-epoch test error of training and the train loss and error of the metrics."""
+per-epoch test error of training and the train loss and error of the metrics. A sequence model
+(logits (batch, classes, positions), targets (batch, positions)) counts every position as one
+prediction: its loss is the mean over tokens, its error the fraction of tokens mispredicted."""
 
 from __future__ import annotations
 
@@ -25,11 +27,11 @@ def evaluate_runs(packed: Packed, batches, perf: Performance = Performance()) ->
     for x, y in batches:
         with perf.autocast(x.device):
             logits = packed.logits(packed.model(packed.replicate(x))).float()
-        targets = y.expand(packed.runs, -1)
-        batch_loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
+        targets = y.expand(packed.runs, *y.shape)
+        batch_loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(0, 1), reduction="none")
         batch_loss = batch_loss.view(packed.runs, -1).sum(1)
-        batch_errors = (logits.argmax(2) != targets).sum(1)
+        batch_errors = (logits.argmax(2) != targets).flatten(1).sum(1)
         loss_sum = batch_loss if loss_sum is None else loss_sum + batch_loss
         errors = batch_errors if errors is None else errors + batch_errors
-        count += len(y)
+        count += y.numel()
     return [(float(loss) / count, float(error) / count) for loss, error in zip(loss_sum, errors)]

@@ -1,5 +1,5 @@
 """Model zoo: a BatchNorm 1D CNN for MNIST-1D, PreResNet-20, ResNet-20 and VGG-16-BN for CIFAR,
-LeNet-300-100 and LeNet-5 for 28x28 MNIST.
+LeNet-300-100 and LeNet-5 for 28x28 MNIST, LLaMA-architecture causal LMs for byte-level corpora.
 
 Pruning acts on every convolution weight (first conv and 1x1 downsample convs included) and
 every Linear weight but the last Linear layer's, the classifier, which is never pruned, as in
@@ -10,6 +10,8 @@ which also gives the prunable shapes without torch (config validation).
 from __future__ import annotations
 
 import importlib
+import os
+from functools import cache
 
 import torch
 import torch.nn.functional as F
@@ -21,11 +23,13 @@ from threeregime.registry.models import (
     LENET5_HIDDEN,
     LENET5_PLANES,
     LENET300_HIDDEN,
+    LLAMA_PLANS,
     MNIST_PIXELS,
     MODELS,
     PRERESNET_PLANES,
     RESNET_PLANES,
     VGG16_LAYOUT,
+    LlamaPlan,
     scaled,
 )
 
@@ -251,6 +255,49 @@ def preresnet20(in_channels: int, num_classes: int, width: float = 1.0) -> PreRe
 
 def resnet20(in_channels: int, num_classes: int, width: float = 1.0) -> ResNet:
     return ResNet(in_channels, num_classes, depth=20, width=width)
+
+
+@cache
+def _causal_lm_class() -> type:
+    """Hugging Face's LlamaForCausalLM whose forward takes token ids and returns the logits as
+    (batch, vocabulary, positions): the layout cross-entropy takes, so the trainer, evaluation,
+    LMC and Hessian treat every position as one prediction with no special case. Parameter names
+    stay LLaMA's (model.layers.i.self_attn.q_proj ..., lm_head). transformers is imported here,
+    on first use: it is an optional dependency (the ``lm`` extra)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # built from a config: nothing to fetch
+    from transformers import LlamaForCausalLM
+
+    class CausalLM(LlamaForCausalLM):
+        def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+            return super().forward(input_ids=input_ids, use_cache=False).logits.transpose(1, 2)
+
+    return CausalLM
+
+
+def causal_lm(plan: LlamaPlan, vocabulary: int) -> nn.Module:
+    """A LLaMA decoder of ``plan``'s sizes, eager attention (SDPA has no double backward on the
+    CPU, which the Hessian needs), no dropout, untied embedding and lm_head, float32."""
+    from transformers import LlamaConfig
+
+    config = LlamaConfig(
+        vocab_size=vocabulary, hidden_size=plan.hidden, intermediate_size=plan.intermediate,
+        num_hidden_layers=plan.layers, num_attention_heads=plan.heads,
+        num_key_value_heads=plan.kv_heads, max_position_embeddings=4096, use_cache=False,
+        tie_word_embeddings=False, attn_implementation="eager",
+    )  # fmt: skip
+    return _causal_lm_class()(config).float()
+
+
+def llama_tiny(in_channels: int, num_classes: int, width: float = 1.0) -> nn.Module:
+    return causal_lm(LLAMA_PLANS["llama_tiny"].scaled(width), num_classes)
+
+
+def llama_small(in_channels: int, num_classes: int, width: float = 1.0) -> nn.Module:
+    return causal_lm(LLAMA_PLANS["llama_small"].scaled(width), num_classes)
+
+
+def llama_medium(in_channels: int, num_classes: int, width: float = 1.0) -> nn.Module:
+    return causal_lm(LLAMA_PLANS["llama_medium"].scaled(width), num_classes)
 
 
 def build_model(cfg: ModelConfig, in_channels: int, num_classes: int) -> nn.Module:

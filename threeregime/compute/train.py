@@ -268,9 +268,11 @@ def train_runs(
             with perf.autocast(device):
                 logits = packed.logits(step_forward(x))
                 losses = packed.losses(logits, y)
-            loss_sums += losses.detach() * y.shape[1]  # before SAM's second pass, which may
-            errors += (logits.detach().argmax(2) != y).sum(1)  # reuse the graph's output memory
-            seen += y.shape[1]
+            # predictions per run: a sample's one, or one per position of a sequence model
+            predictions = y[0].numel()  # (logits (R, B, classes, *positions), y (R, B, *positions))
+            loss_sums += losses.detach() * predictions  # before SAM's second pass, which may
+            errors += (logits.detach().argmax(2) != y).flatten(1).sum(1)  # reuse the graph's output
+            seen += predictions
             optimizer.zero_grad()
             losses.sum().backward()
             if recipe.optimizer == "sam":

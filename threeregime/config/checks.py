@@ -4,6 +4,7 @@ ConfigError line naming the file and the key (or the registry and the entry)."""
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from threeregime.registry.datasets import (
     cifar_folder,
     cifar_howto,
     cifar_missing,
+    data_file_problem,
     packaged_problem,
     subset_problem,
     train_samples,
@@ -22,6 +24,7 @@ from threeregime.registry.datasets import (
 from threeregime.registry.datasets import registry_problems as dataset_problems
 from threeregime.registry.knobs import KNOBS
 from threeregime.registry.knobs import registry_problems as knob_problems
+from threeregime.registry.metrics import METRICS
 from threeregime.registry.metrics import registry_problems as metric_problems
 from threeregime.registry.models import MODELS, layer_sizes, weight_shapes
 from threeregime.registry.models import registry_problems as model_problems
@@ -60,10 +63,13 @@ def check_semantics(cfg: ExperimentConfig, source: str, check_paths: bool = True
     if cfg.data.name not in MODELS[cfg.model.name].datasets:
         allowed = ", ".join(sorted(MODELS[cfg.model.name].datasets))
         fail("model.name", f"{cfg.model.name} needs data.name in {{{allowed}}}, got {cfg.data.name}")
+    check_model_and_data(cfg, fail, check_paths)
     knob = KNOBS[cfg.knob.name]
     for i, value in enumerate(cfg.knob.values):
         if knob.integer and not float(value).is_integer():
             fail(f"knob.values[{i}]", f"{value} must be a whole number for knob {cfg.knob.name}")
+        if knob.per_epoch is not None:
+            value = check_units_per_epoch(cfg, i, value, fail)
         section = "retrain" if knob.schedule == "retrain" else "train"
         problem = value_problem(section, knob.field, knob_value(knob, value))
         if problem:
@@ -90,9 +96,10 @@ def check_semantics(cfg: ExperimentConfig, source: str, check_paths: bool = True
         )
     if knob.schedule == "checkpoints":
         budget = getattr(cfg.train, knob.field)
-        too_long = [v for v in cfg.knob.values if v > budget]
+        too_long = [v for v in cfg.knob.values if cfg.checkpoint_epoch(fmt_value(v)) > budget]
         if too_long:
-            fail("knob.values", f"{knob.field} {too_long} exceed train.{knob.field}={budget}")
+            unit = f" ({fmt_value(budget * cfg.units_per_epoch())} {knob.name})" if knob.per_epoch else ""
+            fail("knob.values", f"{knob.field} {too_long} exceed train.{knob.field}={budget}{unit}")
     reference = cfg.regimes.reference_temperature
     if reference is not None and fmt_value(reference) not in cfg.temperatures:
         fail("regimes.reference_temperature", f"{fmt_value(reference)} is not one of the knob values")
@@ -134,6 +141,58 @@ def check_semantics(cfg: ExperimentConfig, source: str, check_paths: bool = True
             fail(key, f"{seed} is too large; seeds must be below 2**32 (NumPy's and MNIST-1D's limit)")
     check_batch_sizes(cfg, fail)
     check_colormap(cfg.plot.cmap, fail)
+    cka = cfg.regimes.cka_metric
+    if cka in METRICS and METRICS[cka].enabled_by and not cfg.metrics.option(METRICS[cka].enabled_by):
+        fail("regimes.cka_metric", f"{cka} is measured only with metrics.{METRICS[cka].enabled_by}: true")
+
+
+def check_model_and_data(cfg: ExperimentConfig, fail, check_paths: bool) -> None:
+    """The model's optional package is installed, its runs are packed only if it packs, and the
+    dataset's shipped files and its own settings check out."""
+    model = MODELS[cfg.model.name]
+    if model.requires is not None:
+        module, install = model.requires
+        if not _importable(module):
+            fail("model.name", f"{cfg.model.name} needs the optional package {module}: {install}")
+    if not model.packs and cfg.runtime.retrain_pack != "none":
+        fail(
+            "runtime.retrain_pack",
+            f"{cfg.runtime.retrain_pack}: {cfg.model.name} has layers without a packed form "
+            "(threeregime/compute/pack.py); set runtime.retrain_pack: none",
+        )
+    dataset = DATASETS[cfg.data.name]
+    for file in dataset.files if check_paths else ():
+        problem = data_file_problem(file)
+        if problem:
+            fail("data.name", f"{cfg.data.name}: {problem}")
+    problem = dataset.check(cfg.data) if dataset.check is not None else None
+    if problem:
+        fail(*problem)
+
+
+def _importable(module: str) -> bool:
+    """Whether ``module`` can be imported, found without importing it."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def check_units_per_epoch(cfg: ExperimentConfig, index: int, value, fail):
+    """A knob counted in units of the data (tokens): the data has them, and the grid value is a
+    whole number of epochs; returns that number of epochs."""
+    knob = cfg.knob_entry
+    per_epoch = cfg.units_per_epoch()
+    if not per_epoch:
+        fail("knob.name", f"the {knob.name} knob needs data made of {knob.name}; {cfg.data.name} has none")
+    epochs = value / per_epoch
+    if value <= 0 or not float(epochs).is_integer():
+        fail(
+            f"knob.values[{index}]",
+            f"{value} {knob.name} is not a whole number of epochs of {per_epoch} {knob.name} (the "
+            f"base recipe on this data); use multiples of {per_epoch}",
+        )
+    return int(epochs)
 
 
 def check_batch_sizes(cfg: ExperimentConfig, fail) -> None:

@@ -187,17 +187,30 @@ class ExperimentConfig:
             raise ValueError(f"the {self.knob.name} knob's rewind step is its temperature; name one")
         return knob_value(self.knob_entry, temperature)
 
-    def dense_stop_epoch(self, temperature: str | None) -> int | None:
-        """A checkpoints knob (epochs) stops each dense job at its temperature's epoch."""
-        return int(float(temperature)) if self.knob_entry.schedule == "checkpoints" else None
+    def units_per_epoch(self) -> int | None:
+        """A checkpoints knob counted in another unit (tokens): its units in one epoch of the base
+        recipe on this data (None: the knob counts epochs, or the data has no such unit)."""
+        per_epoch = self.knob_entry.per_epoch
+        return None if per_epoch is None else per_epoch(self.data, self.train)
 
-    def dense_parent(self, temperature: str | None) -> str | None:
-        """A checkpoints knob (epochs): the checkpoint at the previous grid epoch seeds this one."""
+    def checkpoint_epoch(self, temperature: str) -> float:
+        """The epoch of a checkpoints knob's grid value (a whole number for a valid config)."""
+        per_epoch = self.units_per_epoch()
+        return float(temperature) / per_epoch if per_epoch else float(temperature)
+
+    def dense_stop_epoch(self, temperature: str | None) -> int | None:
+        """A checkpoints knob (epochs, tokens) stops each dense job at its temperature's epoch."""
         if self.knob_entry.schedule != "checkpoints":
             return None
-        epochs = sorted(int(float(t)) for t in self.temperatures)
-        index = epochs.index(int(float(temperature)))
-        return None if index == 0 else str(epochs[index - 1])
+        return int(round(self.checkpoint_epoch(temperature)))
+
+    def dense_parent(self, temperature: str | None) -> str | None:
+        """A checkpoints knob: the checkpoint at the previous grid value seeds this one."""
+        if self.knob_entry.schedule != "checkpoints":
+            return None
+        values = sorted(self.temperatures, key=float)
+        index = values.index(temperature)
+        return None if index == 0 else values[index - 1]
 
     # ----- per-rule specs: exactly what changes each rule's output -----
     def performance_spec(self) -> dict:
@@ -286,7 +299,7 @@ class ExperimentConfig:
         reference = regimes["reference_temperature"]
         if reference is None:  # the base recipe's (or retraining's) own value of the knob's field
             owner = self.retrain if self.shared_dense else self.train
-            own = float(getattr(owner, self.knob_entry.field))
+            own = float(getattr(owner, self.knob_entry.field)) * (self.units_per_epoch() or 1)
             reference = own if own in grid else grid[0]
         regimes["reference_temperature"] = float(reference)
         return {"knob": self.knob.name, "regimes": regimes}

@@ -39,6 +39,7 @@ class DataConfig:
     num_samples: int = 5000
     generation_seed: int = 42
     augment: bool = True
+    context_length: int = 64
 
 
 @dataclass(frozen=True)

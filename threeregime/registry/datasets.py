@@ -3,7 +3,9 @@
 The schema's ``data.name`` enum, the data spec (which ``data.*`` keys define a dataset's
 content, so that changing another reruns nothing) and the training-set size that batch sizes are
 checked against derive from the entries. CIFAR's on-disk layout lives here too, so that a config
-naming a missing CIFAR folder is refused at validation, before torch is imported.
+naming a missing CIFAR folder is refused at validation, before torch is imported. A file shipped
+with the package that a loader reads (the byte-level corpus) is recorded with its sha256
+(:class:`DataFile`): a file with another checksum is refused at validation and by the loader.
 """
 
 from __future__ import annotations
@@ -35,6 +37,22 @@ CIFAR_LAYOUT = {
 }
 MNIST1D_TRAIN_SPLIT = 0.8  # mnist1d's make_dataset default: the first 80% of samples train
 CIFAR_TRAIN_SAMPLES = 50_000
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # the threeregime folder
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """A file shipped with the package that a loader reads: its path under the package folder,
+    its sha256, what it was built from (``sources``) and the licence file shipped beside it."""
+
+    path: str
+    sha256: str
+    sources: tuple[str, ...] = ()
+    licence: str = ""
+
+    @property
+    def location(self) -> Path:
+        return PACKAGE_ROOT / self.path
 
 
 @dataclass(frozen=True)
@@ -57,8 +75,12 @@ class Dataset:
     the DataConfig and returning the prepared payload (threeregime.compute.data).
     ``content_keys``: the data.* settings that define its content (the data spec; others rerun
     nothing). ``train_size``: the training split's size from data.num_samples, known before the
-    data exists (batch sizes are checked against it; None: unknown, not checked).
-    ``packaged``: the file an optional package ships, checked at validation (None: none)."""
+    data exists (batch sizes are checked against it; None: unknown, not checked). ``files``:
+    shipped files the loader reads, each checked against its sha256. ``sequence_key``: for a
+    dataset of token sequences, the data.* key holding each sample's length in tokens (its
+    targets are one class per token; the tokens knob counts through it). ``check``: the
+    dataset's own validation of the data settings: (data.* key, problem), or None. ``packaged``:
+    the file an optional package ships, checked at validation (None: none)."""
 
     name: str
     shape: tuple[int, int]
@@ -66,6 +88,9 @@ class Dataset:
     content_keys: tuple[str, ...]
     description: str
     train_size: Callable[[int], int] | None = None
+    files: tuple[DataFile, ...] = ()
+    sequence_key: str | None = None
+    check: Callable[[object], tuple[str, str] | None] | None = None
     packaged: PackagedFile | None = None
 
 
@@ -85,7 +110,7 @@ def registry_problems(data_fields: set[str]) -> list[str]:
         missing = reference_problem(d.loader, "loader")
         if missing:
             problems.append(f"{where}: {missing}")
-        for key in d.content_keys:
+        for key in (*d.content_keys, *([d.sequence_key] if d.sequence_key else [])):
             if key not in data_fields:
                 problems.append(f"{where}: content key {key!r} is not a data.* config key")
         packaged = d.packaged
@@ -96,6 +121,28 @@ def registry_problems(data_fields: set[str]) -> list[str]:
                 f"{where}: packaged must be a PackagedFile with a 64-digit SHA-256, got {packaged}"
             )
     return problems
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def data_file_problem(file: DataFile, path: str | Path | None = None) -> str | None:
+    """Why the shipped file (or ``path``, a copy of it) is not the registered one, or None."""
+    path = Path(path) if path is not None else file.location
+    if not path.is_file():
+        return f"{path}: missing (shipped with the package; restore it from the repository)"
+    actual = file_sha256(path)
+    if actual != file.sha256:
+        return (
+            f"{path}: sha256 {actual} is not the registered {file.sha256}; another file is "
+            "refused (restore the shipped file from the repository)"
+        )
+    return None
 
 
 def train_samples(data_name: str, num_samples: int) -> int | None:
@@ -208,6 +255,50 @@ def mnist5k_split(num_samples: int) -> tuple[int, int]:
     return per_class - test, test
 
 
+# ----------------------------------------------------------------------------- the byte-level corpus
+# Python 3.11.7's standard-library modules below, concatenated in this order, each after a line
+# "# ===== Lib/<path> =====" (tools/build_corpus.py; the sources differ per Python version, so the
+# built file is shipped and never rebuilt at run time). PSF licence: corpora/PYTHON-LICENSE.txt.
+PYSTDLIB_PYTHON = "3.11.7"
+PYSTDLIB_SOURCES = (
+    "abc.py", "argparse.py", "ast.py", "base64.py", "bisect.py", "calendar.py",
+    "collections/__init__.py", "colorsys.py", "configparser.py", "contextlib.py", "copy.py",
+    "csv.py", "dataclasses.py", "difflib.py", "enum.py", "fnmatch.py", "fractions.py",
+    "functools.py", "gettext.py", "glob.py", "graphlib.py", "heapq.py", "json/__init__.py",
+    "json/decoder.py", "json/encoder.py", "numbers.py", "operator.py", "pprint.py", "queue.py",
+    "random.py", "sched.py", "shlex.py", "statistics.py", "string.py", "textwrap.py",
+    "tokenize.py", "weakref.py",
+)  # fmt: skip
+PYSTDLIB = DataFile(
+    "corpora/pystdlib.txt",
+    "d8e893a8af0ae9d448e9bb72792af6909530845655e15e199662884b1c89cfa6",
+    PYSTDLIB_SOURCES,
+    "corpora/PYTHON-LICENSE.txt",
+)
+VALIDATION_EVERY = 10  # every 10th window of a corpus is a validation window
+
+
+def corpus_train_windows(num_samples: int) -> int:
+    """Training windows of a corpus cut into ``num_samples`` windows (the rest validate)."""
+    return num_samples - num_samples // VALIDATION_EVERY
+
+
+def corpus_fit_problem(data) -> tuple[str, str] | None:
+    """data.num_samples windows of context_length + 1 bytes must fit the corpus side by side."""
+    path = PYSTDLIB.location
+    if not path.is_file():
+        return None  # the checksum check names the missing file
+    size = path.stat().st_size
+    most = (size - 1) // data.context_length
+    if data.num_samples > most:
+        return (
+            "data.num_samples",
+            f"{data.num_samples} windows of {data.context_length} + 1 bytes do not fit the "
+            f"{size}-byte corpus side by side; at most {most} at context_length {data.context_length}",
+        )
+    return None
+
+
 register(
     Dataset(
         "mnist5k", (1, 10), "threeregime.compute.data:load_mnist5k",
@@ -216,5 +307,18 @@ register(
         "seeded 80/20 train/test split",
         train_size=lambda num_samples: 10 * mnist5k_split(num_samples)[0],
         packaged=MNIST5K,
+    )
+)  # fmt: skip
+
+
+register(
+    Dataset(
+        "pystdlib", (1, 256), "threeregime.compute.data:load_corpus",
+        ("name", "num_samples", "context_length"),
+        f"byte-level language modelling on Python {PYSTDLIB_PYTHON} standard-library source "
+        "(about 1 MB, shipped): data.num_samples windows of context_length bytes evenly spaced "
+        f"over it, every {VALIDATION_EVERY}th one validation; predict each next byte",
+        train_size=corpus_train_windows, files=(PYSTDLIB,), sequence_key="context_length",
+        check=corpus_fit_problem,
     )
 )  # fmt: skip

@@ -17,9 +17,11 @@ does not exist yet (dropout, say) needs that field first: docs/extending.md says
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from threeregime.registry.base import Registry
+from threeregime.registry.datasets import DATASETS
 
 SCHEDULES = {
     "checkpoints": "one dense run per seed; the checkpoint at each grid value is that temperature's model",
@@ -45,7 +47,10 @@ class Knob:
     in the knob's own words for (a larger value, a smaller value). ``integer``: grid values must
     be whole numbers. ``also_set``: other recipe fields every dense run of this knob sets (SAM's
     optimizer). ``budget``: a key of :data:`BUDGETS` the base recipe must use, or None.
-    ``retrain``: how retraining treats the field.
+    ``retrain``: how retraining treats the field. ``per_epoch`` (a checkpoints knob counted in
+    another unit than the epoch): the knob's units in one epoch of the base recipe on the
+    config's data, from (DataConfig, Recipe), or None where the data has no such unit; a grid
+    value is then that many units, a whole number of epochs.
     """
 
     name: str
@@ -60,6 +65,7 @@ class Knob:
     retrain: str
     also_set: dict = field(default_factory=dict)
     budget: str | None = None
+    per_epoch: Callable[[object, object], int | None] | None = None
 
     def advice(self, larger: bool) -> str:
         return self.words[0 if larger else 1]
@@ -96,6 +102,8 @@ def registry_problems(
             problems.append(f"{where}: schedule {knob.schedule!r} is not one of {sorted(SCHEDULES)}")
         if knob.schedule == "checkpoints" and knob.field != "epochs":
             problems.append(f"{where}: only the epochs field can be read from checkpoints of one run")
+        if knob.per_epoch is not None and knob.schedule != "checkpoints":
+            problems.append(f"{where}: per_epoch is for a knob read from checkpoints of one run")
         if knob.budget is not None and knob.budget not in BUDGETS:
             problems.append(f"{where}: budget {knob.budget!r} is not one of {sorted(BUDGETS)}")
         if knob.hotter not in (1, -1):
@@ -106,6 +114,18 @@ def registry_problems(
             if not (isinstance(getattr(knob, attribute), str) and getattr(knob, attribute).strip()):
                 problems.append(f"{where}: {attribute} is empty")
     return problems
+
+
+def tokens_per_epoch(data, recipe) -> int | None:
+    """Tokens one epoch trains on: the samples its steps take (all of them unless drop_last
+    drops a partial batch) times each sample's length in tokens; None for a dataset that is not
+    of token sequences (threeregime.registry.datasets: ``sequence_key``)."""
+    entry = DATASETS[data.name]
+    if entry.sequence_key is None or entry.train_size is None:
+        return None
+    samples = entry.train_size(data.num_samples)
+    used = recipe.steps_per_epoch(samples) * recipe.batch_size if recipe.drop_last else samples
+    return min(used, samples) * getattr(data, entry.sequence_key)
 
 
 # ----------------------------------------------------------------------------- the knobs
@@ -219,5 +239,22 @@ register(
         integer=True,
         retrain="weight rewinding (retrain.mode rewind_weights) to the grid value; one dense run "
         "per seed serves every rewind step",
+    )
+)
+register(
+    Knob(
+        name="tokens",
+        field="epochs",
+        schedule="checkpoints",
+        hotter=-1,
+        why="a language model stopped after fewer training tokens has descended less far into "
+        "the loss landscape (the epochs knob counted in tokens, its LM form)",
+        label="dense training tokens",
+        unit="tokens (whole epochs of the base recipe)",
+        words=("more training tokens", "fewer training tokens"),
+        integer=True,
+        retrain="rewinding replays the full base schedule",
+        budget="epochs",
+        per_epoch=tokens_per_epoch,
     )
 )

@@ -56,10 +56,11 @@ class Metric:
     column. ``weights_of`` (``pool_weights`` only): the ``pool`` metric whose samples these
     weights belong to.
 
-    ``compute`` (model metrics measured by their own function): ``module:function`` called by
-    the metrics job as ``function(model, data, settings)`` for each retrained model
-    (``settings``: the job's MetricsConfig), returning a dict of metric values (this metric's
-    and any it produces alongside). ``settings``: the ``metrics.*`` keys it owns;
+    ``compute`` (metrics measured by their own function): ``module:function`` called by the
+    metrics job as ``function(model, data, settings)`` for each retrained model (scope
+    ``model``), or ``function(model_a, model_b, data, settings)`` for each retrain pair (scope
+    ``pair``), with the job's MetricsConfig as ``settings``, returning a dict of metric values
+    (this metric's and any it produces alongside). ``settings``: the ``metrics.*`` keys it owns;
     ``enabled_by``: the boolean one that turns it on (None: always on)."""
 
     name: str
@@ -117,8 +118,8 @@ def registry_problems(core_fields: set[str] = frozenset()) -> list[str]:
         pooled = METRICS.get(m.weights_of)
         if m.aggregate == "pool_weights" and (pooled is None or pooled.aggregate != "pool"):
             problems.append(f"{where}: weights_of must name a registered pool metric")
-        if m.compute is not None and m.scope != "model":
-            problems.append(f"{where}: compute is for a model metric (scope model)")
+        if m.compute is not None and m.scope == "cell":
+            problems.append(f"{where}: compute is for a model or pair metric (a cell's is derived)")
         for field, reference in (("computed_by", m.computed_by), ("compute", m.compute)):
             missing = reference_problem(reference, field) if reference is not None else None
             if missing:
@@ -134,10 +135,14 @@ def registry_problems(core_fields: set[str] = frozenset()) -> list[str]:
     return problems
 
 
-def computed_metrics(enabled) -> list[Metric]:
-    """Model metrics with their own ``compute`` function that are on (``enabled(flag)``: the
-    value of a metrics.* flag)."""
-    return [m for m in METRICS.values() if m.compute and (m.enabled_by is None or enabled(m.enabled_by))]
+def computed_metrics(enabled, scope: str = "model") -> list[Metric]:
+    """Metrics of ``scope`` (model or pair) with their own ``compute`` function that are on
+    (``enabled(flag)``: the value of a metrics.* flag)."""
+    return [
+        m
+        for m in METRICS.values()
+        if m.compute and m.scope == scope and (m.enabled_by is None or enabled(m.enabled_by))
+    ]
 
 
 def compute_function(metric: Metric):
@@ -252,18 +257,29 @@ _scalar(
     "fraction of the prunable weights that are nonzero after retraining (the density audit: "
     "equal to density_actual, since retraining keeps pruned weights at zero).",
 )
-_scalar(
-    "mc",
-    "pair",
-    "threeregime.compute.landscape:linear_mode_connectivity",
-    "linear mode connectivity mc = m - e(u) of the two retrainings (negative: a loss barrier).",
-    Panel("LMC: mc = m - e(u)", "mc (train-error units; < 0: barrier)"),
-)
+register(
+    Metric(
+        "mc",
+        "pair",
+        "threeregime.compute.landscape:linear_mode_connectivity",
+        "linear mode connectivity mc = m - e(u) of the two retrainings (negative: a loss barrier).",
+        panel=Panel("LMC: mc = m - e(u)", "mc (train error, or loss: lmc_measure; < 0: barrier)"),
+        settings=(
+            Setting(
+                "lmc_measure", "error", {"enum": ["error", "loss"]},
+                "what mc and barrier measure along the linear path: the training error (the "
+                "paper's), or the training loss (a language model's, whose token error moves "
+                "little); mc's units, and so regimes.eps, follow",
+            ),
+        ),
+    )
+)  # fmt: skip
 _scalar(
     "barrier",
     "pair",
     "threeregime.compute.landscape:linear_mode_connectivity",
-    "largest rise of the training error above the line between the endpoints (Frankle et al. 2020).",
+    "largest rise of the training error (or loss: metrics.lmc_measure) above the line between "
+    "the endpoints (Frankle et al. 2020).",
 )
 _scalar(
     "dense_test_error",
@@ -285,6 +301,25 @@ _scalar(
     "threeregime.compute.landscape:output_similarity",
     "linear CKA of the two retrainings' logits.",
 )
+register(
+    Metric(
+        "cka_hidden",
+        "pair",
+        "threeregime.compute.landscape:hidden_similarity",
+        "linear CKA of the two retrainings' final hidden states: the input of the last Linear "
+        "layer (a language model's lm_head, one row per token; a CNN's pooled features).",
+        panel=Panel("CKA (final hidden states)", "linear CKA of the two retrainings"),
+        compute="threeregime.compute.landscape:hidden_similarity",
+        enabled_by="cka_hidden",
+        settings=(
+            Setting(
+                "cka_hidden", False, {"type": "boolean"},
+                "also measure cka_hidden, the linear CKA of the two retrainings' final hidden "
+                "states (the last Linear layer's input) on the cka_samples training samples",
+            ),
+        ),
+    )
+)  # fmt: skip
 _scalar(
     "hessian_top_eigenvalue",
     "model",
@@ -373,6 +408,34 @@ register(
         "alpha of each conv layer with at least 8 eigenvalues, in the model's layer order.",
         kind="vector",
         aggregate="elementwise",
+    )
+)
+register(
+    Metric(
+        "test_loss",
+        "model",
+        "threeregime.compute.landscape:perplexity_metrics",
+        "mean cross-entropy of the retrained model on the test split (a language model's "
+        "validation windows: nats per token).",
+        panel=Panel("Test loss", "cross-entropy (nats per prediction)"),
+        compute="threeregime.compute.landscape:perplexity_metrics",
+        enabled_by="perplexity",
+        settings=(
+            Setting(
+                "perplexity", False, {"type": "boolean"},
+                "also measure each retrained model's test loss and perplexity exp(test loss) "
+                "(a language model's validation loss per token)",
+            ),
+        ),
+    )
+)  # fmt: skip
+register(
+    Metric(
+        "perplexity",
+        "model",
+        "threeregime.compute.landscape:perplexity_metrics",
+        "exp(test loss): the perplexity of the retrained model on the test split.",
+        panel=Panel("Perplexity", "exp(test loss)", log=True),
     )
 )
 _scalar(

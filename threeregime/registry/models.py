@@ -14,7 +14,7 @@ the paper and the lottery-ticket papers never prune.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from threeregime.registry.base import Registry, reference_problem
 from threeregime.registry.datasets import DATASETS
@@ -39,13 +39,18 @@ class Model:
     """One model. ``builder``: ``module:function`` called as (in_channels, num_classes, width)
     returning the nn.Module (threeregime.compute.models). ``weight_shapes``: the shapes of its
     prunable weights by parameter name, in the module's order, from (width, in_channels),
-    without torch. ``datasets``: the datasets it is built for."""
+    without torch. ``datasets``: the datasets it is built for. ``packs``: every layer has a
+    packed form (threeregime.compute.pack), so its runs may share a job's model
+    (runtime.retrain_pack). ``requires``: an optional package the builder imports and how to
+    install it, (module, install command), checked at validation."""
 
     name: str
     builder: str
     weight_shapes: Callable[[float, int], dict[str, tuple[int, ...]]]
     datasets: tuple[str, ...]
     description: str
+    packs: bool = True
+    requires: tuple[str, str] | None = None
 
 
 MODELS: Registry[Model] = Registry("model")
@@ -190,3 +195,68 @@ register(
         "LeNet-5 for 28x28 images: two 5x5 convs (6, 16) with ReLU and 2x2 max pools, fc 120-84-10",
     )
 )  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- LLaMA causal LMs
+@dataclass(frozen=True)
+class LlamaPlan:
+    """A LLaMA decoder's sizes (Touvron et al. 2023; Hugging Face's LlamaConfig): model width,
+    MLP width, decoder layers, attention heads and key/value heads."""
+
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+    def scaled(self, width: float) -> LlamaPlan:
+        """``width`` times the head size (kept even: rotary embeddings rotate pairs) and the MLP
+        width (kept a multiple of 8, so that every row holds whole 2:4 and 4:8 groups)."""
+        head = 2 * scaled(self.head_dim // 2, width)
+        return replace(self, hidden=head * self.heads, intermediate=8 * scaled(self.intermediate // 8, width))
+
+
+LLAMA_PLANS = {
+    "llama_tiny": LlamaPlan(hidden=64, intermediate=176, layers=2, heads=4, kv_heads=4),
+    "llama_small": LlamaPlan(hidden=128, intermediate=352, layers=4, heads=4, kv_heads=4),
+    "llama_medium": LlamaPlan(hidden=384, intermediate=1024, layers=8, heads=6, kv_heads=6),
+}
+TRANSFORMERS_INSTALL = "pip install -e '.[lm]' (transformers 5.x)"
+
+
+def llama_shapes(plan: LlamaPlan, width: float) -> dict[str, tuple[int, ...]]:
+    """The prunable weights of a LLaMA decoder: every Linear of every block, with Hugging Face's
+    names (q_proj ... down_proj); the embedding and the lm_head (the last Linear) are kept."""
+    p = plan.scaled(width)
+    kv = p.kv_heads * p.head_dim
+    shapes = {}
+    for i in range(p.layers):
+        block = f"model.layers.{i}"
+        for name, shape in (
+            ("self_attn.q_proj", (p.hidden, p.hidden)),
+            ("self_attn.k_proj", (kv, p.hidden)),
+            ("self_attn.v_proj", (kv, p.hidden)),
+            ("self_attn.o_proj", (p.hidden, p.hidden)),
+            ("mlp.gate_proj", (p.intermediate, p.hidden)),
+            ("mlp.up_proj", (p.intermediate, p.hidden)),
+            ("mlp.down_proj", (p.hidden, p.intermediate)),
+        ):
+            shapes[f"{block}.{name}.weight"] = shape
+    return shapes
+
+
+for _name, _plan in LLAMA_PLANS.items():
+    register(
+        Model(
+            _name, f"threeregime.compute.models:{_name}",
+            lambda width, in_channels, plan=_plan: llama_shapes(plan, width), ("pystdlib",),
+            f"a LLaMA-architecture causal LM (Hugging Face's LlamaForCausalLM, eager attention): "
+            f"{_plan.layers} blocks, width {_plan.hidden}, {_plan.heads} heads, MLP {_plan.intermediate}; "
+            "the blocks' Linear layers are pruned, the embedding and lm_head kept",
+            packs=False, requires=("transformers", TRANSFORMERS_INSTALL),
+        )
+    )  # fmt: skip

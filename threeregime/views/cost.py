@@ -183,9 +183,10 @@ def job_units(cfg: ExperimentConfig, rule: str, keys: dict) -> float:
         )
     if rule == "dense_train":
         recipe = cfg.dense_recipe(keys.get("temperature"))
-        if cfg.knob.name == "epochs":  # each checkpoint trains on from the previous grid epoch
+        if cfg.knob_entry.schedule == "checkpoints":  # each trains on from the previous grid value
             parent = cfg.dense_parent(keys["temperature"])
-            return _samples(recipe, n_train, float(keys["temperature"]) - float(parent or 0))
+            start = cfg.dense_stop_epoch(parent) if parent else 0
+            return _samples(recipe, n_train, cfg.dense_stop_epoch(keys["temperature"]) - start)
         return _samples(recipe, n_train)
     if rule == "retrain":
         runs = retrain_runs(keys, len(cfg.seeds.retrain), len(cfg.densities))
