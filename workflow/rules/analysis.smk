@@ -19,19 +19,6 @@ MAP_PNG, *MAP_OTHER = FIGURES["map"]
 CAPTIONS = "../report"
 
 
-def run_folder(cost_csv):
-    """results/<run_name> (or its local copy under a storage provider), from the path of a
-    cost.csv, which sits there, or under setups/<name>/ with prune.setups."""
-    return Path(cost_csv).parents[2 if SETUPS else 0]
-
-
-def describe(wildcards, output):
-    """The run a job's figures and summary name (threeregime.config.experiment
-    .ExperimentConfig.description), as JSON; a function of the output, so a derived param.
-    """
-    return to_json(cfg_of(wildcards).description())
-
-
 FIGURES_CAT = "1. Figures"  # subcategories: phase diagrams, regime maps, ...
 REGIMES_CAT = "2. Regimes"
 ADVICE_CAT = "3. Advice and model selection"

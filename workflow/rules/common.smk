@@ -130,6 +130,19 @@ def cfg_of(wildcards):
     return SETUP_CFG[wildcards.setup] if SETUPS else CFG
 
 
+def run_folder(cost_csv):
+    """results/<run_name> (or its local copy under a storage provider), from the path of a
+    cost.csv, which sits there, or under setups/<name>/ with prune.setups."""
+    return Path(cost_csv).parents[2 if SETUPS else 0]
+
+
+def describe(wildcards, output):
+    """The run a job's figures and summary name (threeregime.config.experiment
+    .ExperimentConfig.description), as JSON; a function of the output, so a derived param.
+    """
+    return to_json(cfg_of(wildcards).description())
+
+
 def in_setup(path, setup):
     """``path`` with its setup wildcard filled in (unchanged without prune.setups)."""
     return path.replace("{setup}", setup) if SETUPS else path
