@@ -69,7 +69,14 @@ def test_local_rules_are_read_from_the_rules_declarations(tmp_path):
         "\n\nrule plot:  # localrule: True in a comment is not a declaration\n    output: 'w'\n"
     )
     assert local_rules(tmp_path) == {"collect", "round"}
-    assert local_rules() == {"prepare_data", "collect", "classify", "plot", "adaptive_round"}
+    assert local_rules() == {
+        "prepare_data",
+        "collect",
+        "classify",
+        "plot",
+        "adaptive_round",
+        "compare_setups",
+    }
 
 
 def _job(jobid, rule="r", threads=1, local=False):

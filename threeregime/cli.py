@@ -62,14 +62,15 @@ def cmd_validate(args) -> None:
 
 def cmd_status(args) -> None:
     from threeregime.config.load import load_overlays, results_dir
-    from threeregime.views.status import draw, read_status, terminal_grid
+    from threeregime.views.status import draw, read_status, setup_folders, terminal_grid
 
-    cfg = load_overlays(args.configfile)
-    cells, run = read_status(cfg)
-    print(terminal_grid(cfg, cells, run))
-    folder = Path(args.out) if args.out else results_dir(cfg)
-    for path in draw(cfg, cells, Path("."), folder):
-        print(f"wrote {path}")
+    run_cfg = load_overlays(args.configfile)
+    for cfg in run_cfg.setup_configs():  # each setup of prune.setups, or the run alone
+        cells, run = read_status(cfg)
+        print(terminal_grid(cfg, cells, run))
+        folder = (Path(args.out) if args.out else results_dir(cfg)) / setup_folders(cfg)[1]
+        for path in draw(cfg, cells, Path("."), folder):
+            print(f"wrote {path}")
 
 
 def cmd_cost(args) -> None:
@@ -201,7 +202,7 @@ def cmd_classify(args) -> None:
     cfg = regime_config_from_spec(json.loads(args.spec)["regimes"])
     outputs = {name: getattr(args, name) for name in TABLES}
     grid = Grid(**json.loads(args.grid)) if args.grid else None  # adaptive: infer the rest
-    classify(args.cells, args.metrics, cfg, outputs, args.summary, args.html_dir, grid)
+    classify(args.cells, args.metrics, cfg, outputs, args.summary, args.html_dir, grid, described(args))
 
 
 def cmd_adaptive_plan(args) -> None:
@@ -210,22 +211,48 @@ def cmd_adaptive_plan(args) -> None:
     plan(args.round, json.loads(args.spec), args.previous, args.metrics, args.out)
 
 
+def cmd_compare(args) -> None:
+    from threeregime.stages.compare import compare, run_folder
+
+    folders = [run_folder(run) for run in args.runs]
+    out = args.out or f"results/compare/{'-vs-'.join(Path(f).name for f in folders)}"
+    comparison = compare(folders, out)
+    t = comparison.thresholds
+    print(f"shared thresholds: eps {t.eps:.4g}, CKA cut {t.cka_cut:.4g} ({len(folders)} runs pooled)")
+    for pair in comparison.summary["pairs"]:
+        print(
+            f"{pair['run_a']} vs {pair['run_b']}: {pair['differing']} of {pair['common_cells']} shared cells "
+            f"differ, {pair['differing_confident']} of them with p >= {comparison.summary['confident_at']:g}"
+        )
+    print(
+        f"wrote {out}/comparison.csv, comparison_maps.png, comparison_difference.png, tables/comparison.html"
+    )
+
+
+def described(args) -> dict | None:
+    """--describe: what the run is (run, setup, knob, model, data, method), for titles and the
+    summary; None without it."""
+    return json.loads(args.describe) if args.describe else None
+
+
 def cmd_plot(args) -> None:
     from threeregime.stages.figures import regime_figures
 
-    regime_figures(args.spec, args.regimes, args.selection, args.boundaries, args.phase, args.map)
+    regime_figures(
+        args.spec, args.regimes, args.selection, args.boundaries, args.phase, args.map, described(args)
+    )
 
 
 def cmd_plot_esd(args) -> None:
     from threeregime.stages.figures import esd_figure
 
-    esd_figure(args.spec, args.regimes, args.out)
+    esd_figure(args.spec, args.regimes, args.out, described(args))
 
 
 def cmd_plot_instability(args) -> None:
     from threeregime.stages.figures import instability_figure
 
-    instability_figure(args.spec, args.regimes, args.out)
+    instability_figure(args.spec, args.regimes, args.out, described(args))
 
 
 # ----------------------------------------------------------------------------- parser
@@ -235,6 +262,7 @@ PEOPLE = {
     "cost": "measured cost of the jobs run so far and a projection for a whole config",
     "unlock": "remove a killed run's locks (refuses while a run there is live)",
     "fetch-data": "download CIFAR with torchvision (the only download threeregime does)",
+    "compare": "several runs' regime maps under shared thresholds, and where they differ (with p)",
 }
 STEPS = {
     "prepare-data": "prepare the dataset once (rule prepare_data)",
@@ -314,6 +342,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", choices=["cifar10", "cifar100"], default="cifar10")
     p.add_argument("--root", default="data")
 
+    p = command("compare", cmd_compare, spec=False)
+    p.add_argument(
+        "runs", nargs="+", metavar="RUN",
+        help="run folders (results/<run_name>, results/<run_name>/setups/<name>) or run names; "
+        "the first is the reference",
+    )  # fmt: skip
+    p.add_argument("--out", default="", help="folder for the comparison (default: results/compare/A-vs-B)")
+
     p = command("prepare-data", cmd_prepare_data)
     p.add_argument(
         "--location",
@@ -361,6 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--html-dir", default="", help="also write <dir>/<table>.html views")
     p.add_argument("--metrics", default="", help="metrics.csv: per-pair rows for the label probabilities")
     p.add_argument("--grid", default="", help="JSON temperatures, densities, reference: infer the rest")
+    p.add_argument(
+        "--describe", default="", help="JSON: the run, setup, knob, model, data and method titles name"
+    )
     p = command("adaptive-plan", cmd_adaptive_plan)
     p.add_argument("--round", type=int, required=True)
     p.add_argument("--previous", default="", help="the previous round's plan (none: the coarse grid)")
@@ -372,12 +411,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--boundaries", default="", help="boundaries.csv: draw each boundary's interval")
     p.add_argument("--phase", nargs="+", required=True)
     p.add_argument("--map", nargs="+", required=True)
+    p.add_argument(
+        "--describe", default="", help="JSON: the run, setup, knob, model, data and method titles name"
+    )
     p = command("plot-esd", cmd_plot_esd)
     p.add_argument("--regimes", required=True)
     p.add_argument("--out", nargs="+", required=True)
+    p.add_argument(
+        "--describe", default="", help="JSON: the run, setup, knob, model, data and method titles name"
+    )
     p = command("plot-instability", cmd_plot_instability)
     p.add_argument("--regimes", required=True)
     p.add_argument("--out", nargs="+", required=True)
+    p.add_argument(
+        "--describe", default="", help="JSON: the run, setup, knob, model, data and method titles name"
+    )
     return parser
 
 

@@ -102,17 +102,20 @@ class Noise:
         return self.pooled_dof > 0 and bool(np.isfinite(self.variance).all())
 
 
-def unit_table(observations: pd.DataFrame, cka_metric: str) -> tuple[pd.DataFrame, str]:
-    """The cells' independent units: per cell and dense seed the mean of its pairs' mc and CKA;
-    with one dense seed in every cell, the pairs themselves. Returns (units, what a unit is)."""
-    missing = [c for c in CELL + PAIR_KEYS + ["mc", cka_metric] if c not in observations]
+def unit_table(
+    observations: pd.DataFrame, cka_metric: str, keys: list[str] = CELL
+) -> tuple[pd.DataFrame, str]:
+    """The cells' independent units: per cell (its ``keys``) and dense seed the mean of its
+    pairs' mc and CKA; with one dense seed in every cell, the pairs themselves. Returns (units,
+    what a unit is)."""
+    missing = [c for c in keys + PAIR_KEYS + ["mc", cka_metric] if c not in observations]
     if missing:
         raise ValueError(f"metrics table lacks columns {missing} needed by the uncertainty model")
     columns = ["mc", cka_metric]
-    dense_per_cell = observations.groupby(CELL)["dense_seed"].nunique()
+    dense_per_cell = observations.groupby(keys)["dense_seed"].nunique()
     if (dense_per_cell <= 1).all():
-        return observations[CELL + columns].copy(), "retrain pairs (one dense seed per cell)"
-    table = observations.groupby(CELL + ["dense_seed"], sort=True)[columns].mean().reset_index()
+        return observations[keys + columns].copy(), "retrain pairs (one dense seed per cell)"
+    table = observations.groupby(keys + ["dense_seed"], sort=True)[columns].mean().reset_index()
     return table, "dense seeds"
 
 
@@ -125,12 +128,12 @@ NOISE_COVARIATES = {
 }
 
 
-def noise(units: pd.DataFrame, cells: pd.DataFrame, metric: str, kind: str) -> Noise:
+def noise(units: pd.DataFrame, cells: pd.DataFrame, metric: str, kind: str, keys: list[str] = CELL) -> Noise:
     """The moderated noise of one metric (``kind``: mc or cka, its noise covariate), for
-    ``cells`` (their CELL columns) in order."""
-    grouped = units.groupby(CELL, sort=True)[metric]
+    ``cells`` (their ``keys`` columns) in order."""
+    grouped = units.groupby(keys, sort=True)[metric]
     stats = pd.DataFrame({"mean": grouped.mean(), "n": grouped.size(), "var": grouped.var(ddof=1)})
-    stats = stats.reindex(pd.MultiIndex.from_frame(cells[CELL]))
+    stats = stats.reindex(pd.MultiIndex.from_frame(cells[keys]))
     means, n = stats["mean"].to_numpy(float), stats["n"].to_numpy(float)
     own_dof = np.maximum(n - 1, 0)
     own_var = np.nan_to_num(stats["var"].to_numpy(float))
@@ -195,11 +198,15 @@ def _inverse_trigamma(x: float) -> float:
     return y
 
 
-def pooled_draws(observations: pd.DataFrame, cfg: RegimeConfig, count: int, seed: int = SEED) -> Draws:
-    """``count`` draws of the classification under the pooled noise model (module docstring)."""
-    units, unit_kind = unit_table(observations, cfg.cka_metric)
-    cells = units.groupby(CELL, sort=True).size().rename("n").reset_index()
-    mc, cka = noise(units, cells, "mc", "mc"), noise(units, cells, cfg.cka_metric, "cka")
+def pooled_draws(
+    observations: pd.DataFrame, cfg: RegimeConfig, count: int, seed: int = SEED, keys: list[str] = CELL
+) -> Draws:
+    """``count`` draws of the classification under the pooled noise model (module docstring).
+    ``keys``: what tells cells apart (several runs classified jointly add a run column:
+    threeregime.analysis.compare)."""
+    units, unit_kind = unit_table(observations, cfg.cka_metric, keys)
+    cells = units.groupby(keys, sort=True).size().rename("n").reset_index()
+    mc, cka = noise(units, cells, "mc", "mc", keys), noise(units, cells, cfg.cka_metric, "cka", keys)
     rng = np.random.default_rng(seed)
     shape = (count, len(cells))
     drawn, variance = {}, {}
@@ -225,7 +232,7 @@ def pooled_draws(observations: pd.DataFrame, cfg: RegimeConfig, count: int, seed
     cut = np.array([_cut(drawn["mc"][r], drawn["cka"][r], eps[r], cfg) for r in range(count)])
     labels = _labels(drawn["mc"], drawn["cka"], eps, cut)
     measured = np.full(len(cells), mc.replicated and cka.replicated)
-    return Draws("pooled", cells[CELL], drawn["mc"], drawn["cka"], eps, cut, labels, measured, unit_kind)
+    return Draws("pooled", cells[keys], drawn["mc"], drawn["cka"], eps, cut, labels, measured, unit_kind)
 
 
 def _cut(mc: np.ndarray, cka: np.ndarray, eps: float, cfg: RegimeConfig) -> float:
@@ -252,12 +259,12 @@ def _labels(mc: np.ndarray, cka: np.ndarray, eps: np.ndarray, cut: np.ndarray) -
 class _Design:
     """The observations as arrays, indexed once: cell of each row, and the resampling groups."""
 
-    def __init__(self, observations: pd.DataFrame, cka_metric: str):
-        missing = [c for c in CELL + PAIR_KEYS + ["mc", cka_metric] if c not in observations]
+    def __init__(self, observations: pd.DataFrame, cka_metric: str, keys: list[str] = CELL):
+        missing = [c for c in keys + PAIR_KEYS + ["mc", cka_metric] if c not in observations]
         if missing:
             raise ValueError(f"metrics table lacks columns {missing} needed by the bootstrap")
-        obs = observations.sort_values(CELL + PAIR_KEYS).reset_index(drop=True)
-        grouped = obs.groupby(CELL, sort=True)
+        obs = observations.sort_values(keys + PAIR_KEYS).reset_index(drop=True)
+        grouped = obs.groupby(keys, sort=True)
         self.cells = grouped.size().rename("n").reset_index()
         self.cell_of = grouped.ngroup().to_numpy()
         self.mc = obs["mc"].to_numpy(float)
@@ -318,11 +325,14 @@ class _Design:
         return out
 
 
-def bootstrap_draws(observations: pd.DataFrame, cfg: RegimeConfig, resamples: int, seed: int = SEED) -> Draws:
+def bootstrap_draws(
+    observations: pd.DataFrame, cfg: RegimeConfig, resamples: int, seed: int = SEED, keys: list[str] = CELL
+) -> Draws:
     """``resamples`` bootstrap resamples of the observations, each classified afresh (thresholds
     included). A cell with one dense seed and at most one pair per dense seed has nothing to
-    resample: it is unmeasured."""
-    design = _Design(observations, cfg.cka_metric)
+    resample: it is unmeasured. Dense seeds are drawn once for all cells, of every run when
+    ``keys`` tells runs apart (runs that share dense models share their draw)."""
+    design = _Design(observations, cfg.cka_metric, keys)
     rng = np.random.default_rng(seed)
     mc, cka, eps, cut, labels = [], [], [], [], []
     for _ in range(resamples):
@@ -335,16 +345,18 @@ def bootstrap_draws(observations: pd.DataFrame, cfg: RegimeConfig, resamples: in
         cut.append(thresholds.cka_cut)
         labels.append([REGIMES.index(r) for r in regime])
     return Draws(
-        "bootstrap", design.cells[CELL], np.array(mc), np.array(cka), np.array(eps), np.array(cut),
+        "bootstrap", design.cells[keys], np.array(mc), np.array(cka), np.array(eps), np.array(cut),
         np.array(labels), design.measured, "dense and retrain seeds, resampled",
     )  # fmt: skip
 
 
-def uncertainty_draws(observations: pd.DataFrame | None, cfg: RegimeConfig) -> Draws | None:
+def uncertainty_draws(
+    observations: pd.DataFrame | None, cfg: RegimeConfig, keys: list[str] = CELL
+) -> Draws | None:
     """The draws of the configured method (regimes.uncertainty), or None when it is none or there
-    are no per-pair observations."""
+    are no per-pair observations; ``keys`` tell the cells apart (default: one run's)."""
     if observations is None or cfg.uncertainty == "none":
         return None
     if cfg.uncertainty == "bootstrap":
-        return bootstrap_draws(observations, cfg, cfg.bootstrap) if cfg.bootstrap > 0 else None
-    return pooled_draws(observations, cfg, cfg.draws)
+        return bootstrap_draws(observations, cfg, cfg.bootstrap, keys=keys) if cfg.bootstrap > 0 else None
+    return pooled_draws(observations, cfg, cfg.draws, keys=keys)

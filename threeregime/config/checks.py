@@ -125,11 +125,13 @@ def check_semantics(cfg: ExperimentConfig, source: str, check_paths: bool = True
             f"{cfg.metrics.hessian_trace_deflation} Lanczos vectors exceed hessian_max_iter="
             f"{cfg.metrics.hessian_max_iter}, the most Lanczos products allowed",
         )
-    if cfg.prune.iterative:
-        check_iterative(cfg, fail)
-    check_granularity(cfg, fail)
-    check_layer_sizes(cfg, fail)
-    check_calibration(cfg, fail)
+    check_setups(cfg, fail)
+    for setup, setup_fail in pruning_setups(cfg, fail):
+        if setup.prune.iterative:
+            check_iterative(setup, setup_fail)
+        check_granularity(setup, setup_fail)
+        check_layer_sizes(setup, setup_fail)
+        check_calibration(setup, setup_fail)
     if cfg.adaptive.enabled and not cfg.prune.iterative:
         check_adaptive(cfg, fail)
     check_rewind_step(cfg, fail)
@@ -193,6 +195,54 @@ def check_units_per_epoch(cfg: ExperimentConfig, index: int, value, fail):
             f"base recipe on this data); use multiples of {per_epoch}",
         )
     return int(epochs)
+
+
+def pruning_setups(cfg: ExperimentConfig, fail):
+    """(experiment, fail) of every pruning setup the run makes: each prune.setups entry, whose
+    problems name its own key (``prune.setups[2].densities``) or the run's key it inherits, or
+    the run itself without prune.setups."""
+    if not cfg.prune.setups:
+        yield cfg, fail
+        return
+    for i, entry in enumerate(cfg.prune.setups):
+
+        def setup_fail(key: str, message: str, i=i, entry=entry):
+            field = key.removeprefix("prune.")
+            if key.startswith("prune.") and field in entry:
+                fail(f"prune.setups[{i}].{field}", message)
+            else:
+                fail(f"prune.setups[{i}] ({entry['name']}), from {key}", message)
+
+        yield cfg.for_setup(entry["name"]), setup_fail
+
+
+def check_setups(cfg: ExperimentConfig, fail) -> None:
+    """The method axis: distinct names, and only what runs per setup (adaptive refinement plans
+    one grid; a retrain job packing a dense model's densities needs the same densities in every
+    setup)."""
+    names = cfg.setup_names
+    if not names:
+        return
+    seen = set()
+    for i, name in enumerate(names):
+        if name in seen:
+            fail(f"prune.setups[{i}].name", f"{name!r} names two setups; give each its own name")
+        seen.add(name)
+    if cfg.adaptive.enabled:
+        fail(
+            "adaptive.enabled",
+            "adaptive refinement plans one grid; with prune.setups measure every cell "
+            "(adaptive.enabled: false) or run each setup as its own run",
+        )
+    if cfg.runtime.retrain_pack == "temperature":
+        grids = {name: cfg.for_setup(name).densities for name in names}
+        if len({tuple(d) for d in grids.values()}) > 1:
+            shown = "; ".join(f"{name}: {', '.join(d)}" for name, d in grids.items())
+            fail(
+                "runtime.retrain_pack",
+                f"temperature packs every density of a dense model into one job, but the setups of "
+                f"prune.setups prune different densities ({shown}); use cell or none",
+            )
 
 
 def check_batch_sizes(cfg: ExperimentConfig, fail) -> None:

@@ -78,6 +78,51 @@ class ExperimentConfig:
     adaptive: AdaptiveConfig = AdaptiveConfig()
     plot: PlotConfig = PlotConfig()
     runtime: RuntimeConfig = RuntimeConfig()
+    setup: str = ""  # the prune.setups entry this config is (:meth:`for_setup`); "" for a run's own
+
+    # ----- the method axis (prune.setups) -----
+    @property
+    def setup_names(self) -> list[str]:
+        """The setups of prune.setups in config order ([] without the method axis)."""
+        return [entry["name"] for entry in self.prune.setups]
+
+    def for_setup(self, name: str) -> ExperimentConfig:
+        """The experiment of one setup: the run with its prune section overridden by the setup's
+        keys (method, granularity, densities, min_layer_weights, the methods' settings). Its
+        specs are those of a run configured with that prune section alone."""
+        entries = {entry["name"]: entry for entry in self.prune.setups}
+        if name not in entries:
+            raise ValueError(f"no setup {name!r} in prune.setups (setups: {', '.join(entries) or 'none'})")
+        entry = entries[name]
+        core = {key: entry[key] for key in ("method", "granularity", "min_layer_weights") if key in entry}
+        if "densities" in entry:
+            core["densities"] = tuple(entry["densities"])
+        owned = {key: value for key, value in entry.items() if key not in core and key != "name"}
+        prune = replace(self.prune, **core, setups=(), options={**self.prune.options, **owned})
+        return replace(self, prune=prune, setup=name)
+
+    def setup_configs(self) -> list[ExperimentConfig]:
+        """One experiment per setup, or this one alone without prune.setups."""
+        return [self.for_setup(name) for name in self.setup_names] or [self]
+
+    def method_label(self) -> str:
+        """The pruning this config does, in words: method, and the granularity, schedule and
+        lottery-ticket control where they are not the defaults (e.g. 'uniform, 2:4')."""
+        parts = [self.prune.method]
+        if self.prune.granularity != DEFAULT_GRANULARITY:
+            parts.append(self.prune.granularity)
+        if self.prune.iterative:
+            parts.append(f"iterative (rate {fmt_value(self.prune.rate)})")
+        if self.prune.control != "none":
+            parts.append(f"control {self.prune.control}")
+        return ", ".join(parts)
+
+    def description(self) -> dict:
+        """What names this run in every figure's title and in its summary: the run, the setup
+        (under prune.setups), the knob, the model and its dataset, and the pruning method."""
+        described = {"run": self.run_name, "knob": self.knob.name, "model": self.model.name}
+        described |= {"data": self.data.name, "method": self.method_label()}
+        return described | {"setup": self.setup} if self.setup else described
 
     # ----- grids as canonical strings (wildcard values) -----
     @property
@@ -128,7 +173,8 @@ class ExperimentConfig:
         """The axes of the per-pair metrics files (expanded by :func:`grid_cells`)."""
         seeds = [str(s) for s in self.seeds.dense]
         pairs = [list(p) for p in self.retrain_pairs]
-        return {"temperature": self.temperatures, "density": self.densities, "seed": seeds, "pair": pairs}
+        axes = {"temperature": self.temperatures, "density": self.densities, "seed": seeds, "pair": pairs}
+        return axes | {"setup": self.setup} if self.setup else axes
 
     @property
     def retrain_pairs(self) -> list[tuple[int, int]]:

@@ -44,7 +44,24 @@ def schema() -> dict:
                 owner = f"owned by {entries.kind} {entry.name}"
                 prop = setting.schema() | {"description": f"{setting.description} ({owner})"}
                 sections[section]["properties"].setdefault(setting.key, prop)
+    prune = sections["prune"]["properties"]
+    setup = prune["setups"]["items"]["properties"]
+    for key in setup_keys():  # a setup overrides these prune.* keys, with their own schema
+        setup[key] = copy.deepcopy(prune[key])
+    prune["setups"]["description"] += f"; a setup's keys: name, {', '.join(setup_keys())}"
     return full
+
+
+# The prune.* keys a setup of prune.setups may set (besides its name), in the order documented:
+# what a mask is made of. The schedule, the lottery-ticket control and the rate stay the run's.
+SETUP_CORE_KEYS = ("method", "granularity", "densities", "min_layer_weights")
+
+
+def setup_keys() -> list[str]:
+    """The keys of a prune.setups entry besides ``name``: the mask's own prune.* keys and every
+    pruning method's settings (threeregime.registry.pruning)."""
+    owned = [s.key for m in PRUNING_METHODS.values() for s in m.settings]
+    return [*SETUP_CORE_KEYS, *dict.fromkeys(owned)]
 
 
 def section_fields(section: str) -> set[str]:
@@ -110,6 +127,7 @@ def _matching_branch(node: dict, value, root: dict) -> dict:
 
 # Grid values keep their YAML type: they reach paths and specs as canonical strings (fmt_value).
 GRID_KEYS = ("knob.values", "prune.densities")
+SETUP_GRID_KEY = re.compile(r"prune\.setups\[\d+\]\.densities")  # a setup's own densities
 
 
 def canonical_values(
@@ -143,7 +161,7 @@ def canonical_values(
         return raw
     if node.get("type") == "integer":
         return int(raw)
-    if node.get("type") == "number" and not key.startswith(GRID_KEYS):
+    if node.get("type") == "number" and not (key.startswith(GRID_KEYS) or SETUP_GRID_KEY.match(key)):
         return float(raw)
     return raw
 

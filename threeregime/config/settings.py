@@ -88,7 +88,8 @@ class PruneConfig:
     each layer's number of weights at random positions; ``reinit`` keeps the mask and draws the
     weights afresh from the initialisation distribution. ``granularity``: the pattern of kept
     weights (threeregime.registry.pruning). ``min_layer_weights``: a mask that leaves a layer
-    fewer weights is refused."""
+    fewer weights is refused. ``setups``: the method axis, one mapping per setup (its name and
+    the keys it overrides; threeregime.config.experiment.ExperimentConfig.for_setup)."""
 
     densities: tuple[float, ...]
     method: str = "uniform"
@@ -97,6 +98,7 @@ class PruneConfig:
     control: str = "none"
     schedule: str = "oneshot"
     rate: float = 0.2
+    setups: tuple[dict, ...] = ()
     options: dict = field(default_factory=dict)  # the pruning methods' own settings
 
     def option(self, key: str):

@@ -6,6 +6,7 @@ written as CSV tables, summary.json and their HTML views."""
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict
 
 import pandas as pd
 
@@ -69,12 +70,18 @@ def boundary_summary(table: pd.DataFrame) -> list[str]:
 
 def classify(
     cells_csv: str, metrics_csv: str, cfg: RegimeConfig, outputs: dict[str, str], summary: str,
-    html_dir: str = "", grid: Grid | None = None,
+    html_dir: str = "", grid: Grid | None = None, description: dict | None = None,
 ) -> dict:  # fmt: skip
-    """The stage's files: ``outputs`` maps each of :data:`TABLES` to its CSV path."""
+    """The stage's files: ``outputs`` maps each of :data:`TABLES` to its CSV path. The summary
+    also records what the run is (``description``: run, setup, knob, model, pruning method) and
+    the rules it was classified by, so that the run can be compared with others
+    (threeregime.stages.compare)."""
     cells = pd.read_csv(cells_csv)
     observations = pd.read_csv(metrics_csv) if metrics_csv else None
     result = classify_run(cells, observations, cfg, grid)
+    if description is not None:
+        result["summary"]["run"] = description
+    result["summary"]["regimes"] = asdict(cfg)
     for name in TABLES:
         write_csv(outputs[name], result[name])
     write_json(summary, result["summary"])

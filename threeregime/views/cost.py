@@ -126,9 +126,10 @@ def read_costs(results: Path, retrain_seeds: int = 1, densities: int = 1) -> pd.
 
 def read_local_costs(results: Path) -> pd.DataFrame:
     """The benchmarks of the local bookkeeping jobs (collect, classify, plot, adaptive rounds:
-    ``benchmarks-local/<rule>.tsv``), one row per file, in :func:`read_costs`' columns."""
+    ``benchmarks-local/[setups/<setup>/]<rule>.tsv``), one row per file, in :func:`read_costs`'
+    columns."""
     rows = []
-    for path in sorted((Path(results) / "benchmarks-local").glob("*.tsv")):
+    for path in sorted((Path(results) / "benchmarks-local").rglob("*.tsv")):
         first = _benchmark(path)
         if first is None:
             continue

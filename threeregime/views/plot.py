@@ -98,6 +98,29 @@ def wrapped(text: str, inches: float, fontsize: float) -> str:
     return "\n".join(textwrap.fill(line, width) for line in text.split("\n"))
 
 
+def run_title(description: dict | None) -> str:
+    """The line that names a run in every figure's title: the run (and its setup), the knob, the
+    model on its dataset and the pruning method (threeregime.config.experiment
+    .ExperimentConfig.description); "" without a description."""
+    if not description:
+        return ""
+    run = description.get("run", "?")
+    if description.get("setup"):
+        run += f" / setup {description['setup']}"
+    model = description.get("model", "?")
+    if description.get("data"):
+        model += f" on {description['data']}"
+    return (
+        f"{run}: knob {description.get('knob', '?')}, model {model}, pruning {description.get('method', '?')}"
+    )
+
+
+def titled(description: dict | None, text: str) -> str:
+    """``text`` under the run's :func:`run_title` line."""
+    line = run_title(description)
+    return f"{line}\n{text}" if line else text
+
+
 def temperature_label(knob: str) -> str:
     """y-axis label: the knob's name, its unit, and which way is hotter."""
     info = KNOBS[knob]
@@ -137,9 +160,14 @@ def _mark_best(ax, values: np.ndarray) -> None:
 
 
 # ----------------------------------------------------------------------------- figures
-def phase_figure(regimes: pd.DataFrame, cfg: PlotConfig, boundaries: pd.DataFrame | None = None):
+def phase_figure(
+    regimes: pd.DataFrame,
+    cfg: PlotConfig,
+    boundaries: pd.DataFrame | None = None,
+    description: dict | None = None,
+):
     """Figure 2: one heatmap per metric in a grid of ``cfg.ncols`` columns, boundaries drawn
-    (with their intervals, from ``boundaries``)."""
+    (with their intervals, from ``boundaries``); the title names the run (``description``)."""
     knob = regimes["knob"].iloc[0]
     regime_grid, temps, densities = cell_grid(regimes, "regime")
     panels = [p for p in registered_panels() if p[0] in regimes and regimes[p[0]].notna().any()]
@@ -174,16 +202,20 @@ def phase_figure(regimes: pd.DataFrame, cfg: PlotConfig, boundaries: pd.DataFram
     legend_columns = max(1, min(len(handles), int(figure_width // 4.2)))
     fig.legend(handles=handles, loc="lower center", ncol=legend_columns, frameon=False, fontsize=9)
     title = f"Phase diagrams over {KNOBS[knob].label} x density; regime boundaries from the classification"
-    fig.suptitle(wrapped(title, figure_width - 0.5, 12), fontsize=12)
+    fig.suptitle(wrapped(titled(description, title), figure_width - 0.5, 12), fontsize=12)
     legend_rows = math.ceil(len(handles) / legend_columns)
     fig.tight_layout(rect=(0, min(0.3, 0.35 * legend_rows / (nrows * height + 1.2)), 1, 1))
     return fig
 
 
 def phase_diagram(
-    regimes: pd.DataFrame, cfg: PlotConfig, outputs: list[str], boundaries: pd.DataFrame | None = None
+    regimes: pd.DataFrame,
+    cfg: PlotConfig,
+    outputs: list[str],
+    boundaries: pd.DataFrame | None = None,
+    description: dict | None = None,
 ) -> None:
-    fig = phase_figure(regimes, cfg, boundaries)
+    fig = phase_figure(regimes, cfg, boundaries, description)
     for path in outputs:
         save_figure(fig, path, cfg.dpi)
     plt.close(fig)
@@ -194,10 +226,12 @@ def regime_figure(
     cfg: PlotConfig,
     selection: pd.DataFrame | None = None,
     boundaries: pd.DataFrame | None = None,
+    description: dict | None = None,
 ):
     """Categorical regime map with a legend; each cell shows its regime and, when below 1, its
     stability over the robustness sweep. Stars: lowest test error per density; circles: the
-    training-metrics-only pick of the model selection (``selection``)."""
+    training-metrics-only pick of the model selection (``selection``). The title names the run
+    (``description``) and the rule."""
     knob = regimes["knob"].iloc[0]
     regime_grid, temps, densities = cell_grid(regimes, "regime")
     codes = np.vectorize(LABELS.index)(regime_grid)
@@ -240,7 +274,7 @@ def regime_figure(
         )
     eps, cut = regimes["eps"].iloc[0], regimes["cka_cut"].iloc[0]
     title = f"Regimes: mc < -{eps:.3g} -> I; else CKA < {cut:.3g} -> II-A; else II-B"
-    ax.set_title(wrapped(title, axes_size[0] + 0.5, 9), fontsize=9)
+    ax.set_title(wrapped(titled(description, title), axes_size[0] + 0.5, 9), fontsize=9)
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False, fontsize=8)
     fig.tight_layout()
     return fig
@@ -252,8 +286,9 @@ def regime_map(
     outputs: list[str],
     selection: pd.DataFrame | None = None,
     boundaries: pd.DataFrame | None = None,
+    description: dict | None = None,
 ) -> None:
-    fig = regime_figure(regimes, cfg, selection, boundaries)
+    fig = regime_figure(regimes, cfg, selection, boundaries, description)
     for path in outputs:
         save_figure(fig, path, cfg.dpi)
     plt.close(fig)
@@ -271,9 +306,10 @@ def broadened_density(nodes, weights, grid: np.ndarray, sigma: float) -> np.ndar
     return (np.exp(-0.5 * z**2) * weights[None, :]).sum(axis=1) / (sigma * math.sqrt(2 * math.pi))
 
 
-def esd_figure(regimes: pd.DataFrame, cfg: PlotConfig):
+def esd_figure(regimes: pd.DataFrame, cfg: PlotConfig, description: dict | None = None):
     """The Hessian eigenvalue density of every cell (metrics.hessian_esd), laid out like the phase
-    diagram: hottest temperature on top, densities left to right, one shared eigenvalue axis."""
+    diagram: hottest temperature on top, densities left to right, one shared eigenvalue axis;
+    the title names the run (``description``)."""
     from threeregime.registry.metrics import parse_vector
 
     knob = regimes["knob"].iloc[0]
@@ -305,22 +341,26 @@ def esd_figure(regimes: pd.DataFrame, cfg: PlotConfig):
                 ax.set_ylabel(f"{fmt_value(temperature)}", fontsize=8)
     fig.supxlabel("Hessian eigenvalue (training loss, kept weights)")
     fig.supylabel(f"{temperature_label(knob)}\ndensity of eigenvalues (log)", fontsize=9)
-    fig.suptitle(f"Hessian eigenvalue density per cell (stochastic Lanczos quadrature, sigma = {sigma:.3g})")
+    title = f"Hessian eigenvalue density per cell (stochastic Lanczos quadrature, sigma = {sigma:.3g})"
+    fig.suptitle(titled(description, title))
     fig.tight_layout()
     return fig
 
 
-def esd_diagram(regimes: pd.DataFrame, cfg: PlotConfig, outputs: list[str]) -> None:
-    fig = esd_figure(regimes, cfg)
+def esd_diagram(
+    regimes: pd.DataFrame, cfg: PlotConfig, outputs: list[str], description: dict | None = None
+) -> None:
+    fig = esd_figure(regimes, cfg, description)
     for path in outputs:
         save_figure(fig, path, cfg.dpi)
     plt.close(fig)
 
 
-def instability_figure(regimes: pd.DataFrame, stable_barrier: float):
+def instability_figure(regimes: pd.DataFrame, stable_barrier: float, description: dict | None = None):
     """Frankle et al. 2020's instability plot: the error barrier between the two retrainings
     against the temperature (the rewind step k under the rewind_step knob), one line per
-    density, with the stable cut. The knob's values sit evenly spaced, smallest left."""
+    density, with the stable cut. The knob's values sit evenly spaced, smallest left; the title
+    names the run (``description``)."""
     knob = regimes["knob"].iloc[0]
     temps = sorted(regimes["temperature"].unique())
     fig, ax = plt.subplots(figsize=(2.5 + 0.6 * len(temps), 3.6))
@@ -339,16 +379,21 @@ def instability_figure(regimes: pd.DataFrame, stable_barrier: float):
     info = KNOBS[knob]
     ax.set_xlabel(f"{info.label} [{info.unit}]")
     ax.set_ylabel("error barrier (train error)")
-    ax.set_title(
-        f"Instability: barrier between two retrainings (stable below {stable_barrier:g})", fontsize=9
-    )
+    title = f"Instability: barrier between two retrainings (stable below {stable_barrier:g})"
+    ax.set_title(wrapped(titled(description, title), 2.0 + 0.6 * len(temps), 9), fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
 
 
-def instability_diagram(regimes: pd.DataFrame, stable_barrier: float, outputs: list[str], dpi: int) -> None:
-    fig = instability_figure(regimes, stable_barrier)
+def instability_diagram(
+    regimes: pd.DataFrame,
+    stable_barrier: float,
+    outputs: list[str],
+    dpi: int,
+    description: dict | None = None,
+) -> None:
+    fig = instability_figure(regimes, stable_barrier, description)
     for path in outputs:
         save_figure(fig, path, dpi)
     plt.close(fig)

@@ -113,16 +113,29 @@ def job_state(job: Job, workdir: Path, marked: set[Path]) -> None:
         job.state, job.error = "failed", last_error(workdir / job.log)
 
 
+def setup_folders(cfg: ExperimentConfig) -> tuple[str, str]:
+    """Where a setup of prune.setups keeps its files: the folder its pruned, retrained and
+    metrics files sit in under each stage's folder, and the folder of its tables and figures
+    ("", "" for a run without prune.setups)."""
+    return (f"setup-{cfg.setup}/", f"setups/{cfg.setup}/") if cfg.setup else ("", "")
+
+
 def run_jobs(cfg: ExperimentConfig) -> dict[str, Job]:
-    """The run's jobs outside the cells: the dataset, and the analysis of the whole grid."""
+    """The run's jobs outside the cells: the dataset, and the analysis of the whole grid (of the
+    setup ``cfg`` is, under prune.setups)."""
     res = Path("results") / cfg.run_name
+    tables = res / setup_folders(cfg)[1]
     outputs = {
         "prepare_data": [res / "data/dataset.pt"],
-        "collect": [res / "metrics.csv", res / "cells.csv"],
-        "classify": [res / "regimes.csv", res / "summary.json"],
-        "plot": [res / "phase_diagram.png", res / "regime_map.png"],
+        "collect": [tables / "metrics.csv", tables / "cells.csv"],
+        "classify": [tables / "regimes.csv", tables / "summary.json"],
+        "plot": [tables / "phase_diagram.png", tables / "regime_map.png"],
     }
-    return {rule: Job(rule, files, res / f"logs/{rule}.log") for rule, files in outputs.items()}
+    logs = {"prepare_data": res / "logs/prepare_data.log"}
+    return {
+        rule: Job(rule, files, logs.get(rule, res / "logs" / setup_folders(cfg)[1] / f"{rule}.log"))
+        for rule, files in outputs.items()
+    }
 
 
 def plan_cells(cfg: ExperimentConfig, data: Job | None = None) -> list[Cell]:
@@ -154,13 +167,14 @@ def plan_cells(cfg: ExperimentConfig, data: Job | None = None) -> list[Cell]:
         if cfg.retrain.rewinds_weights
     }
     cells = []
+    setup = setup_folders(cfg)[0]
     for t in cfg.temperatures:
         for d in cfg.densities:
             cell = Cell(t, d)
             if data is not None:
                 cell.dense.append(data)
             for s in map(str, cfg.seeds.dense):
-                path = f"{knob}-{t}/density-{d}/seed{s}"
+                path = f"{setup}{knob}-{t}/density-{d}/seed{s}"
                 cell.dense.append(dense[(t, s)])
                 if (t, s) in rewind:
                     cell.dense.append(rewind[(t, s)])
@@ -171,7 +185,7 @@ def plan_cells(cfg: ExperimentConfig, data: Job | None = None) -> list[Cell]:
                     logs = [res / f"logs/retrain/{path}/retrain{r}.log" for r in seeds]
                     cell.jobs += [Job("retrain", [out], log) for out, log in zip(retrained, logs)]
                 else:
-                    folder = path if pack == "cell" else f"{knob}-{t}/seed{s}"
+                    folder = path if pack == "cell" else f"{setup}{knob}-{t}/seed{s}"
                     cell.jobs.append(Job("retrain", retrained, res / f"logs/retrain/{folder}/retrain.log"))
                 for a, b in cfg.retrain_pairs:
                     cell.jobs.append(
@@ -214,7 +228,8 @@ def terminal_grid(cfg: ExperimentConfig, cells: list[Cell], run: list[Job] = ())
     (the run's own ``run`` jobs too), and every failed job."""
     by_key = {(c.temperature, c.density): c for c in cells}
     width = max(8, *(len(d) + 2 for d in cfg.densities))
-    lines = [f"{cfg.run_name}: {cfg.knob.name} (rows) x density (columns)"]
+    name = f"{cfg.run_name} / setup {cfg.setup}" if cfg.setup else cfg.run_name
+    lines = [f"{name}: {cfg.knob.name} (rows) x density (columns)"]
     lines.append(" " * 10 + "".join(d.rjust(width) for d in cfg.densities))
     for t in reversed(cfg.temperatures):
         row = []
@@ -264,7 +279,7 @@ def draw(cfg: ExperimentConfig, cells: list[Cell], workdir: Path, folder: Path) 
     from matplotlib.patches import Patch
 
     from threeregime.io.files import save_figure
-    from threeregime.views.plot import DENSITY_LABEL, REGIME_COLORS, temperature_label
+    from threeregime.views.plot import DENSITY_LABEL, REGIME_COLORS, temperature_label, titled
 
     temps, dens = cfg.temperatures, cfg.densities
     index = {(c.temperature, c.density): c for c in cells}
@@ -272,12 +287,13 @@ def draw(cfg: ExperimentConfig, cells: list[Cell], workdir: Path, folder: Path) 
     def grid(value) -> np.ndarray:
         return np.array([[value(index[(t, d)]) for d in dens] for t in temps], dtype=float)
 
-    def axes(ax, title: str) -> None:
+    def axes(ax, title: str, named: bool = True) -> None:
+        """Ticks, labels and the title (under the run's line when ``named``)."""
         ax.set_xticks(range(len(dens)), dens, rotation=45)
         ax.set_yticks(range(len(temps)), temps)
         ax.set_xlabel(DENSITY_LABEL)
         ax.set_ylabel(temperature_label(cfg.knob.name))
-        ax.set_title(title, fontsize=9)
+        ax.set_title(titled(cfg.description(), title) if named else title, fontsize=9)
 
     written = []
     n_done = sum(c.state == "done" for c in cells)
@@ -314,8 +330,8 @@ def draw(cfg: ExperimentConfig, cells: list[Cell], workdir: Path, folder: Path) 
     for ax, (name, title) in zip(axs, panels):
         image = ax.imshow(column(name), origin="lower", cmap=cfg.plot.cmap)
         fig.colorbar(image, ax=ax, shrink=0.8)
-        axes(ax, title)
-    fig.suptitle(f"Phase diagram, {label}", color="#d62728", y=1.06)
+        axes(ax, title, named=False)
+    fig.suptitle(titled(cfg.description(), f"Phase diagram, {label}"), color="#d62728", y=1.1)
     written.append(folder / "partial_phase_diagram.png")
     save_figure(fig, written[-1], cfg.plot.dpi)
     plt.close(fig)

@@ -31,25 +31,43 @@ def _cell_text(value) -> str:
     return str(value)
 
 
-def html_table(frame: pd.DataFrame, title: str, note: str = "") -> str:
-    """A self-contained HTML page with one table (pandas' Styler, every cell and header
-    HTML-escaped); regime cells carry the class ``regime-<name>`` that colours them."""
+def _table_html(frame: pd.DataFrame, uuid: str = "table") -> str:
+    """One table (pandas' Styler, every cell and header HTML-escaped); regime cells (columns
+    named ...regime, regime_a, ...) carry the class ``regime-<name>`` that colours them."""
     classes = pd.DataFrame("", index=frame.index, columns=frame.columns)
     for column in frame.columns:
-        if str(column).endswith("regime"):
+        name = str(column)
+        if name.endswith("regime") or name.startswith("regime_"):
             classes[column] = [f"regime-{v}" if v in REGIMES else "" for v in frame[column]]
     styler = (
         frame.style.format(_cell_text, escape="html")
         .format_index(escape="html", axis=1)
         .hide(axis="index")
         .set_td_classes(classes)
-        .set_uuid("table")
+        .set_uuid(uuid)
     )
+    return styler.to_html()
+
+
+def html_page(title: str, sections: list[tuple[str, pd.DataFrame, str]]) -> str:
+    """A self-contained HTML page of several tables, each (heading, table, note)."""
+    body = ""
+    for i, (heading, frame, note) in enumerate(sections):
+        note_html = f"<p>{html.escape(note)}</p>" if note else ""
+        body += f"<h3>{html.escape(heading)}</h3>{note_html}{_table_html(frame, f'table{i}')}"
+    return (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{TABLE_CSS}</style></head><body><h2>{html.escape(title)}</h2>{body}</body></html>\n"
+    )
+
+
+def html_table(frame: pd.DataFrame, title: str, note: str = "") -> str:
+    """A self-contained HTML page with one table (:func:`_table_html`)."""
     note_html = f"<p>{html.escape(note)}</p>" if note else ""
     return (
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         f"<style>{TABLE_CSS}</style></head><body><h2>{html.escape(title)}</h2>{note_html}"
-        f"{styler.to_html()}</body></html>\n"
+        f"{_table_html(frame)}</body></html>\n"
     )
 
 

@@ -69,9 +69,10 @@ def collected_metrics(wildcards):
     """collect's inputs: the whole grid, or the cells of the last adaptive round, every other
     cell measured before (threeregime.stages.collect.metrics_paths keeps them) and the plan;
     under a storage provider also the jobs' benchmarks and logs its cost table reads."""
+    cfg = cfg_of(wildcards)  # the setup's grid under prune.setups (never adaptive)
     if not ADAPTIVE:
-        cells = [(t, d) for t in CFG.temperatures for d in CFG.densities]
-        inputs, extra = all_metrics(), {}
+        cells = [(t, d) for t in cfg.temperatures for d in cfg.densities]
+        inputs, extra = all_metrics(cfg), {}
     else:
         planned = planned_cells(CFG.adaptive.rounds)
         earlier = [
@@ -80,7 +81,7 @@ def collected_metrics(wildcards):
         cells, extra = planned + earlier, plan_of(CFG.adaptive.rounds)["seeds"]
         inputs = planned_metrics(CFG.adaptive.rounds) + cell_metrics(earlier)
         inputs += [local(FINAL_PLAN)]
-    return inputs + (job_records(cells, extra) if STORAGE else [])
+    return inputs + (job_records(cells, extra, cfg) if STORAGE else [])
 
 
 # Extra command-line flags of collect and classify under adaptive refinement ("" otherwise, so
@@ -109,7 +110,7 @@ if ADAPTIVE:
         log:
             f"{LOGS}/adaptive/round{{round}}.log",
         benchmark:
-            f"{BENCH}-local/adaptive-round{{round}}.tsv",
+            f"{BENCH}-local/adaptive-round{{round}}.tsv"
         wildcard_constraints:
             round=r"\d+",
         localrule: True

@@ -1,7 +1,7 @@
 # Analysis: collect the per-pair metrics, classify the cells, draw the figures. Outputs marked
 # with report() make up `snakemake --report results/report.html` (captions: workflow/report/).
 TABLES = {
-    name: f"{RES}/tables/{name}.html"
+    name: f"{RES}/{ANALYSIS_DIR}tables/{name}.html"
     for name in (
         "regimes",
         "advice",
@@ -12,11 +12,13 @@ TABLES = {
         "boundaries",
     )
 }
-COST_PAGE = f"{RES}/tables/cost.html"  # written by collect (threeregime.views.cost), not classify
+COST_PAGE = f"{RES}/{ANALYSIS_DIR}tables/cost.html"  # written by collect (threeregime.views.cost), not classify
 # The PNG of each figure goes into the report; the other formats (PDF) are plain outputs.
 PHASE_PNG, *PHASE_OTHER = FIGURES["phase"]
 MAP_PNG, *MAP_OTHER = FIGURES["map"]
 CAPTIONS = "../report"
+
+
 FIGURES_CAT = "1. Figures"  # subcategories: phase diagrams, regime maps, ...
 REGIMES_CAT = "2. Regimes"
 ADVICE_CAT = "3. Advice and model selection"
@@ -48,7 +50,7 @@ rule collect:
         ),
         # every job's measured cost (its benchmark file), and the per-rule summary
         cost=report(
-            f"{RES}/cost.csv",
+            f"{RES}/{ANALYSIS_DIR}cost.csv",
             caption=f"{CAPTIONS}/cost_csv.rst",
             category=DATA_CAT,
             labels={"name": "cost.csv"},
@@ -60,9 +62,9 @@ rule collect:
             labels={"name": "cost per rule"},
         ),
     log:
-        f"{LOGS}/collect.log",
+        f"{LOGS}/{ANALYSIS_DIR}collect.log",
     benchmark:
-        f"{BENCH}-local/collect.tsv",
+        f"{BENCH}-local/{ANALYSIS_DIR}collect.tsv"
     localrule: True
     conda:
         ENV
@@ -73,14 +75,14 @@ rule collect:
         # params a shared-filesystem run records).
         pattern=(
             (
-                lambda wildcards, output: Path(output.cost).parent.as_posix()
-                + METRICS[len(RES) :]
+                lambda wildcards, output: run_folder(output.cost).as_posix()
+                + in_setup(METRICS, wildcards.get("setup", ""))[len(RES) :]
             )
             if STORAGE
-            else (lambda wildcards: METRICS)
+            else (lambda wildcards: in_setup(METRICS, wildcards.get("setup", "")))
         ),
-        grid=to_json(CFG.metrics_axes()),
-        results=lambda wildcards, output: str(Path(output.cost).parent),
+        grid=lambda wildcards: to_json(cfg_of(wildcards).metrics_axes()),
+        results=lambda wildcards, output: str(run_folder(output.cost)),
     shell:
         "python -m threeregime collect --pattern {params.pattern:q} --grid {params.grid:q}"
         " --models-csv {output.models} --metrics {output.metrics} --cells {output.cells}"
@@ -110,7 +112,7 @@ rule classify:
             category=DATA_CAT,
             labels={"name": "boundaries.csv"},
         ),
-        summary=f"{RES}/summary.json",
+        summary=SUMMARY,
         summary_html=report(
             TABLES["summary"],
             caption=f"{CAPTIONS}/summary.rst",
@@ -154,22 +156,25 @@ rule classify:
             labels={"name": "model selection"},
         ),
     log:
-        f"{LOGS}/classify.log",
+        f"{LOGS}/{ANALYSIS_DIR}classify.log",
     benchmark:
-        f"{BENCH}-local/classify.tsv",
+        f"{BENCH}-local/{ANALYSIS_DIR}classify.tsv"
     localrule: True
     conda:
         ENV
     params:
-        spec=to_json(CFG.analysis_spec()),
+        spec=lambda wildcards: to_json(cfg_of(wildcards).analysis_spec()),
         html_dir=lambda wildcards, output: str(Path(output.regimes_html).parent),
+        # what the figures' titles and the summary name (run, setup, knob, model, method): a
+        # function of the output, so not compared between runs (a title reruns nothing)
+        describe=describe,
     shell:
         "python -m threeregime classify --spec {params.spec:q} --cells {input.cells}"
         " --regimes {output.regimes} --robustness {output.robustness}"
         " --advice {output.advice} --advice-cells {output.advice_cells}"
         " --selection {output.selection} --boundaries {output.boundaries}"
         " --summary {output.summary}"
-        " --html-dir {params.html_dir} --metrics {input.metrics}"
+        " --html-dir {params.html_dir} --metrics {input.metrics} --describe {params.describe:q}"
         + CLASSIFY_FLAGS
         + " > {log} 2>&1"
 
@@ -197,22 +202,25 @@ rule plot:
         ),
         map_other=MAP_OTHER,
     log:
-        f"{LOGS}/plot.log",
+        f"{LOGS}/{ANALYSIS_DIR}plot.log",
     benchmark:
-        f"{BENCH}-local/plot.tsv",
+        f"{BENCH}-local/{ANALYSIS_DIR}plot.tsv"
     localrule: True
     conda:
         ENV
     params:
-        spec=to_json(CFG.plot_spec()),
+        spec=lambda wildcards: to_json(cfg_of(wildcards).plot_spec()),
         # the report caption's panel list (threeregime.registry.metrics); a function of the
         # output, so not compared between runs
         panels=lambda wildcards, output: panel_caption(),
+        # what the figures' titles and the summary name (run, setup, knob, model, method): a
+        # function of the output, so not compared between runs (a title reruns nothing)
+        describe=describe,
     shell:
         "python -m threeregime plot --spec {params.spec:q} --regimes {input.regimes}"
         " --selection {input.selection} --boundaries {input.boundaries}"
         " --phase {output.phase_png} {output.phase_other}"
-        " --map {output.map_png} {output.map_other} > {log} 2>&1"
+        " --map {output.map_png} {output.map_other} --describe {params.describe:q} > {log} 2>&1"
 
 
 if "esd" in FIGURES:
@@ -230,16 +238,17 @@ if "esd" in FIGURES:
             ),
             esd_other=FIGURES["esd"][1:],
         log:
-            f"{LOGS}/plot_esd.log",
+            f"{LOGS}/{ANALYSIS_DIR}plot_esd.log",
         benchmark:
-            f"{BENCH}-local/plot_esd.tsv",
+            f"{BENCH}-local/{ANALYSIS_DIR}plot_esd.tsv"
         conda:
             ENV
         params:
-            spec=to_json(CFG.plot_spec()),
+            spec=lambda wildcards: to_json(cfg_of(wildcards).plot_spec()),
+            describe=describe,
         shell:
             "python -m threeregime plot-esd --spec {params.spec:q} --regimes {input.regimes}"
-            " --out {output.esd_png} {output.esd_other} > {log} 2>&1"
+            " --out {output.esd_png} {output.esd_other} --describe {params.describe:q} > {log} 2>&1"
 
 
 if "instability" in FIGURES:
@@ -257,15 +266,78 @@ if "instability" in FIGURES:
             ),
             other=FIGURES["instability"][1:],
         log:
-            f"{LOGS}/plot_instability.log",
+            f"{LOGS}/{ANALYSIS_DIR}plot_instability.log",
         benchmark:
-            f"{BENCH}-local/plot_instability.tsv",
+            f"{BENCH}-local/{ANALYSIS_DIR}plot_instability.tsv"
         conda:
             ENV
         params:
-            spec=to_json(
-                CFG.plot_spec() | {"stable_barrier": CFG.regimes.stable_barrier}
+            spec=lambda wildcards: to_json(
+                cfg_of(wildcards).plot_spec()
+                | {"stable_barrier": CFG.regimes.stable_barrier}
             ),
+            describe=describe,
         shell:
             "python -m threeregime plot-instability --spec {params.spec:q} --regimes {input.regimes}"
-            " --out {output.png} {output.other} > {log} 2>&1"
+            " --out {output.png} {output.other} --describe {params.describe:q} > {log} 2>&1"
+
+
+if COMPARE_SETUPS:
+
+    # The method axis: every setup's map side by side and where they differ, under thresholds
+    # shared by all setups (threeregime.analysis.compare); the same as `threeregime compare` on
+    # the setups' folders.
+    rule compare_setups:
+        input:
+            tables=expand(
+                [ANALYSIS["metrics"], ANALYSIS["cells"], ANALYSIS["regimes"], SUMMARY],
+                setup=SETUPS,
+            ),
+        output:
+            table=report(
+                COMPARISON["table"],
+                caption=f"{CAPTIONS}/comparison_csv.rst",
+                category=DATA_CAT,
+                labels={"name": "comparison.csv"},
+            ),
+            labels=COMPARISON["labels"],
+            summary=COMPARISON["summary"],
+            html=report(
+                COMPARISON["html"],
+                caption=f"{CAPTIONS}/comparison.rst",
+                category=REGIMES_CAT,
+                labels={"name": "where the setups differ"},
+            ),
+            maps_png=report(
+                COMPARISON["maps"][0],
+                caption=f"{CAPTIONS}/comparison_maps.rst",
+                category=FIGURES_CAT,
+                subcategory="Setups compared",
+                labels={"name": "regime maps of the setups"},
+            ),
+            maps_other=COMPARISON["maps"][1:],
+            difference_png=report(
+                COMPARISON["difference"][0],
+                caption=f"{CAPTIONS}/comparison_difference.rst",
+                category=FIGURES_CAT,
+                subcategory="Setups compared",
+                labels={"name": "difference map of the setups"},
+            ),
+            difference_other=COMPARISON["difference"][1:],
+        log:
+            f"{LOGS}/setups/compare.log",
+        benchmark:
+            f"{BENCH}-local/setups/compare_setups.tsv"
+        localrule: True
+        conda:
+            ENV
+        params:
+            # each setup's folder and the comparison's, from the paths of the files (their local
+            # copies under a storage provider); functions of them, so not compared between runs
+            runs=lambda wildcards, input: " ".join(
+                shlex.quote(str(Path(path).parent))
+                for path in input.tables[: len(SETUPS)]
+            ),
+            out=lambda wildcards, output: str(Path(output.summary).parent),
+        shell:
+            "python -m threeregime compare {params.runs} --out {params.out:q} > {log} 2>&1"

@@ -112,7 +112,42 @@ LOGS = f"{RES}/logs"
 BENCH = f"{RES}/benchmarks"
 KNOB = CFG.knob.name
 DATA = f"{RES}/data/dataset.pt"
-CELL = f"{KNOB}-{{temperature}}/density-{{density}}/seed{{seed}}"
+# The method axis (prune.setups): every setup prunes the same dense models, and its pruned,
+# retrained and metrics files, logs and benchmarks sit under setup-<name>/ (the setup wildcard);
+# its tables and figures under setups/<name>/. Without prune.setups both are empty: the paths
+# are those the workflow always had.
+SETUPS = CFG.setup_names
+SETUP_CFG = {name: CFG.for_setup(name) for name in SETUPS}
+CONFIGS = list(SETUP_CFG.values()) or [CFG]
+SETUP = "setup-{setup}/" if SETUPS else ""
+COMPARE_SETUPS = len(SETUPS) >= 2  # one setup alone has nothing to be compared with
+ANALYSIS_DIR = "setups/{setup}/" if SETUPS else ""
+CELL = f"{SETUP}{KNOB}-{{temperature}}/density-{{density}}/seed{{seed}}"
+
+
+def cfg_of(wildcards):
+    """The experiment of a job's setup (the run's own without prune.setups)."""
+    return SETUP_CFG[wildcards.setup] if SETUPS else CFG
+
+
+def run_folder(cost_csv):
+    """results/<run_name> (or its local copy under a storage provider), from the path of a
+    cost.csv, which sits there, or under setups/<name>/ with prune.setups."""
+    return Path(cost_csv).parents[2 if SETUPS else 0]
+
+
+def describe(wildcards, output):
+    """The run a job's figures and summary name (threeregime.config.experiment
+    .ExperimentConfig.description), as JSON; a function of the output, so a derived param.
+    """
+    return to_json(cfg_of(wildcards).description())
+
+
+def in_setup(path, setup):
+    """``path`` with its setup wildcard filled in (unchanged without prune.setups)."""
+    return path.replace("{setup}", setup) if SETUPS else path
+
+
 # A dense run per temperature and seed, or, for a knob of the retraining (rewind_step), one per
 # seed that every temperature prunes.
 DENSE_RUN = CFG.dense_folder("{temperature}")
@@ -183,9 +218,14 @@ def _one_of(values):
     return "|".join(re.escape(v) for v in values)
 
 
+# every density a prune job of any setup makes (in order of first appearance)
+PRUNED_DENSITIES = list(dict.fromkeys(d for c in CONFIGS for d in c.pruned_densities))
+
+
 wildcard_constraints:
     temperature=_one_of(CFG.temperatures),
-    density=_one_of(CFG.pruned_densities),
+    density=_one_of(PRUNED_DENSITIES),
+    setup=_one_of(SETUPS),
     seed=r"\d+",
     rseed=r"\d+",
     a=r"\d+",
@@ -197,7 +237,7 @@ def prune_inputs(wildcards):
     for an iterative level past the first, the previous level's retrained model it prunes (in
     this order: `prune --dense DENSE [PREVIOUS_LEVEL]`)."""
     inputs = [DENSE.format(**wildcards)]
-    parent = CFG.prune_parent(wildcards.density)
+    parent = cfg_of(wildcards).prune_parent(wildcards.density)
     if parent is not None:
         link = dict(wildcards) | {"density": parent, "rseed": CFG.chain_seed}
         inputs.append(RETRAINED.format(**link))
@@ -206,23 +246,35 @@ def prune_inputs(wildcards):
 
 def prune_data(wildcards):
     """The dataset, for a method that calibrates on training samples (Wanda); none otherwise."""
-    return DATA if CFG.prune_calibrates else []
+    return DATA if cfg_of(wildcards).prune_calibrates else []
+
+
+def prune_data_flag(wildcards, input):
+    """--data and the dataset for a setup whose method calibrates (prune.setups); a function of
+    the input, so a derived param, never compared between runs."""
+    return f" --data {shlex.quote(input.data)}" if input.data else ""
 
 
 # The prune command; a calibrating method adds --data, so every other config's command (and
-# Snakemake's record of it) stays as it was.
+# Snakemake's record of it) stays as it was. Setups mix both: the flag comes per job.
 PRUNE_COMMAND = (
     "python -m threeregime prune --spec {params.spec:q} --dense {input.models}"
-    " --data {input.data} --out {output} > {log} 2>&1"
-    if CFG.prune_calibrates
-    else "python -m threeregime prune --spec {params.spec:q} --dense {input} --out {output}"
-    " > {log} 2>&1"
+    "{params.data} --out {output} > {log} 2>&1"
+    if SETUPS
+    else (
+        "python -m threeregime prune --spec {params.spec:q} --dense {input.models}"
+        " --data {input.data} --out {output} > {log} 2>&1"
+        if CFG.prune_calibrates
+        else "python -m threeregime prune --spec {params.spec:q} --dense {input} --out {output}"
+        " > {log} 2>&1"
+    )
 )
 
 
-# Iterative pruning's levels that are links of the chain but not measured: only their first
-# retraining is needed (it is what the next level prunes).
-CHAIN_LINKS = [d for d in CFG.pruned_densities if d not in CFG.densities]
+def chain_links(cfg):
+    """Iterative pruning's levels that are links of the chain but not measured: only their first
+    retraining is needed (it is what the next level prunes)."""
+    return [d for d in cfg.pruned_densities if d not in cfg.densities]
 
 
 def dense_init(wildcards):
@@ -251,13 +303,16 @@ RETRAIN_JOB = {
         "log": f"{LOGS}/retrain/{CELL}/retrain.log",
         "benchmark": f"{BENCH}/retrain/{CELL}/retrain.tsv",
     },
-    "temperature": {
-        "pruned": expand(PRUNED, density=CFG.densities, allow_missing=True),
+    "temperature": {  # every setup has the same densities (threeregime.config.checks)
+        "pruned": expand(PRUNED, density=CONFIGS[0].densities, allow_missing=True),
         "outputs": expand(
-            RETRAINED, density=CFG.densities, rseed=RETRAIN_SEEDS, allow_missing=True
+            RETRAINED,
+            density=CONFIGS[0].densities,
+            rseed=RETRAIN_SEEDS,
+            allow_missing=True,
         ),
-        "log": f"{LOGS}/retrain/{KNOB}-{{temperature}}/seed{{seed}}/retrain.log",
-        "benchmark": f"{BENCH}/retrain/{KNOB}-{{temperature}}/seed{{seed}}/retrain.tsv",
+        "log": f"{LOGS}/retrain/{SETUP}{KNOB}-{{temperature}}/seed{{seed}}/retrain.log",
+        "benchmark": f"{BENCH}/retrain/{SETUP}{KNOB}-{{temperature}}/seed{{seed}}/retrain.tsv",
     },
 }[CFG.runtime.retrain_pack]
 
@@ -291,13 +346,15 @@ def with_ancestors(start, parent):
     return links
 
 
-def job_records(cells, extra_seeds=None):
+def job_records(cells, extra_seeds=None, cfg=CFG):
     """The benchmark of every compute job the metrics of ``cells`` ((temperature, density)
     pairs) are computed from, with every dense seed of the config and a cell's
     ``extra_seeds`` ("t/d" -> seeds, an adaptive plan's replicates), and the log of each such job
     that runs on runtime.device: what collect's cost table reads. Declared as collect's inputs
-    under a storage provider, where a job sees only its declared files."""
+    under a storage provider, where a job sees only its declared files. ``cfg``: the setup's
+    experiment under prune.setups."""
     extra_seeds = extra_seeds or {}
+    setup = {"setup": cfg.setup} if SETUPS else {}
 
     def seeds_of(t, d):
         return [str(s) for s in [*CFG.seeds.dense, *extra_seeds.get(f"{t}/{d}", [])]]
@@ -307,30 +364,29 @@ def job_records(cells, extra_seeds=None):
         (a, s): set()
         for t, d in cells
         for s in seeds_of(t, d)
-        for a in with_ancestors(t, CFG.dense_parent)
+        for a in with_ancestors(t, cfg.dense_parent)
     }
     for t, d in cells:
         for s in seeds_of(t, d):
             # a job packing a dense model's retrainings needs every density's pruned model
-            if CFG.runtime.retrain_pack == "temperature":
-                densities[(t, s)] |= set(CFG.densities)
-            densities[(t, s)] |= set(with_ancestors(d, CFG.prune_parent))
+            if cfg.runtime.retrain_pack == "temperature":
+                densities[(t, s)] |= set(cfg.densities)
+            densities[(t, s)] |= set(with_ancestors(d, cfg.prune_parent))
     jobs = [("prepare_data", {})]
     for t, s in sorted(densities):
         model = {"temperature": t, "seed": s}
         jobs.append(("dense_train", model))
-        if CFG.retrain.rewinds_weights:
+        if cfg.retrain.rewinds_weights:
             jobs.append(("rewind", model))
         for d in sorted(densities[(t, s)]):
-            jobs.append(("prune", model | {"density": d}))
-            measured = d in CFG.densities  # else a link of an iterative chain
-            for r in RETRAIN_SEEDS if measured else [str(CFG.chain_seed)]:
-                jobs.append(("retrain", model | {"density": d, "rseed": r}))
+            jobs.append(("prune", model | setup | {"density": d}))
+            measured = d in cfg.densities  # else a link of an iterative chain
+            for r in RETRAIN_SEEDS if measured else [str(cfg.chain_seed)]:
+                jobs.append(("retrain", model | setup | {"density": d, "rseed": r}))
     for t, d in cells:
-        for s, (a, b) in itertools.product(seeds_of(t, d), CFG.retrain_pairs):
-            jobs.append(
-                ("metrics", {"temperature": t, "density": d, "seed": s, "a": a, "b": b})
-            )
+        for s, (a, b) in itertools.product(seeds_of(t, d), cfg.retrain_pairs):
+            cell = {"temperature": t, "density": d, "seed": s, "a": a, "b": b}
+            jobs.append(("metrics", cell | setup))
     records = set()
     for name, wildcards in jobs:
         job_log, benchmark = JOB_FILES[name]
@@ -375,13 +431,20 @@ def labels(wildcards):
     return " ".join(f"--label {p}" for p in pairs)
 
 
-def all_metrics():
-    """One metrics file per (temperature, density, dense seed, retrain pair)."""
-    return [METRICS.format(**cell) for cell in grid_cells(CFG.metrics_axes())]
+def all_metrics(cfg=None):
+    """One metrics file per (temperature, density, dense seed, retrain pair): of the setup
+    ``cfg``, or of every setup (the run's own grid without prune.setups)."""
+    return [
+        in_setup(METRICS, c.setup).format(**cell)
+        for c in ([cfg] if cfg is not None else CONFIGS)
+        for cell in grid_cells(c.metrics_axes())
+    ]
 
 
+# The analysis of each setup (its own tables and figures) and, under prune.setups, the
+# comparison of all setups under shared thresholds (rule compare_setups).
 ANALYSIS = {
-    name: f"{RES}/{name}.csv"
+    name: f"{RES}/{ANALYSIS_DIR}{name}.csv"
     for name in (
         "metrics",
         "models",
@@ -394,30 +457,65 @@ ANALYSIS = {
         "boundaries",
     )
 }
+SUMMARY = f"{RES}/{ANALYSIS_DIR}summary.json"
 FIGURES = {
-    "phase": [f"{RES}/phase_diagram.png", f"{RES}/phase_diagram.pdf"],
-    "map": [f"{RES}/regime_map.png", f"{RES}/regime_map.pdf"],
+    "phase": [
+        f"{RES}/{ANALYSIS_DIR}phase_diagram.png",
+        f"{RES}/{ANALYSIS_DIR}phase_diagram.pdf",
+    ],
+    "map": [
+        f"{RES}/{ANALYSIS_DIR}regime_map.png",
+        f"{RES}/{ANALYSIS_DIR}regime_map.pdf",
+    ],
 }
 if CFG.metrics.option("hessian_esd"):  # an optional metric's figure (rule plot_esd)
-    FIGURES["esd"] = [f"{RES}/hessian_esd.png", f"{RES}/hessian_esd.pdf"]
+    FIGURES["esd"] = [
+        f"{RES}/{ANALYSIS_DIR}hessian_esd.png",
+        f"{RES}/{ANALYSIS_DIR}hessian_esd.pdf",
+    ]
 if CFG.retrain.rewinds_weights:  # instability analysis (rule plot_instability)
-    FIGURES["instability"] = [f"{RES}/instability.png", f"{RES}/instability.pdf"]
+    FIGURES["instability"] = [
+        f"{RES}/{ANALYSIS_DIR}instability.png",
+        f"{RES}/{ANALYSIS_DIR}instability.pdf",
+    ]
+# The comparison of the setups (threeregime.stages.compare writes these names into its folder).
+COMPARISON_DIR = f"{RES}/setups"
+COMPARISON = {
+    "table": f"{COMPARISON_DIR}/comparison.csv",
+    "labels": f"{COMPARISON_DIR}/comparison_labels.csv",
+    "summary": f"{COMPARISON_DIR}/comparison.json",
+    "html": f"{COMPARISON_DIR}/tables/comparison.html",
+    "maps": [
+        f"{COMPARISON_DIR}/comparison_maps.png",
+        f"{COMPARISON_DIR}/comparison_maps.pdf",
+    ],
+    "difference": [
+        f"{COMPARISON_DIR}/comparison_difference.png",
+        f"{COMPARISON_DIR}/comparison_difference.pdf",
+    ],
+}
 
 
 def intermediates():
-    """Every dataset, dense, pruned and retrained model of the grid."""
+    """Every dataset, dense, pruned and retrained model of the grid (of every setup)."""
     seeds = [str(s) for s in CFG.seeds.dense]
     grid = dict(temperature=CFG.temperatures, seed=seeds)
     dense = expand(DENSE, seed=seeds) if CFG.shared_dense else expand(DENSE, **grid)
     rewinds = expand(REWIND, **grid) if CFG.retrain.rewinds_weights else []
-    return (
-        [DATA]
-        + dense
-        + rewinds
-        + expand(PRUNED, density=CFG.pruned_densities, **grid)
-        + expand(RETRAINED, density=CFG.densities, rseed=RETRAIN_SEEDS, **grid)
-        + expand(RETRAINED, density=CHAIN_LINKS, rseed=[str(CFG.chain_seed)], **grid)
-    )
+    models = []
+    for c in CONFIGS:
+        pruned, retrained = in_setup(PRUNED, c.setup), in_setup(RETRAINED, c.setup)
+        models += expand(pruned, density=c.pruned_densities, **grid)
+        models += expand(retrained, density=c.densities, rseed=RETRAIN_SEEDS, **grid)
+        models += expand(
+            retrained, density=chain_links(c), rseed=[str(c.chain_seed)], **grid
+        )
+    return [DATA] + dense + rewinds + models
+
+
+def per_setup(paths):
+    """``paths`` of every setup (as they are without prune.setups)."""
+    return expand(paths, setup=SETUPS) if SETUPS else list(paths)
 
 
 def final_outputs():
@@ -425,12 +523,18 @@ def final_outputs():
     # input of an up-to-date job, so a deleted (e.g. corrupted) model would otherwise stay
     # deleted. As targets they are rebuilt, and what was computed from them reruns (mtime).
     # (Adaptive refinement runs only the planned cells: collect asks for their metrics itself.)
+    comparison = [
+        path
+        for value in COMPARISON.values()
+        for path in (value if isinstance(value, list) else [value])
+    ]
     return (
         ([] if CFG.adaptive.enabled else intermediates() + all_metrics())
-        + list(ANALYSIS.values())
-        + FIGURES["phase"]
-        + FIGURES["map"]
-        + FIGURES.get("esd", [])
-        + FIGURES.get("instability", [])
-        + [f"{RES}/summary.json"]
+        + per_setup(ANALYSIS.values())
+        + per_setup(FIGURES["phase"])
+        + per_setup(FIGURES["map"])
+        + per_setup(FIGURES.get("esd", []))
+        + per_setup(FIGURES.get("instability", []))
+        + per_setup([SUMMARY])
+        + (comparison if COMPARE_SETUPS else [])
     )

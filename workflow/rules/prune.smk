@@ -11,6 +11,7 @@ rule prune:
     conda:
         ENV
     params:
-        spec=lambda wc: to_json(CFG.prune_spec(wc.density)),
+        spec=lambda wc: to_json(cfg_of(wc).prune_spec(wc.density)),
+        data=prune_data_flag,
     shell:
         PRUNE_COMMAND
