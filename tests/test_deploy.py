@@ -89,8 +89,9 @@ def _pins() -> tuple[dict[str, str], list[str]]:
 
 def test_environment_pins_exact_versions_within_pyproject():
     """Every runtime requirement of pyproject.toml (but Snakemake and its Slurm plugin, which run
-    where snakemake runs, not in a job) is pinned with == in envs/threeregime.yaml, at a version
-    its range accepts; Python is pinned too."""
+    where snakemake runs, not in a job) and of its optional tracks (the mnist and lm extras) is
+    pinned with == in envs/threeregime.yaml, at a version its range accepts; Python is pinned
+    too."""
     import tomllib
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
@@ -100,7 +101,8 @@ def test_environment_pins_exact_versions_within_pyproject():
     assert [item for item in conda if item.startswith("python")] == ["python=3.11.7"]
     pinned = {canonicalize_name(name): version for name, version in pins.items()}
     project = tomllib.loads(PYPROJECT.read_text())["project"]
-    for text in project["dependencies"]:
+    extras = project["optional-dependencies"]
+    for text in [*project["dependencies"], *extras["mnist"], *extras["lm"]]:
         requirement = Requirement(text)
         name = canonicalize_name(requirement.name)
         if name.startswith("snakemake"):

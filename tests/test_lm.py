@@ -530,3 +530,26 @@ def test_a_tiny_lm_overlay_through_the_workflow(tmp_path):
     assert (results / "phase_diagram.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     log = (results / "logs" / "dense" / "tokens-5760" / "seed1.log").read_text()
     assert "epochs 1->2 of 2" in log  # continues the 2,880-token checkpoint
+
+
+@pytest.mark.slow
+def test_the_gpu_overlay_plans_its_grid_and_counts_whole_epochs_of_tokens(tmp_path):
+    """lm-gpu.yaml after lm-cpu.yaml: 5 token checkpoints x 6 densities, 2 dense seeds, one
+    retrain pair (LLaMA layers are not packed: one retrain job per retraining), each knob value a
+    whole epoch of the 128-byte windows (111 steps of 64 per epoch)."""
+    from collections import Counter
+
+    from .test_incremental import plan
+
+    overlays = REPO / "presets" / "overlays"
+    raw = merge_configs(
+        *(read_config_file(f) for f in (REPO / "config.yaml", OVERLAY, overlays / "lm-gpu.yaml"))
+    )
+    cfg = load_config(raw)
+    assert cfg.model.name == "llama_medium" and cfg.runtime.device == "cuda"
+    per_epoch = 111 * 64 * 128
+    assert [int(v) for v in cfg.knob.values] == [e * per_epoch for e in (2, 5, 10, 20, 40)]
+    write_config(tmp_path, raw)
+    jobs = Counter(rule for rule, _ in plan(tmp_path))
+    fixed = {"prepare_data": 1, "collect": 1, "classify": 1, "plot": 1}
+    assert jobs == Counter(fixed | {"dense_train": 10, "prune": 60, "retrain": 120, "metrics": 60})
