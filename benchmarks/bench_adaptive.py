@@ -76,7 +76,8 @@ CONFIDENT = 0.9
 # the contenders' adaptive settings: (step, budget); rounds, min_confidence and max_seeds fixed
 ROUNDS, MAX_SEEDS = 3, 4
 SETTINGS = [(2, 0.4), (2, 0.5), (3, 0.3), (3, 0.4), (3, 0.5)]
-CHECKED = (2, 0.5)  # the settings --check runs through the workflow
+# the settings --check runs through the workflow: the first of these the config checks accept
+CHECKED = ((2, 0.5), (3, 0.5))
 JOB = re.compile(r"^(?:local)?(?:rule|checkpoint) (\w+):$", re.MULTILINE)
 
 
@@ -108,7 +109,7 @@ def replay(grid: Grid, cfg: RegimeConfig, observations: pd.DataFrame, adaptive: 
 
 def scores(labels: pd.DataFrame, truth: pd.DataFrame) -> dict:
     """Agreement with the truth on all cells, on the truth's confident cells, measured, inferred."""
-    joined = labels.join(truth[["regime", "p_label"]], rsuffix="_truth")
+    joined = labels.join(truth[["regime", "p_label"]].add_suffix("_truth"))
     joined["agree"] = joined["regime"] == joined["regime_truth"]
     confident = joined["p_label_truth"] >= CONFIDENT
 
@@ -132,16 +133,20 @@ def dense_jobs(cells, extra: dict) -> int:
     return len(temperatures) * len(BASE_SEEDS) + len(extra_runs)
 
 
-def check_workflow(folder: Path, config: dict, plan: dict, cores: int) -> str:
-    """Run the workflow's adaptive rounds in the truth folder with the CHECKED settings and base
-    seeds: no cell job may run (every file exists) and the last plan must be the replay's."""
-    step, budget = CHECKED
+def check_workflow(folder: Path, config: dict, settings: tuple, plan: dict, cores: int) -> str:
+    """Run the workflow's adaptive rounds in the truth folder with ``settings`` (step, budget) and
+    the base seeds: no cell job may run (every file exists) and the last plan must be the
+    replay's."""
+    step, budget = settings
     adaptive = {"enabled": True, "step": step, "budget": budget, "rounds": ROUNDS,
                 "min_confidence": CONFIDENT, "max_seeds": MAX_SEEDS}  # fmt: skip
     overlay = copy.deepcopy(config) | {"adaptive": adaptive}
     overlay["seeds"] = config["seeds"] | {"dense": BASE_SEEDS}
     (folder / "adaptive-check.yaml").write_text(yaml.safe_dump(overlay, sort_keys=False))
-    _, done, _ = run_snakemake(folder, "--cores", str(cores), "--configfile", "adaptive-check.yaml")
+    # the truth run's tables exist and are newer than every metrics file, so Snakemake would see
+    # nothing to do: --forcerun collect makes it plan the rounds collect reads
+    args = ["--cores", str(cores), "--configfile", "adaptive-check.yaml", "--forcerun", "collect"]
+    _, done, _ = run_snakemake(folder, *args)
     output = done.stdout + done.stderr
     if done.returncode != 0:
         sys.exit(f"the workflow's adaptive run failed:\n{output[-4000:]}")
@@ -183,9 +188,9 @@ def main() -> None:
     seeds = sorted(int(s) for s in observations["dense_seed"].unique())
     if seeds != BASE_SEEDS + OTHER_SEEDS:
         sys.exit(f"{folder}: the truth needs dense seeds {BASE_SEEDS + OTHER_SEEDS}, found {seeds}")
-    missing = len(grid.cells()) * len(seeds) * len(run_config.seeds.retrain) - len(observations)
+    missing = len(grid.cells()) * len(seeds) * len(run_config.retrain_pairs) - len(observations)
     if missing > 0:
-        sys.exit(f"{folder}: {missing} cell x seed metrics files are missing; let the run finish")
+        sys.exit(f"{folder}: {missing} cell x seed x pair metrics files are missing; let the run finish")
 
     truth = labelled(select(observations, grid.cells(), seeds), cfg, grid)
     confident = int((truth["p_label"] >= CONFIDENT).sum())
@@ -197,7 +202,7 @@ def main() -> None:
     counts = truth["regime"].value_counts().to_dict()
     print(f"Truth: {confident} of {len(truth)} cells confident (p_label >= {CONFIDENT}); labels {counts}\n")
 
-    rows, checked_plan = [], None
+    rows, checked_plan, checked = [], None, None
     for name, chosen in (("full grid, seeds 1, 2", BASE_SEEDS), ("full grid, seeds 3, 4", OTHER_SEEDS)):
         labels = labelled(select(observations, grid.cells(), chosen), cfg, grid)
         s = scores(labels, truth)
@@ -206,18 +211,22 @@ def main() -> None:
     for step, budget in SETTINGS:
         adaptive = AdaptiveConfig(enabled=True, step=step, rounds=ROUNDS, budget=budget,
                                   min_confidence=CONFIDENT, max_seeds=MAX_SEEDS)  # fmt: skip
+        name = f"adaptive, step {step}, budget {budget}"
+        allowed = allowed_units(grid, BASE_SEEDS, budget)
+        coarse = len(coarse_cells(grid, step)) * len(BASE_SEEDS)
+        if coarse >= allowed:  # the workflow refuses this config before any job (config checks)
+            rows.append([name, f"refused: the coarse sub-grid takes {coarse} of {allowed}", *["-"] * 5])
+            continue
         plan, labels = replay(grid, cfg, observations, adaptive)
         units = len(plan["cells"]) * len(BASE_SEEDS) + sum(len(v) for v in plan["seeds"].values())
-        allowed = allowed_units(grid, BASE_SEEDS, budget)
         s = scores(labels, truth)
-        name = f"adaptive, step {step}, budget {budget}"
         rows.append([
             name, f"{units} ({units / full_units:.0%}; allowed {allowed})",
             dense_jobs(plan["cells"], plan["seeds"]), s["all"], s["confident"], s["measured"],
             s["inferred"],
         ])  # fmt: skip
-        if (step, budget) == CHECKED:
-            checked_plan = plan
+        if checked is None and (step, budget) in CHECKED:
+            checked, checked_plan = (step, budget), plan
             cells = len(plan["cells"])
             replicated = sum(len(v) for v in plan["seeds"].values())
             where = len(plan["seeds"])
@@ -227,7 +236,9 @@ def main() -> None:
     print(table(headers, rows))
     if args.check:
         run_settings = yaml.safe_load((folder / "config.yaml").read_text())
-        print("\n" + check_workflow(folder, run_settings, checked_plan, args.cores))
+        if checked is None:
+            sys.exit(f"--check: the config checks refuse every setting of {CHECKED} on this grid")
+        print("\n" + check_workflow(folder, run_settings, checked, checked_plan, args.cores))
     print(f"\nresults in {folder}")
 
 
