@@ -129,10 +129,13 @@ def reliability(pairs: pd.DataFrame) -> tuple[list[list], float]:
 def confident_agreement(pairs: pd.DataFrame, threshold: float = 0.9) -> list[list]:
     """Agreement of labels claimed at p >= threshold, per kind of comparison."""
     confident = pairs[pairs["p"] >= threshold]
-    return [
+    rows = [
         [kind, len(rows), f"{rows['agree'].mean():.1%}"]
         for kind, rows in sorted(confident.groupby("kind"), key=lambda kv: kv[0])
     ]
+    if len(rows) > 1:
+        rows.append(["**all of them**", len(confident), f"{confident['agree'].mean():.1%}"])
+    return rows
 
 
 def run_environments(seeds: int, threads: list[int], cores: int) -> list[Path]:
