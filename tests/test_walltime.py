@@ -12,7 +12,7 @@ import pytest
 from threeregime.views.cost import COLUMNS, read_costs, read_local_costs
 from threeregime.views.walltime import Job, dependencies, job_seconds, local_rules, parse_dry_run, simulate
 
-RECORDED = Path(__file__).parent / "data" / "recorded_demo"
+RECORDED = Path(__file__).parent / "fixtures" / "recorded_demo"
 
 DRY_RUN = """\
 Building DAG of jobs...
@@ -124,7 +124,7 @@ def test_the_prediction_is_within_a_quarter_of_a_recorded_demo_run():
     cost command uses) is within 25% of what the run took."""
     record = json.loads((RECORDED / "run.json").read_text())
     jobs = parse_dry_run((RECORDED / "dry_run.txt").read_text())
-    results = RECORDED / "results"
+    results = RECORDED / "run"  # results/demo of the recorded run: its benchmark files
     costs = pd.concat([read_costs(results, 2, 4), read_local_costs(results)], ignore_index=True)
     seconds = job_seconds(jobs, costs, {}, lambda rule, keys: 0.0)
     assert len(jobs) == record["jobs"] and all(seconds[j.jobid] > 0 for j in jobs)
