@@ -380,20 +380,20 @@ def test_magnitude_methods_prune_llama_layers(trained):
 
 
 # ----------------------------------------------------------------------------- LMC and CKA, known cases
+def _flipped_linears(model):
+    """The Linear layers whose sign the copy below flips (and its midpoint zeroes), per block."""
+    for layer in model.model.layers:
+        yield from (layer.self_attn.v_proj, layer.self_attn.o_proj, layer.mlp.up_proj, layer.mlp.down_proj)
+
+
 def _sign_flipped(model):
     """The same function with the opposite sign on v_proj rows / o_proj columns and on up_proj
     rows / down_proj columns: silu(g) * (-u) through -D is silu(g) * u through D. The midpoint
     of a model and this copy has those four weights at zero: no attention and no MLP output."""
     flipped = copy.deepcopy(model)
     with torch.no_grad():
-        for layer in flipped.model.layers:
-            for linear in (
-                layer.self_attn.v_proj,
-                layer.self_attn.o_proj,
-                layer.mlp.up_proj,
-                layer.mlp.down_proj,
-            ):
-                linear.weight.neg_()
+        for linear in _flipped_linears(flipped):
+            linear.weight.neg_()
     return flipped
 
 
@@ -450,14 +450,8 @@ def test_a_planted_barrier_is_measured_in_loss(trained):
     assert result["cka_hidden"] == pytest.approx(1.0, abs=1e-6)
     midpoint = copy.deepcopy(model)
     with torch.no_grad():
-        for layer in midpoint.model.layers:
-            for linear in (
-                layer.self_attn.v_proj,
-                layer.self_attn.o_proj,
-                layer.mlp.up_proj,
-                layer.mlp.down_proj,
-            ):
-                linear.weight.zero_()
+        for linear in _flipped_linears(midpoint):
+            linear.weight.zero_()
     end, _ = evaluate(model, data.eval_batches("train", 60))
     middle, _ = evaluate(midpoint, data.eval_batches("train", 60))
     assert result["lmc_train_loss"][1] == pytest.approx(middle, rel=1e-5)
