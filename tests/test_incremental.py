@@ -197,31 +197,60 @@ def test_packing_a_cells_retrain_seeds_reruns_nothing(done):
     assert plan(folder, {"runtime": {"retrain_pack": "cell"}}) == set()
 
 
-def test_packing_by_temperature_plans_one_retrain_job_per_dense_model(tmp_path):
-    """A fresh plan: one retrain job per (temperature, dense seed) holding every density's runs."""
+def test_packing_by_temperature_plans_one_job_per_dense_model_and_step(tmp_path):
+    """A fresh plan: one prune, one retrain and one metrics job per (temperature, dense seed),
+    each holding every density's models and pairs."""
     config = copy.deepcopy(BASE)
     config["prune"]["densities"] = [0.2, 0.5]
     config["runtime"]["retrain_pack"] = "temperature"
     write_config(tmp_path, config)
     output = run(tmp_path, "-n")
-    retrain = {j for j in jobs_in(output) if j[0] == "retrain"}
-    assert retrain == {job("retrain", temperature=t, seed=SEED) for t in TEMPS}
+    planned = jobs_in(output)
+    for rule in ("prune", "retrain", "metrics"):
+        assert {j for j in planned if j[0] == rule} == {job(rule, temperature=t, seed=SEED) for t in TEMPS}
     assert len(re.findall(r"retrain/epochs-3/density-0\.[25]/seed1/retrain[12]/model\.pt", output)) >= 4
+    assert len(re.findall(r"metrics/epochs-3/density-0\.[25]/seed1/pair1-2\.json", output)) >= 2
 
 
-def test_packed_retraining_reproduces_the_separate_retrainings(done, tmp_path):
-    """The same workflow with every retraining of a dense model packed into one job: same
-    numbers as the separate jobs of the base run, up to rounding."""
+def test_packed_jobs_reproduce_the_separate_jobs(done, tmp_path):
+    """The same workflow with each dense model's pruning, retrainings and metrics packed into
+    one job per step: the same pruned models and metrics files (keys and labels too) as the
+    separate jobs of the base run, the retrained numbers up to rounding."""
+    import json
+
     import pandas as pd
+    import torch
+
+    from threeregime.compute.checkpoints import load
 
     folder, _ = done
     packed = tmp_path / "packed"
     shutil.copytree(folder, packed, symlinks=True)
     overlay = write_config(packed, {"runtime": {"retrain_pack": "temperature"}}, "overlay.yaml")
-    output = run(packed, "--configfile", str(overlay), "--forcerun", "retrain")
-    assert Counter(rule for rule, _, _ in job_intervals(output))["retrain"] == len(TEMPS)
-    log = (packed / "results/tiny/logs/retrain/epochs-3/seed1/retrain.log").read_text()
+    # The packed prune job's spec (a list) is not the separate one's: every prune reruns, and
+    # what is computed from the pruned models.
+    output = run(packed, "--configfile", str(overlay))
+    counts = Counter(rule for rule, _, _ in job_intervals(output))
+    assert {rule: counts[rule] for rule in ("prune", "retrain", "metrics")} == dict.fromkeys(
+        ("prune", "retrain", "metrics"), len(TEMPS)
+    )
+    logs = packed / "results/tiny/logs"
+    log = (logs / "retrain/epochs-3/seed1/retrain.log").read_text()
     assert "2 packed runs (retrain density=0.5 seed=1, retrain density=0.5 seed=2)" in log
+    assert "pruned with uniform" in (logs / "prune/epochs-3/seed1.log").read_text()
+    for t in TEMPS:
+        cell = f"epochs-{t}/density-{DENSITY}/seed{SEED}"
+        alone = load(str(folder / f"results/tiny/pruned/{cell}/model.pt"), "pruned")
+        together = load(str(packed / f"results/tiny/pruned/{cell}/model.pt"), "pruned")
+        for part in ("masks", "model"):
+            assert all(torch.equal(alone[part][k], together[part][k]) for k in alone[part]), (cell, part)
+        alone = json.loads((folder / f"results/tiny/metrics/{cell}/pair1-2.json").read_text())
+        together = json.loads((packed / f"results/tiny/metrics/{cell}/pair1-2.json").read_text())
+        assert list(together) == list(alone)
+        labels = ("knob", "temperature", "density", "dense_seed", "seed_a", "seed_b")
+        assert (
+            [together[k] for k in labels] == [alone[k] for k in labels] == ["epochs", float(t), 0.5, 1, 1, 2]
+        )
     keys = ["temperature", "density", "dense_seed", "retrain_seed"]
     separate = pd.read_csv(folder / "results/tiny/models.csv").sort_values(keys).reset_index(drop=True)
     together = pd.read_csv(packed / "results/tiny/models.csv").sort_values(keys).reset_index(drop=True)
@@ -234,16 +263,15 @@ def test_packed_retraining_reproduces_the_separate_retrainings(done, tmp_path):
     assert (together["test_error"] - separate["test_error"]).abs().max() <= 0.01  # a test sample
     swapped = separate.groupby(["temperature"])["train_loss"].transform(lambda s: s[::-1].to_numpy())
     assert relative(swapped, separate["train_loss"]) > 2e-3, "a seed mix-up must be visible"
-    # With one density a temperature pack has the inputs of the separate jobs: back to none, no
-    # rerun. A second density joins every pack's inputs and outputs: each pack reruns whole.
-    assert plan(packed, {"runtime": {"retrain_pack": "none"}}) == set()
+    # Back to separate jobs: every cell's jobs rerun (their commands and specs differ). A second
+    # density joins every packed job's outputs: each reruns whole.
+    cells = set().union(*(cell_jobs(t, DENSITY) for t in TEMPS))
+    assert plan(packed, {"runtime": {"retrain_pack": "none"}}) == cells | ANALYSIS
     overlay = {"prune": {"densities": [0.5, 0.2]}, "runtime": {"retrain_pack": "temperature"}}
-    cells = set().union(*(cell_jobs(t, d) for t in TEMPS for d in (DENSITY, "0.2")))
-    expected = {j for j in cells if j[0] == "metrics"} | {
-        job("prune", temperature=t, density="0.2", seed=SEED) for t in TEMPS
+    per_model = {
+        job(rule, temperature=t, seed=SEED) for rule in ("prune", "retrain", "metrics") for t in TEMPS
     }
-    expected |= {job("retrain", temperature=t, seed=SEED) for t in TEMPS} | ANALYSIS
-    assert plan(packed, overlay) == expected
+    assert plan(packed, overlay) == per_model | ANALYSIS
 
 
 @pytest.mark.parametrize(

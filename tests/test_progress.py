@@ -233,6 +233,42 @@ def test_status_plans_the_shared_dense_run_and_the_rewind_replays():
     assert rewinds == {f"results/tiny/rewind/rewind_step-{k}/seed1/model.pt" for k in (0, 3)}
 
 
+def test_status_and_cost_count_a_dense_models_packed_jobs_once():
+    """Under retrain_pack temperature one prune, retrain and metrics job per dense model: status
+    lists each in every cell it serves (the cell's own files, the job's one log) and counts it
+    once; a state is the whole job's; cost counts its units as every density's (and pair's)."""
+    from threeregime.config.load import load_config
+    from threeregime.views.status import distinct_jobs, plan_cells
+
+    config = copy.deepcopy(TINY_CONFIG)
+    config["runtime"] = {"retrain_pack": "temperature"}
+    cfg = load_config(config)
+    cells = plan_cells(cfg)
+    listed = [job for cell in cells for job in cell.jobs]
+    logs = {job.rule: set() for job in listed}
+    for job in listed:
+        logs[job.rule].add(str(job.log))
+    for rule in ("prune", "retrain", "metrics"):
+        folder = {"retrain": "retrain/epochs-{}/seed1/retrain.log"}.get(rule, rule + "/epochs-{}/seed1.log")
+        assert logs[rule] == {f"results/tiny/logs/{folder.format(t)}" for t in ("1", "3")}, rule
+    row = [cell for cell in cells if cell.temperature == "1"]
+    assert [str(job.outputs[0]) for cell in row for job in cell.metrics] == [
+        f"results/tiny/metrics/epochs-1/density-{d}/seed1/pair1-2.json" for d in ("0.2", "0.6")
+    ]
+    row[0].metrics[0].state, row[1].metrics[0].state = "done", "running"
+    jobs = distinct_jobs([job for cell in cells for job in cell.jobs])
+    assert sorted((j.rule, j.state) for j in jobs) == sorted(
+        [("prune", "not started"), ("retrain", "not started")] * 2
+        + [("metrics", "running"), ("metrics", "not started")]
+    )
+    # cost: a packed metrics job measures 2 densities x 1 pair; a packed prune job 2 models
+    pair = job_units(cfg, "metrics", {"temperature": "1", "density": "0.2", "seed": "1", "a": "1", "b": "2"})
+    assert job_units(cfg, "metrics", {"temperature": "1", "seed": "1"}) == 2 * pair
+    assert job_units(cfg, "prune", {"temperature": "1", "seed": "1"}) == 2.0
+    units = target_units(cfg)
+    assert units["prune"] == (2, 4.0) and units["metrics"] == (2, 4 * pair) and units["retrain"][0] == 2
+
+
 # ----------------------------------------------------------------------------- half-done or broken runs
 def _fabricated_pair(temperature: str, density: str, mc: float, cka: float) -> dict:
     """A metrics record of one retrain pair, as the metrics job writes it (the fields status and

@@ -395,3 +395,31 @@ def test_a_full_disk_is_one_line_saying_so(full_disk, capsys):
     err = capsys.readouterr().err
     assert f"error: {out}: No space left on device" in err and err.count("\n") == 1, err
     assert sorted(p.name for p in full_disk.iterdir()) == [], "no partial or temporary file left"
+
+
+PRUNE = ["prune", "--dense", "dense.pt", "--out", "a.pt"]
+METRICS = ["metrics", "--spec", "{}", "--data", "d.pt"]
+DUPLICATE = json.dumps([{"a": "1", "b": "2", "out": "o.json", "labels": []}] * 2)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        ([*PRUNE, "--spec", "[{}, {}]"], "one spec per distinct --out path, got 2"),
+        ([*PRUNE, "a.pt", "--spec", "[{}]"], "got 1 for ['a.pt', 'a.pt']"),
+        ([*PRUNE, "--spec", "{not json"], "prune --spec: not JSON"),
+        ([*METRICS, "--pairs", "[1, 2]"], "expected a non-empty JSON list"),
+        ([*METRICS, "--pairs", "[]"], "expected a non-empty JSON list"),
+        ([*METRICS, "--a", "a.pt"], "give --a, --b and --out (one pair), or --pairs"),
+        ([*METRICS, "--pairs", DUPLICATE], "two pairs write the same output"),
+    ],
+)
+def test_a_packed_job_with_malformed_arguments_fails_in_one_line_before_any_compute(
+    argv, message, tmp_path, capsys, monkeypatch
+):
+    """The packed prune and metrics commands (retrain_pack temperature) check their lists first."""
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not list(tmp_path.iterdir())  # nothing written, no lock left

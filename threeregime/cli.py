@@ -165,7 +165,17 @@ def cmd_rewind(args) -> None:
 def cmd_prune(args) -> None:
     from threeregime.stages import jobs
 
-    jobs.prune(args.spec, args.dense, args.out, args.data)
+    try:
+        specs = json.loads(args.spec)
+    except ValueError as exc:
+        raise ConfigError(f"prune --spec: not JSON ({exc})") from None
+    specs = specs if isinstance(specs, list) else [specs]  # packed: one spec per --out
+    if len(specs) != len(args.out) or len(set(args.out)) < len(args.out):
+        raise ConfigError(
+            f"prune: expected one spec per distinct --out path, got {len(specs)} for {args.out}"
+        )
+    for spec, out in zip(specs, args.out):
+        jobs.prune(json.dumps(spec), args.dense, out, args.data)
 
 
 def cmd_retrain(args) -> None:
@@ -179,7 +189,37 @@ def cmd_retrain(args) -> None:
 def cmd_metrics(args) -> None:
     from threeregime.stages import jobs
 
-    jobs.pair(args.spec, args.data, args.a, args.b, _labels(args.label), args.out, _compute(args))
+    compute, pairs = _compute(args), metrics_pairs(args)
+    for number, pair in enumerate(pairs, 1):
+        if len(pairs) > 1:
+            log.info("pair %d of %d -> %s", number, len(pairs), pair["out"])
+        jobs.pair(args.spec, args.data, pair["a"], pair["b"], _labels(pair["labels"]), pair["out"], compute)
+
+
+def metrics_pairs(args) -> list[dict]:
+    """The pairs a metrics job measures: --a, --b, --label, --out (one), or --pairs, a JSON list
+    of {"a", "b", "out", "labels": ["key=value", ...]} measured in one process (the workflow's
+    runtime.retrain_pack: temperature)."""
+    if not args.pairs:
+        if not (args.a and args.b and args.out):
+            raise ConfigError("metrics: give --a, --b and --out (one pair), or --pairs")
+        return [{"a": args.a, "b": args.b, "out": args.out, "labels": args.label}]
+    keys = {"a", "b", "out", "labels"}
+    try:
+        pairs = json.loads(args.pairs)
+    except ValueError:
+        pairs = None
+    if (
+        not pairs
+        or not isinstance(pairs, list)
+        or not all(isinstance(p, dict) and set(p) == keys for p in pairs)
+    ):
+        raise ConfigError(
+            f"metrics --pairs: expected a non-empty JSON list of objects with keys {sorted(keys)}"
+        )
+    if len({p["out"] for p in pairs}) < len(pairs):
+        raise ConfigError("metrics --pairs: two pairs write the same output")
+    return pairs
 
 
 def cmd_collect(args) -> None:
@@ -368,7 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="the dense model, then (iterative pruning, past level 1) the previous level's retrained model",
     )  # fmt: skip
     p.add_argument("--data", default="", help="the dataset, for a method that calibrates on training samples")
-    p.add_argument("--out", required=True)
+    p.add_argument(
+        "--out", required=True, nargs="+", help="pruned model(s): one per spec (--spec a JSON list packs)"
+    )
     p = command("retrain", cmd_retrain, compute=True)
     p.add_argument(
         "--run", nargs=3, action="append", required=True, metavar=("PRUNED", "OUT", "SEED"),
@@ -376,10 +418,13 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--rewind", default="", help="weight rewinding: the rewind job's state at step k")
     p = command("metrics", cmd_metrics, compute=True)
-    p.add_argument("--a", required=True, help="retrained model (first seed of the pair)")
-    p.add_argument("--b", required=True, help="retrained model (second seed of the pair)")
+    p.add_argument("--a", default="", help="retrained model (first seed of the pair)")
+    p.add_argument("--b", default="", help="retrained model (second seed of the pair)")
     p.add_argument("--label", action="append", default=[], help="key=value naming the cell")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", default="")
+    p.add_argument(
+        "--pairs", default="", help='packed: JSON [{"a", "b", "out", "labels": ["k=v", ...]}, ...]'
+    )
     p = command("collect", cmd_collect, spec=False)
     p.add_argument("--pattern", required=True, help="metrics file path with {temperature} ... {b}")
     p.add_argument("--grid", required=True, help="JSON axes: temperature, density, seed, pair")
@@ -436,9 +481,9 @@ JOB_OUTPUT = {
     "prepare-data": lambda args: args.out,
     "dense": lambda args: args.out,
     "rewind": lambda args: args.out,
-    "prune": lambda args: args.out,
+    "prune": lambda args: args.out[0],
     "retrain": lambda args: args.run[0][1],
-    "metrics": lambda args: args.out,
+    "metrics": lambda args: metrics_pairs(args)[0]["out"],
 }
 
 

@@ -10,6 +10,7 @@ arguments; the work is done by threeregime.compute: resume (resumable training),
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -247,12 +248,18 @@ def retrain(
     job.finished()
 
 
+@functools.lru_cache(maxsize=1)
+def _dataset(path: str, device: torch.device, channels_last: bool):
+    """The dataset, read once per process: a packed metrics job measures many pairs on it."""
+    return load_dataset(path, device, channels_last)
+
+
 def pair(spec_json: str, data_path: str, a_path: str, b_path: str, labels: dict, out: str, compute: Compute):
     """All metrics of one retrain pair of one pruned model: LMC, CKA, and both models' own;
     ``labels`` (knob, temperature, density, seeds) name the cell in the output."""
     settings = MetricsSpec.parse(spec_json).metrics
     device, perf = compute.device, compute.perf
-    data = load_dataset(data_path, device, perf.channels_last)
+    data = _dataset(data_path, device, perf.channels_last)
     a, b = load(a_path, "retrain"), load(b_path, "retrain")
     lineage = merge_environments([compute.environment()], environments(a), environments(b))
     warn_if_mixed(f"{a_path} / {b_path}", lineage)

@@ -31,16 +31,16 @@ UNITS = {
     "prepare_data": "job",
     "dense_train": "training samples processed (x2 under SAM)",
     "rewind": "training samples processed (the replay trains to the end of k's epoch)",
-    "prune": "job",
+    "prune": "pruned model",
     "retrain": "training samples processed, all runs of the job",
-    "metrics": "LMC points x training samples",
+    "metrics": "LMC points x training samples, all pairs of the job",
 }
 ASSUMPTION = (
     "each rule's time is linear in its units: training in samples processed (epochs x training "
     "samples, or iterations x batch size; x2 under SAM), a metrics job in LMC points x training "
     "samples (BatchNorm recompute and evaluation on the training set at every point dominate), "
-    "prune and prepare_data constant per job; the target runs the measured model on the measured "
-    "device with the measured runtime settings (retrain_pack, amp, compile)"
+    "prune constant per pruned model and prepare_data per job; the target runs the measured "
+    "model on the measured device with the measured runtime settings (retrain_pack, amp, compile)"
 )
 _SEGMENTS = [
     ("density", re.compile(r"density-(.+)")),
@@ -192,9 +192,13 @@ def job_units(cfg: ExperimentConfig, rule: str, keys: dict) -> float:
     if rule == "retrain":
         runs = retrain_runs(keys, len(cfg.seeds.retrain), len(cfg.densities))
         return runs * _samples(cfg.retrain_recipe(), n_train)
+    # a packed job (retrain_pack temperature: no density in its path) prunes every density and
+    # measures every density's pairs
+    cells = 1 if "density" in keys else len(cfg.densities)
     if rule == "metrics":
-        return cfg.metrics.lmc_points * n_train
-    return 1.0
+        pairs = 1 if "a" in keys else cells * len(cfg.retrain_pairs)
+        return pairs * cfg.metrics.lmc_points * n_train
+    return float(cells) if rule == "prune" else 1.0
 
 
 def target_units(cfg: ExperimentConfig) -> dict[str, tuple[int, float]]:
@@ -208,12 +212,14 @@ def target_units(cfg: ExperimentConfig) -> dict[str, tuple[int, float]]:
     runs = cells * seeds + links * (1 if pack == "none" else seeds)
     retrain_jobs = {"none": runs, "cell": cells + links, "temperature": len(models)}[pack]
     pairs = cells * len(cfg.retrain_pairs)
+    packed = pack == "temperature"  # pruning and metrics packed per dense model too
+    one_pair = job_units(cfg, "metrics", {"density": "", "a": ""})
     units = {
         "prepare_data": (1, 1.0),
         "dense_train": (len(dense), sum(job_units(cfg, "dense_train", k) for k in dense)),
-        "prune": (cells + links, float(cells + links)),
+        "prune": (len(models) if packed else cells + links, float(cells + links)),
         "retrain": (retrain_jobs, runs * _samples(cfg.retrain_recipe(), train_samples(cfg))),
-        "metrics": (pairs, pairs * job_units(cfg, "metrics", {})),
+        "metrics": (len(models) if packed else pairs, pairs * one_pair),
     }
     if cfg.retrain.rewinds_weights:
         units["rewind"] = (len(models), sum(job_units(cfg, "rewind", k) for k in models))

@@ -178,8 +178,11 @@ def plan_cells(cfg: ExperimentConfig, data: Job | None = None) -> list[Cell]:
                 cell.dense.append(dense[(t, s)])
                 if (t, s) in rewind:
                     cell.dense.append(rewind[(t, s)])
+                # packed per dense model (retrain_pack temperature), a job is listed in each of
+                # its cells with that cell's outputs and the job's one log (counted once)
+                model = path if pack != "temperature" else f"{setup}{knob}-{t}/seed{s}"
                 pruned = res / f"pruned/{path}/model.pt"
-                cell.jobs.append(Job("prune", [pruned], res / f"logs/prune/{path}.log"))
+                cell.jobs.append(Job("prune", [pruned], res / f"logs/prune/{model}.log"))
                 retrained = [res / f"retrain/{path}/retrain{r}/model.pt" for r in seeds]
                 if pack == "none":
                     logs = [res / f"logs/retrain/{path}/retrain{r}.log" for r in seeds]
@@ -188,12 +191,9 @@ def plan_cells(cfg: ExperimentConfig, data: Job | None = None) -> list[Cell]:
                     folder = path if pack == "cell" else f"{setup}{knob}-{t}/seed{s}"
                     cell.jobs.append(Job("retrain", retrained, res / f"logs/retrain/{folder}/retrain.log"))
                 for a, b in cfg.retrain_pairs:
+                    log = f"{model}.log" if pack == "temperature" else f"{path}/pair{a}-{b}.log"
                     cell.jobs.append(
-                        Job(
-                            "metrics",
-                            [res / f"metrics/{path}/pair{a}-{b}.json"],
-                            res / f"logs/metrics/{path}/pair{a}-{b}.log",
-                        )
+                        Job("metrics", [res / f"metrics/{path}/pair{a}-{b}.json"], res / "logs/metrics" / log)
                     )
             cells.append(cell)
     return cells
@@ -222,6 +222,23 @@ def read_status(cfg: ExperimentConfig, workdir: Path = Path(".")) -> tuple[list[
     return cells, list(run.values())
 
 
+def distinct_jobs(listed: list[Job]) -> list[Job]:
+    """Each job once: a job packed per dense model is listed in each of its cells (one log);
+    it failed if a part did, runs if a part does, is done if all parts are."""
+    parts: dict[Path, list[Job]] = {}
+    for job in listed:
+        parts.setdefault(job.log, []).append(job)
+    jobs = []
+    for log, same in parts.items():
+        states = {job.state for job in same}
+        state = next((s for s in ("failed", "running") if s in states), None)
+        state = state or ("done" if states == {"done"} else "not started")  # some parts to (re)do
+        error = next((job.error for job in same if job.error), "")
+        outputs = list(dict.fromkeys(out for job in same for out in job.outputs))
+        jobs.append(Job(same[0].rule, outputs, log, state, error))
+    return jobs
+
+
 def terminal_grid(cfg: ExperimentConfig, cells: list[Cell], run: list[Job] = ()) -> str:
     """Rows: temperatures (hottest on top, as in the figures); columns: densities; each cell
     its state symbol and metrics files done / needed; then counts of the cells and of all jobs
@@ -240,7 +257,7 @@ def terminal_grid(cfg: ExperimentConfig, cells: list[Cell], run: list[Job] = ())
         lines.append(t.rjust(10) + "".join(row))
     counts = {s: sum(c.state == s for c in cells) for s in STATES}
     lines.append("cells: " + ", ".join(f"{SYMBOL[s]} {s} {n}" for s, n in counts.items()))
-    jobs = {id(j): j for j in [*run, *(j for c in cells for j in c.jobs + c.dense)]}.values()
+    jobs = distinct_jobs([*run, *(j for c in cells for j in c.jobs + c.dense)])
     lines.append(
         "jobs: " + ", ".join(f"{s} {sum(j.state == s for j in jobs)}" for s in STATES if s != "partial")
     )

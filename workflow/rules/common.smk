@@ -237,6 +237,9 @@ def prune_inputs(wildcards):
     for an iterative level past the first, the previous level's retrained model it prunes (in
     this order: `prune --dense DENSE [PREVIOUS_LEVEL]`)."""
     inputs = [DENSE.format(**wildcards)]
+    # packed: every density is pruned from the dense model (no iterative chain: config checks)
+    if PACKED:
+        return inputs
     parent = cfg_of(wildcards).prune_parent(wildcards.density)
     if parent is not None:
         link = dict(wildcards) | {"density": parent, "rseed": CFG.chain_seed}
@@ -255,8 +258,26 @@ def prune_data_flag(wildcards, input):
     return f" --data {shlex.quote(input.data)}" if input.data else ""
 
 
+# runtime.retrain_pack: temperature packs a dense model's pruning and metrics too: one prune job
+# writes every density's pruned model and one metrics job measures every density's retrain pairs,
+# so a job's start-up (a fresh interpreter importing torch, ~2 s of CPU) is paid once per dense
+# model, not once per cell and pair (benchmarks/bench_overhead.py). Each file is computed as an
+# unpacked job computes it; only the job that writes it differs.
+PACKED = CFG.runtime.retrain_pack == "temperature"
+# every setup has the same densities under packing (threeregime.config.checks)
+PACKED_DENSITIES = CONFIGS[0].densities
+# a packed job's log and benchmark path
+MODEL_JOB = f"{SETUP}{KNOB}-{{temperature}}/seed{{seed}}"
+
+
+def packed_prune_spec(wildcards):
+    """The prune specs of every density a packed prune job writes, in its outputs' order."""
+    return to_json([cfg_of(wildcards).prune_spec(d) for d in PACKED_DENSITIES])
+
+
 # The prune command; a calibrating method adds --data, so every other config's command (and
-# Snakemake's record of it) stays as it was. Setups mix both: the flag comes per job.
+# Snakemake's record of it) stays as it was. Setups mix both: the flag comes per job. Packed,
+# --spec lists one spec per --out.
 PRUNE_COMMAND = (
     "python -m threeregime prune --spec {params.spec:q} --dense {input.models}"
     "{params.data} --out {output} > {log} 2>&1"
@@ -268,6 +289,21 @@ PRUNE_COMMAND = (
         else "python -m threeregime prune --spec {params.spec:q} --dense {input} --out {output}"
         " > {log} 2>&1"
     )
+)
+PRUNE_JOB = (
+    {
+        "outputs": expand(PRUNED, density=PACKED_DENSITIES, allow_missing=True),
+        "spec": packed_prune_spec,
+        "log": f"{LOGS}/prune/{MODEL_JOB}.log",
+        "benchmark": f"{BENCH}/prune/{MODEL_JOB}.tsv",
+    }
+    if PACKED
+    else {
+        "outputs": [PRUNED],
+        "spec": lambda wc: to_json(cfg_of(wc).prune_spec(wc.density)),
+        "log": f"{LOGS}/prune/{CELL}.log",
+        "benchmark": f"{BENCH}/prune/{CELL}.tsv",
+    }
 )
 
 
@@ -316,6 +352,45 @@ RETRAIN_JOB = {
     },
 }[CFG.runtime.retrain_pack]
 
+# What one metrics job measures: one retrain pair of one cell, or (packed) every pair of every
+# density of one dense model, listed density by density, then pair by pair.
+PACKED_PAIRS = [(d, a, b) for d in PACKED_DENSITIES for a, b in CFG.retrain_pairs]
+METRICS_JOB = (
+    {
+        "inputs": {
+            "models": expand(
+                RETRAINED,
+                density=PACKED_DENSITIES,
+                rseed=RETRAIN_SEEDS,
+                allow_missing=True,
+            )
+        },
+        "outputs": [
+            expand(METRICS, density=d, a=a, b=b, allow_missing=True)[0]
+            for d, a, b in PACKED_PAIRS
+        ],
+        "params": {"pairs": lambda wildcards, output: packed_pairs(wildcards, output)},
+        "log": f"{LOGS}/metrics/{MODEL_JOB}.log",
+        "benchmark": f"{BENCH}/metrics/{MODEL_JOB}.tsv",
+        "command": "python -m threeregime metrics --spec {params.spec:q} --data {input.data}"
+        " --pairs {params.pairs:q} --threads {threads} > {log} 2>&1",
+    }
+    if PACKED
+    else {
+        "inputs": {
+            "a": RETRAINED.replace("{rseed}", "{a}"),
+            "b": RETRAINED.replace("{rseed}", "{b}"),
+        },
+        "outputs": [METRICS],
+        "params": {"labels": lambda wildcards: labels(wildcards)},
+        "log": f"{LOGS}/metrics/{CELL}/pair{{a}}-{{b}}.log",
+        "benchmark": f"{BENCH}/metrics/{CELL}/pair{{a}}-{{b}}.tsv",
+        "command": "python -m threeregime metrics --spec {params.spec:q} --data {input.data}"
+        " --a {input.a} --b {input.b} {params.labels} --out {output}"
+        " --threads {threads} > {log} 2>&1",
+    }
+)
+
 # Each compute rule's log and benchmark (threeregime.views.cost reads the benchmarks, and the logs
 # of the rules that run on runtime.device for the device).
 JOB_FILES = {
@@ -328,12 +403,9 @@ JOB_FILES = {
         f"{LOGS}/rewind/{KNOB}-{{temperature}}/seed{{seed}}.log",
         f"{BENCH}/rewind/{KNOB}-{{temperature}}/seed{{seed}}.tsv",
     ),
-    "prune": (f"{LOGS}/prune/{CELL}.log", f"{BENCH}/prune/{CELL}.tsv"),
+    "prune": (PRUNE_JOB["log"], PRUNE_JOB["benchmark"]),
     "retrain": (RETRAIN_JOB["log"], RETRAIN_JOB["benchmark"]),
-    "metrics": (
-        f"{LOGS}/metrics/{CELL}/pair{{a}}-{{b}}.log",
-        f"{BENCH}/metrics/{CELL}/pair{{a}}-{{b}}.tsv",
-    ),
+    "metrics": (METRICS_JOB["log"], METRICS_JOB["benchmark"]),
 }
 
 
@@ -418,17 +490,44 @@ def retrain_runs(wildcards, input, output):
     return " ".join(flags)
 
 
+LABEL_NAMES = {
+    "seed": "dense_seed",
+    "rseed": "retrain_seed",
+    "a": "seed_a",
+    "b": "seed_b",
+}
+
+
+def label_pairs(wildcards):
+    """key=value pairs naming the cell an output belongs to (written into its JSON)."""
+    return [f"knob={KNOB}"] + [
+        f"{LABEL_NAMES.get(k, k)}={v}" for k, v in wildcards.items()
+    ]
+
+
 def labels(wildcards):
     """--label flags naming the cell an output belongs to (written into its JSON)."""
-    names = {
-        "seed": "dense_seed",
-        "rseed": "retrain_seed",
-        "a": "seed_a",
-        "b": "seed_b",
-    }
-    pairs = [f"knob={KNOB}"]
-    pairs += [f"{names.get(k, k)}={v}" for k, v in wildcards.items()]
-    return " ".join(f"--label {p}" for p in pairs)
+    return " ".join(f"--label {p}" for p in label_pairs(wildcards))
+
+
+def packed_pairs(wildcards, output):
+    """--pairs of a packed metrics job (JSON): per output, its two retrained models and the
+    labels the cell's own metrics job would write, keys in the order of the metrics path. A
+    function of the output, so a derived param (the paths are compared already)."""
+    order = list(dict.fromkeys(re.findall(r"\{(\w+)\}", METRICS)))
+    jobs = []
+    for (density, a, b), out in zip(PACKED_PAIRS, output, strict=True):
+        cell = dict(wildcards) | {"density": density, "a": a, "b": b}
+        model = {k: v for k, v in cell.items() if k not in ("a", "b")}
+        jobs.append(
+            {
+                "a": RETRAINED.format(**model, rseed=a),
+                "b": RETRAINED.format(**model, rseed=b),
+                "out": out,
+                "labels": label_pairs({k: cell[k] for k in order}),
+            }
+        )
+    return to_json(jobs)
 
 
 def all_metrics(cfg=None):

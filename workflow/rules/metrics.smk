@@ -1,10 +1,9 @@
 rule metrics:
     input:
+        **METRICS_JOB["inputs"],
         data=DATA,
-        a=RETRAINED.replace("{rseed}", "{a}"),
-        b=RETRAINED.replace("{rseed}", "{b}"),
     output:
-        METRICS,
+        METRICS_JOB["outputs"],
     log:
         JOB_FILES["metrics"][0],
     benchmark:
@@ -15,9 +14,7 @@ rule metrics:
     resources:
         gpu=GPUS_PER_JOB,
     params:
+        **METRICS_JOB["params"],
         spec=to_json(CFG.metrics_spec()),
-        labels=labels,
     shell:
-        "python -m threeregime metrics --spec {params.spec:q} --data {input.data}"
-        " --a {input.a} --b {input.b} {params.labels} --out {output}"
-        " --threads {threads} > {log} 2>&1"
+        METRICS_JOB["command"]

@@ -3,7 +3,7 @@ rule prune:
         models=prune_inputs,
         data=prune_data,
     output:
-        PRUNED,
+        PRUNE_JOB["outputs"],
     log:
         JOB_FILES["prune"][0],
     benchmark:
@@ -11,7 +11,7 @@ rule prune:
     conda:
         ENV
     params:
-        spec=lambda wc: to_json(cfg_of(wc).prune_spec(wc.density)),
+        spec=PRUNE_JOB["spec"],
         data=prune_data_flag,
     shell:
         PRUNE_COMMAND
