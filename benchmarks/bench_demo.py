@@ -5,8 +5,14 @@ default profile's 2 cores), timing the whole process, then a second ``snakemake`
 do) and prints the per-rule job count and the load of the machine before and after, since on a
 shared machine other processes change the wall time.
 
+``--against REV`` also runs the demo of an earlier commit (its own workflow, package and
+config.yaml, extracted with ``git archive``), alternating with this checkout ``--repeats`` times,
+and prints the ratio of the mean wall times: on a noisy machine a ratio measured in one run
+holds where absolute times do not.
+
     python benchmarks/bench_demo.py
     python benchmarks/bench_demo.py --cores 2 --keep
+    python benchmarks/bench_demo.py --against 06ee815 --repeats 2
 """
 
 from __future__ import annotations
@@ -14,13 +20,56 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 from common import REPO, machine, run_snakemake, table
 
-GOAL_S = 300.0
+GOAL_S = 120.0
+
+
+def demo(checkout: Path, cores: int, keep: bool) -> tuple[float, int, str]:
+    """One demo run of ``checkout`` from an empty scratch folder: (wall s, jobs, folder)."""
+    folder = Path(tempfile.mkdtemp(prefix="threeregime-demo-"))
+    shutil.copy(checkout / "config.yaml", folder / "config.yaml")
+    wall, done, jobs = run_snakemake(folder, "--cores", str(cores), checkout=checkout)
+    if done.returncode != 0:
+        sys.exit(
+            f"{checkout}: snakemake failed after {wall:.0f} s:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        )
+    if not keep:
+        shutil.rmtree(folder, ignore_errors=True)
+    return wall, jobs, str(folder)
+
+
+def extract(revision: str) -> Path:
+    """The files of ``revision`` of this repository, in a scratch folder."""
+    target = Path(tempfile.mkdtemp(prefix=f"threeregime-{revision}-"))
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", revision], capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
+    return target
+
+
+def compare(revision: str, repeats: int, cores: int) -> None:
+    before = extract(revision)
+    rows, walls = [], {"before": [], "after": []}
+    try:
+        for repeat in range(1, repeats + 1):
+            for name, checkout in (("before", before), ("after", REPO)):
+                wall, jobs, _ = demo(checkout, cores, keep=False)
+                walls[name].append(wall)
+                rows.append([repeat, f"{name} ({revision if name == 'before' else 'this checkout'})", jobs,
+                             f"{wall:.1f}", f"{os.getloadavg()[0]:.2f}"])  # fmt: skip
+    finally:
+        shutil.rmtree(before, ignore_errors=True)
+    mean = {name: sum(w) / len(w) for name, w in walls.items()}
+    print(f"\n## Demo end to end: this checkout against {revision}\n")
+    print(f"Machine: {machine()}; --cores {cores}\n")
+    print(table(["repeat", "demo", "jobs", "wall s", "load after"], rows))
+    print(f"\nmean wall: before {mean['before']:.1f} s, after {mean['after']:.1f} s; "
+          f"ratio after / before **{mean['after'] / mean['before']:.3f}**")  # fmt: skip
 
 
 def main() -> None:
@@ -28,7 +77,12 @@ def main() -> None:
     p.add_argument("--cores", type=int, default=2)
     p.add_argument("--config", type=Path, default=REPO / "config.yaml")
     p.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    p.add_argument("--against", default="", help="also run the demo of this git revision, alternating")
+    p.add_argument("--repeats", type=int, default=2, help="runs of each demo with --against")
     args = p.parse_args()
+    if args.against:
+        compare(args.against, args.repeats, args.cores)
+        return
     folder = Path(tempfile.mkdtemp(prefix="threeregime-demo-"))
     shutil.copy(args.config, folder / "config.yaml")
     load_before = os.getloadavg()[0]

@@ -90,12 +90,20 @@ def timed(func: Callable[[], object], device="cpu") -> tuple[float, object]:
     return time.perf_counter() - start, result
 
 
-def run_snakemake(folder: Path, *extra: str) -> tuple[float, subprocess.CompletedProcess, int]:
-    """This checkout's workflow in ``folder``, timed as a whole process: (seconds, result, jobs),
-    jobs from Snakemake's "total" line (-1 when it printed none)."""
-    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "workflow" / "Snakefile")]
+def run_snakemake(
+    folder: Path, *extra: str, checkout: Path = REPO
+) -> tuple[float, subprocess.CompletedProcess, int]:
+    """The workflow of ``checkout`` (this one by default; its package imported first) in
+    ``folder``, timed as a whole process: (seconds, result, jobs), jobs from Snakemake's "total"
+    line (-1 when it printed none)."""
+    command = [sys.executable, "-m", "snakemake", "-s", str(checkout / "workflow" / "Snakefile")]
     command += ["--directory", str(folder), *extra]
-    seconds, done = timed(lambda: subprocess.run(command, capture_output=True, text=True, cwd=folder))
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(checkout), os.environ.get("PYTHONPATH")]))
+    )
+    seconds, done = timed(
+        lambda: subprocess.run(command, capture_output=True, text=True, cwd=folder, env=env)
+    )
     match = re.search(r"^total\s+(\d+)", done.stdout + done.stderr, re.MULTILINE)
     return seconds, done, int(match.group(1)) if match else -1
 

@@ -214,7 +214,8 @@ def test_cost_is_measured_per_job_and_projected(watched):
     start, jobs, summed = map(
         float, re.findall(r"start (\d+) s \+ jobs (\d+) s; summed job time ([\d.]+) min", line)[0]
     )
-    assert 0 < jobs <= summed * 60 + 1 and start > 0
+    # one or two cores never take longer than the summed job time (printed to 0.1 min: +- 3 s)
+    assert 0 < jobs <= summed * 60 + 3 + 1 and start > 0
 
 
 def test_status_plans_the_shared_dense_run_and_the_rewind_replays():
