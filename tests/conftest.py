@@ -88,3 +88,22 @@ def mnist1d_payload() -> dict:
     from threeregime.config.settings import DataConfig
 
     return prepare_dataset(DataConfig(num_samples=600, generation_seed=3))
+
+
+# The test files that take longest (their end-to-end workflow runs; from `--durations`), longest
+# first. A stale list costs only time.
+LONGEST_FIRST = ["test_slurm.py", "test_adaptive.py", "test_deploy.py", "test_lm.py", "test_progress.py"]
+LONGEST_FIRST += ["test_setups.py", "test_workflow.py", "test_incremental.py", "test_locks.py"]
+LONGEST_FIRST += ["test_knobs.py", "test_presets.py"]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The longest test files first, the rest in their own order: the suite's workers
+    (pytest-xdist, a whole file each) take files in this order, so a long file does not start
+    last and leave one worker running alone at the end."""
+
+    def rank(item: pytest.Item) -> int:
+        name = Path(str(item.fspath)).name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: each file's tests keep their order

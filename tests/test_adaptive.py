@@ -182,6 +182,7 @@ def _adaptive_config(densities=(0.2, 0.4, 0.6)) -> dict:
     config["regimes"] = {"eps_mode": "fixed", "eps": 1.0, "cka_cut_mode": "split", "bootstrap": 20}
     config["regimes"]["cka_split_min_cells"] = 4
     config["adaptive"] = {"enabled": True, "rounds": 2, "budget": 1.0}
+    config["runtime"] = {"device": "cpu", "threads": 1, "retrain_pack": "cell"}  # a cell's runs: one job
     return config
 
 
@@ -197,7 +198,7 @@ def _cell_jobs(cells) -> set:
     for t, d in cells:
         wildcards = {"temperature": t, "density": d, "seed": "1"}
         out |= {job("prune", **wildcards), job("metrics", **wildcards, a="1", b="2")}
-        out |= {job("retrain", **wildcards, rseed=r) for r in ("1", "2")}
+        out.add(job("retrain", **wildcards))  # both retrain seeds packed (retrain_pack cell)
     return out
 
 
@@ -242,8 +243,7 @@ def test_adaptive_run_then_a_new_density_reuses_every_measured_cell(tmp_path):
     final.write_text(json.dumps(json.loads(kept) | {"seeds": {f"{t}/{d}": [2]}}))
     wildcards = {"temperature": t, "density": d, "seed": "2"}
     replicate = {job("dense_train", temperature=t, seed="2"), job("prune", **wildcards)}
-    replicate |= {job("retrain", **wildcards, rseed=r) for r in ("1", "2")}
-    replicate |= {job("metrics", **wildcards, a="1", b="2")}
+    replicate |= {job("retrain", **wildcards), job("metrics", **wildcards, a="1", b="2")}
     assert plan(tmp_path) == replicate | {job("collect"), job("classify"), job("plot")}
     final.write_text(kept)
 
