@@ -14,6 +14,7 @@ tagged commit, never from the clone's files on disk.
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import shutil
@@ -333,6 +334,23 @@ def test_no_shared_file_system_gives_the_shared_runs_results(deployed, tmp_path)
     assert len(cost[1]) == 19 and (cost[1]["device"] == "cpu").all()
     assert sorted(map(tuple, cost[1].values)) == sorted(map(tuple, cost[0].values))
     assert "Nothing to be done" in deployed.snakemake("-n", *storage, folder=project).stdout
+
+
+@pytest.mark.slow
+def test_jobs_packed_per_dense_model_run_without_a_shared_file_system(tmp_path):
+    """Under retrain_pack temperature a metrics job reads every retrained model of its dense
+    model: under a storage provider it reads the local copies Snakemake made, never results/."""
+    _rsync()
+    config = copy.deepcopy(TINY_CONFIG)
+    config["runtime"] |= {"retrain_pack": "temperature"}
+    config["knob"]["values"] = [3]
+    project = write_config(tmp_path / "project", config).parent
+    store = tmp_path / "store"
+    storage = ["--default-storage-provider", "fs", "--default-storage-prefix", str(store)]
+    snakemake(project, *storage, "--shared-fs-usage", "none")
+    assert not (project / "results").exists()
+    metrics = pd.read_csv(store / "results" / "tiny" / "metrics.csv")
+    assert sorted(metrics["density"]) == [0.2, 0.6] and metrics["mc"].notna().all()
 
 
 @pytest.mark.slow

@@ -369,7 +369,9 @@ METRICS_JOB = (
             expand(METRICS, density=d, a=a, b=b, allow_missing=True)[0]
             for d, a, b in PACKED_PAIRS
         ],
-        "params": {"pairs": lambda wildcards, output: packed_pairs(wildcards, output)},
+        "params": {
+            "pairs": lambda wildcards, input, output: packed_pairs(wildcards, input, output)
+        },
         "log": f"{LOGS}/metrics/{MODEL_JOB}.log",
         "benchmark": f"{BENCH}/metrics/{MODEL_JOB}.tsv",
         "command": "python -m threeregime metrics --spec {params.spec:q} --data {input.data}"
@@ -510,19 +512,23 @@ def labels(wildcards):
     return " ".join(f"--label {p}" for p in label_pairs(wildcards))
 
 
-def packed_pairs(wildcards, output):
-    """--pairs of a packed metrics job (JSON): per output, its two retrained models and the
-    labels the cell's own metrics job would write, keys in the order of the metrics path. A
-    function of the output, so a derived param (the paths are compared already)."""
+def packed_pairs(wildcards, input, output):
+    """--pairs of a packed metrics job (JSON): per output, its two retrained models (the job's
+    own input paths: local copies under a storage provider) and the labels the cell's own
+    metrics job would write, keys in the order of the metrics path. A function of the input and
+    output, so a derived param (the paths are compared already)."""
     order = list(dict.fromkeys(re.findall(r"\{(\w+)\}", METRICS)))
+    # input.models as expand() lists them: density by density, retrain seed by retrain seed
+    models = dict(
+        zip(itertools.product(PACKED_DENSITIES, RETRAIN_SEEDS), input.models, strict=True)
+    )
     jobs = []
     for (density, a, b), out in zip(PACKED_PAIRS, output, strict=True):
         cell = dict(wildcards) | {"density": density, "a": a, "b": b}
-        model = {k: v for k, v in cell.items() if k not in ("a", "b")}
         jobs.append(
             {
-                "a": RETRAINED.format(**model, rseed=a),
-                "b": RETRAINED.format(**model, rseed=b),
+                "a": models[(density, str(a))],
+                "b": models[(density, str(b))],
                 "out": out,
                 "labels": label_pairs({k: cell[k] for k in order}),
             }
