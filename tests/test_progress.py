@@ -270,6 +270,48 @@ def test_status_and_cost_count_a_dense_models_packed_jobs_once():
     assert units["prune"] == (2, 4.0) and units["metrics"] == (2, 4 * pair) and units["retrain"][0] == 2
 
 
+def test_a_density_added_to_a_packed_run_shows_its_cells_not_started(tmp_path):
+    """Packed per dense model, a finished job's log exists when a new density's parts of it
+    have not run yet: those cells read not started, not failed; a job whose parts are all
+    missing beside its log failed."""
+    from threeregime.config.load import load_config
+    from threeregime.views.status import read_status
+
+    config = copy.deepcopy(TINY_CONFIG)
+    config["runtime"] = {"retrain_pack": "temperature"}
+    write_config(tmp_path, config)
+    logs = tmp_path / RESULTS / "logs"
+    for rule in ("prune", "metrics"):
+        for t in ("1", "3"):
+            (logs / rule / f"epochs-{t}").mkdir(parents=True, exist_ok=True)
+            (logs / rule / f"epochs-{t}" / "seed1.log").write_text("done\n")
+    import zipfile
+
+    for t in ("1", "3"):
+        pruned = tmp_path / RESULTS / f"pruned/epochs-{t}/density-0.2/seed1/model.pt"
+        pruned.parent.mkdir(parents=True)
+        zipfile.ZipFile(pruned, "w").close()  # a whole checkpoint, as far as status reads it
+        _write_cell(tmp_path, t, "0.2")
+    (tmp_path / RESULTS / "pruned/epochs-3/density-0.2/seed1/model.pt").unlink()  # epochs-3: none left
+    cells, _ = read_status(load_config(config), tmp_path)
+    state = {(c.temperature, c.density): c.state for c in cells}
+    prune = {(c.temperature, c.density): c.jobs[0].state for c in cells}
+    metrics = {(c.temperature, c.density): c.metrics[0].state for c in cells}
+    assert prune == {
+        ("1", "0.2"): "done",
+        ("1", "0.6"): "not started",
+        ("3", "0.2"): "failed",
+        ("3", "0.6"): "failed",
+    }
+    assert metrics[("1", "0.6")] == metrics[("3", "0.6")] == "not started"
+    assert state == {
+        ("1", "0.2"): "done",
+        ("1", "0.6"): "not started",
+        ("3", "0.2"): "done",
+        ("3", "0.6"): "failed",
+    }
+
+
 # ----------------------------------------------------------------------------- half-done or broken runs
 def _fabricated_pair(temperature: str, density: str, mc: float, cka: float) -> dict:
     """A metrics record of one retrain pair, as the metrics job writes it (the fields status and

@@ -199,6 +199,21 @@ def plan_cells(cfg: ExperimentConfig, data: Job | None = None) -> list[Cell]:
     return cells
 
 
+def new_parts_not_started(parts: list[Job], workdir: Path) -> None:
+    """A job packed per dense model is listed once per cell with that cell's outputs and the
+    job's one log. Snakemake removes a failed job's outputs, so a part whose outputs are missing
+    while other parts of the same job are done was added later (a new density) and has not
+    run: not started, though the job's log exists."""
+    by_log: dict[Path, list[Job]] = {}
+    for job in parts:
+        by_log.setdefault(job.log, []).append(job)
+    for same in by_log.values():
+        if len(same) > 1 and any(job.state == "done" for job in same):
+            for job in same:
+                if job.state == "failed" and not any((workdir / out).exists() for out in job.outputs):
+                    job.state, job.error = "not started", ""
+
+
 def read_status(cfg: ExperimentConfig, workdir: Path = Path(".")) -> tuple[list[Cell], list[Job]]:
     """The grid's cells and the run's own jobs, each with its state read from disk."""
     marked = incomplete_outputs(workdir)
@@ -210,6 +225,8 @@ def read_status(cfg: ExperimentConfig, workdir: Path = Path(".")) -> tuple[list[
         for job in cell.jobs + cell.dense:
             if job.state == "not started":  # a dense job is shared by a row's cells
                 job_state(job, workdir, marked)
+    new_parts_not_started([job for cell in cells for job in cell.jobs], workdir)
+    for cell in cells:
         own = {job.state for job in cell.jobs}
         if all(job.state == "done" for job in cell.metrics):
             cell.state = "done"
