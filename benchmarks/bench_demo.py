@@ -30,18 +30,17 @@ from common import REPO, machine, run_snakemake, table
 GOAL_S = 120.0
 
 
-def demo(checkout: Path, cores: int, keep: bool) -> tuple[float, int, str]:
-    """One demo run of ``checkout`` from an empty scratch folder: (wall s, jobs, folder)."""
+def demo(checkout: Path, cores: int, config: Path | None = None) -> tuple[float, int, Path]:
+    """One demo run of ``checkout`` (its config.yaml, or ``config``) from an empty scratch
+    folder: (wall s, jobs, the folder, which the caller removes)."""
     folder = Path(tempfile.mkdtemp(prefix="threeregime-demo-"))
-    shutil.copy(checkout / "config.yaml", folder / "config.yaml")
+    shutil.copy(config or checkout / "config.yaml", folder / "config.yaml")
     wall, done, jobs = run_snakemake(folder, "--cores", str(cores), checkout=checkout)
     if done.returncode != 0:
         sys.exit(
             f"{checkout}: snakemake failed after {wall:.0f} s:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
         )
-    if not keep:
-        shutil.rmtree(folder, ignore_errors=True)
-    return wall, jobs, str(folder)
+    return wall, jobs, folder
 
 
 def extract(revision: str) -> Path:
@@ -58,7 +57,8 @@ def compare(revision: str, repeats: int, cores: int) -> None:
     try:
         for repeat in range(1, repeats + 1):
             for name, checkout in (("before", before), ("after", REPO)):
-                wall, jobs, _ = demo(checkout, cores, keep=False)
+                wall, jobs, folder = demo(checkout, cores)
+                shutil.rmtree(folder, ignore_errors=True)
                 walls[name].append(wall)
                 rows.append([repeat, f"{name} ({revision if name == 'before' else 'this checkout'})", jobs,
                              f"{wall:.1f}", f"{os.getloadavg()[0]:.2f}"])  # fmt: skip
@@ -83,13 +83,9 @@ def main() -> None:
     if args.against:
         compare(args.against, args.repeats, args.cores)
         return
-    folder = Path(tempfile.mkdtemp(prefix="threeregime-demo-"))
-    shutil.copy(args.config, folder / "config.yaml")
     load_before = os.getloadavg()[0]
-    wall, done, jobs = run_snakemake(folder, "--cores", str(args.cores))
+    wall, jobs, folder = demo(REPO, args.cores, args.config)
     load_after = os.getloadavg()[0]
-    if done.returncode != 0:
-        sys.exit(f"snakemake failed after {wall:.0f} s:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     again_s, again, _ = run_snakemake(folder, "--cores", str(args.cores))
     nothing = "Nothing to be done" in again.stdout + again.stderr
     count = str(jobs) if jobs >= 0 else "?"

@@ -156,7 +156,8 @@ def prune(spec_json: str, models: list[str], out: str, data_path: str = "") -> N
         if not data_path:
             raise ConfigError(f"prune: method {spec.method} calibrates on training samples; give --data")
         samples = spec.settings[CALIBRATION_SAMPLES]
-        inputs, _ = next(load_dataset(data_path, "cpu", False).eval_batches("train", samples, samples))
+        dataset = _dataset(data_path, torch.device("cpu"), False)  # read once for a packed job's densities
+        inputs, _ = next(dataset.eval_batches("train", samples, samples))
         log.info("calibration: the first %d training samples of %s", len(inputs), data_path)
     masks = compute_masks(
         model, spec.density, spec.method, spec.settings, spec.granularity, spec.min_layer_weights, inputs
@@ -250,7 +251,8 @@ def retrain(
 
 @functools.lru_cache(maxsize=1)
 def _dataset(path: str, device: torch.device, channels_last: bool):
-    """The dataset, read once per process: a packed metrics job measures many pairs on it."""
+    """The dataset, read once per process: a packed job prunes many densities (Wanda's
+    calibration samples) or measures many pairs on it."""
     return load_dataset(path, device, channels_last)
 
 

@@ -180,18 +180,19 @@ def plan_cells(cfg: ExperimentConfig, data: Job | None = None) -> list[Cell]:
                     cell.dense.append(rewind[(t, s)])
                 # packed per dense model (retrain_pack temperature), a job is listed in each of
                 # its cells with that cell's outputs and the job's one log (counted once)
-                model = path if pack != "temperature" else f"{setup}{knob}-{t}/seed{s}"
+                model = f"{setup}{knob}-{t}/seed{s}"
+                packed = pack == "temperature"
                 pruned = res / f"pruned/{path}/model.pt"
-                cell.jobs.append(Job("prune", [pruned], res / f"logs/prune/{model}.log"))
+                cell.jobs.append(Job("prune", [pruned], res / f"logs/prune/{model if packed else path}.log"))
                 retrained = [res / f"retrain/{path}/retrain{r}/model.pt" for r in seeds]
                 if pack == "none":
                     logs = [res / f"logs/retrain/{path}/retrain{r}.log" for r in seeds]
                     cell.jobs += [Job("retrain", [out], log) for out, log in zip(retrained, logs)]
                 else:
-                    folder = path if pack == "cell" else f"{setup}{knob}-{t}/seed{s}"
+                    folder = model if packed else path
                     cell.jobs.append(Job("retrain", retrained, res / f"logs/retrain/{folder}/retrain.log"))
                 for a, b in cfg.retrain_pairs:
-                    log = f"{model}.log" if pack == "temperature" else f"{path}/pair{a}-{b}.log"
+                    log = f"{model}.log" if packed else f"{path}/pair{a}-{b}.log"
                     cell.jobs.append(
                         Job("metrics", [res / f"metrics/{path}/pair{a}-{b}.json"], res / "logs/metrics" / log)
                     )
@@ -199,15 +200,20 @@ def plan_cells(cfg: ExperimentConfig, data: Job | None = None) -> list[Cell]:
     return cells
 
 
+def by_log(jobs: list[Job]) -> dict[Path, list[Job]]:
+    """Jobs grouped by their log: the parts of one job packed per dense model share it."""
+    groups: dict[Path, list[Job]] = {}
+    for job in jobs:
+        groups.setdefault(job.log, []).append(job)
+    return groups
+
+
 def new_parts_not_started(parts: list[Job], workdir: Path) -> None:
     """A job packed per dense model is listed once per cell with that cell's outputs and the
     job's one log. Snakemake removes a failed job's outputs, so a part whose outputs are missing
     while other parts of the same job are done was added later (a new density) and has not
     run: not started, though the job's log exists."""
-    by_log: dict[Path, list[Job]] = {}
-    for job in parts:
-        by_log.setdefault(job.log, []).append(job)
-    for same in by_log.values():
+    for same in by_log(parts).values():
         if len(same) > 1 and any(job.state == "done" for job in same):
             for job in same:
                 if job.state == "failed" and not any((workdir / out).exists() for out in job.outputs):
@@ -242,11 +248,8 @@ def read_status(cfg: ExperimentConfig, workdir: Path = Path(".")) -> tuple[list[
 def distinct_jobs(listed: list[Job]) -> list[Job]:
     """Each job once: a job packed per dense model is listed in each of its cells (one log);
     it failed if a part did, runs if a part does, is done if all parts are."""
-    parts: dict[Path, list[Job]] = {}
-    for job in listed:
-        parts.setdefault(job.log, []).append(job)
     jobs = []
-    for log, same in parts.items():
+    for log, same in by_log(listed).items():
         states = {job.state for job in same}
         state = next((s for s in ("failed", "running") if s in states), None)
         state = state or ("done" if states == {"done"} else "not started")  # some parts to (re)do
