@@ -92,9 +92,9 @@ def mnist1d_payload() -> dict:
 
 # The test files that take longest (their end-to-end workflow runs; from `--durations`), longest
 # first. A stale list costs only time.
-LONGEST_FIRST = ["test_slurm.py", "test_adaptive.py", "test_deploy.py", "test_lm.py", "test_progress.py"]
-LONGEST_FIRST += ["test_setups.py", "test_workflow.py", "test_incremental.py", "test_locks.py"]
-LONGEST_FIRST += ["test_knobs.py", "test_presets.py"]
+LONGEST_FIRST = ["test_slurm.py", "test_adaptive.py", "test_deploy.py", "test_incremental.py"]
+LONGEST_FIRST += ["test_progress.py", "test_lm.py", "test_workflow.py", "test_knobs.py", "test_setups.py"]
+LONGEST_FIRST += ["test_presets.py", "test_locks.py"]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -1,10 +1,12 @@
-"""Adaptive refinement: the coarse sub-grid, label inference, which cells a round adds, and the
-inferred rows of the regimes table."""
+"""Adaptive refinement: the coarse sub-grid, label inference, which cells a round adds, the
+inferred rows of the regimes table, and one real adaptive run (made once) that a new density
+continues and a run through a storage provider (no shared file system) reproduces."""
 
 from __future__ import annotations
 
 import copy
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +17,7 @@ from threeregime.analysis.adaptive import infer_labels, next_moves, plan_round, 
 from threeregime.config.experiment import Grid, coarse_cells
 from threeregime.config.settings import AdaptiveConfig, RegimeConfig, fmt_value
 
-from .conftest import write_config
+from .conftest import snakemake, write_config
 
 # 5 temperatures (coldest first) x 5 densities; reference = the coldest
 GRID = Grid(("160", "120", "80", "40", "20"), ("0.05", "0.1", "0.2", "0.4", "0.8"), "160")
@@ -215,13 +217,24 @@ def test_dry_run_plans_the_coarse_grid_and_the_checkpoints(tmp_path):
     assert jobs == expected  # what the rounds add is known only once they have run
 
 
+@pytest.fixture(scope="module")
+def adaptive_run(tmp_path_factory) -> tuple[Path, str]:
+    """One adaptive run (two rounds) on a shared file system, made once for this module: the
+    tests below continue a copy of it or compare another way of running with it."""
+    from .test_incremental import run
+
+    folder = tmp_path_factory.mktemp("adaptive")
+    write_config(folder, _adaptive_config())
+    return folder, run(folder)
+
+
 @pytest.mark.slow
-def test_adaptive_run_then_a_new_density_reuses_every_measured_cell(tmp_path):
+def test_adaptive_run_then_a_new_density_reuses_every_measured_cell(adaptive_run, tmp_path):
     from .test_incremental import job, jobs_in, plan, run
 
-    write_config(tmp_path, _adaptive_config())
-    results = tmp_path / "results" / "tiny"
-    output = run(tmp_path)
+    folder = shutil.copytree(adaptive_run[0], tmp_path / "run", symlinks=True)  # mtimes kept
+    results = folder / "results" / "tiny"
+    output = adaptive_run[1]
     first = jobs_in(output)
     # a planning round runs where snakemake runs (localrules), never as a queued cluster job
     assert "localcheckpoint adaptive_round:" in output
@@ -234,7 +247,7 @@ def test_adaptive_run_then_a_new_density_reuses_every_measured_cell(tmp_path):
     inferred = regimes[regimes["label_source"] == "inferred"]
     assert inferred["mc_mean"].isna().all() and (inferred["confidence"] == "inferred").all()
     assert len(pd.read_csv(results / "metrics.csv")) == len(measured)
-    assert plan(tmp_path) == set()  # nothing left to do
+    assert plan(folder) == set()  # nothing left to do
 
     # a plan that adds dense seed 2 to one uncertain cell runs that cell's seed and nothing else
     final = results / "adaptive/round2.json"
@@ -244,11 +257,11 @@ def test_adaptive_run_then_a_new_density_reuses_every_measured_cell(tmp_path):
     wildcards = {"temperature": t, "density": d, "seed": "2"}
     replicate = {job("dense_train", temperature=t, seed="2"), job("prune", **wildcards)}
     replicate |= {job("retrain", **wildcards), job("metrics", **wildcards, a="1", b="2")}
-    assert plan(tmp_path) == replicate | {job("collect"), job("classify"), job("plot")}
+    assert plan(folder) == replicate | {job("collect"), job("classify"), job("plot")}
     final.write_text(kept)
 
-    write_config(tmp_path, _adaptive_config(densities=(0.2, 0.4, 0.6, 0.8)))
-    second = jobs_in(run(tmp_path))
+    write_config(folder, _adaptive_config(densities=(0.2, 0.4, 0.6, 0.8)))
+    second = jobs_in(run(folder))
     remeasured = _plan_cells(results, 2)
     expected = _cell_jobs(remeasured - measured)
     expected |= {job("adaptive_round", round=r) for r in ("1", "2")}
@@ -263,13 +276,34 @@ def test_adaptive_run_then_a_new_density_reuses_every_measured_cell(tmp_path):
     # exactly), and no cell job runs
     lower = _adaptive_config(densities=(0.2, 0.4, 0.6, 0.8))
     lower["adaptive"]["budget"] = 0.6  # 7 units: above the coarse sub-grid's 6, below what was measured
-    write_config(tmp_path, lower)
-    third = jobs_in(run(tmp_path))
+    write_config(folder, lower)
+    third = jobs_in(run(folder))
     assert not {j for j in third if j[0] in ("prune", "retrain", "metrics")}
     assert len(_plan_cells(results, 2)) < len(measured_now)
     regimes = pd.read_csv(results / "regimes.csv")
     assert _measured_rows(regimes) == measured_now
-    assert plan(tmp_path) == set()  # and it stays so: nothing to do on the next look
+    assert plan(folder) == set()  # and it stays so: nothing to do on the next look
+
+
+@pytest.mark.slow
+def test_an_adaptive_grid_without_a_shared_file_system_plans_as_with_one(adaptive_run, tmp_path):
+    """Adaptive refinement reads each round's plan, and asks which cells an earlier run measured,
+    while Snakemake builds the DAG: under a storage provider too (plans stay local, cells are
+    looked up in storage). Same tables as the run on a shared file system; a later invocation
+    with no local copies left has nothing to do."""
+    from .test_deploy import _rsync
+
+    _rsync()
+    project = write_config(tmp_path / "project", _adaptive_config()).parent
+    storage = ["--default-storage-provider", "fs", "--default-storage-prefix", str(tmp_path / "store")]
+    snakemake(project, *storage, "--shared-fs-usage", "none")
+    stored, shared = tmp_path / "store" / "results" / "tiny", adaptive_run[0] / "results" / "tiny"
+    for table in ("metrics.csv", "regimes.csv"):
+        assert (stored / table).read_bytes() == (shared / table).read_bytes(), table
+    local = sorted(p.name for p in (project / "results" / "tiny").rglob("*"))
+    assert local == ["adaptive", "round1.json", "round2.json"]
+    elsewhere = ["--local-storage-prefix", str(tmp_path / "fresh-copies")]
+    assert "Nothing to be done" in snakemake(project, "-n", *storage, *elsewhere).stdout
 
 
 def _measured_rows(regimes: pd.DataFrame) -> set:

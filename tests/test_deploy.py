@@ -224,6 +224,13 @@ def _deploy(clone: Path, folder: Path) -> None:
     snakefile.write_text(text.replace('"workflow/Snakefile"', pinned, 1))
 
 
+# The tiny grid, one process per dense model for pruning, retraining and measuring (the demo's
+# layout): the run without a shared file system then also proves that packed jobs read their
+# models from their own inputs (local copies), never from results/.
+DEPLOYED_CONFIG = copy.deepcopy(TINY_CONFIG)
+DEPLOYED_CONFIG["runtime"] |= {"retrain_pack": "temperature"}
+
+
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory) -> Deployment:
     """A project deployed from a clone at the release, its own config the tests' tiny grid, the
@@ -234,7 +241,7 @@ def deployed(tmp_path_factory) -> Deployment:
     _bare_python(venv, with_package_from=clone)
     folder = root / "project"
     _deploy(clone, folder)
-    write_config(folder / "config", TINY_CONFIG)  # the user's own config/config.yaml
+    write_config(folder / "config", DEPLOYED_CONFIG)  # the user's own config/config.yaml
     deployment = Deployment(clone, folder, venv, run=None)
     deployment.run = deployment.snakemake()
     return deployment
@@ -283,7 +290,7 @@ def test_presets_and_overlays_plan_from_the_deployed_folder_as_from_a_clone(depl
     assert {rule: stats[rule] for rule in expected} == expected
     overlay = ["--configfile", "config/presets/overlays/mnist1d-lr.yaml"]  # the lr knob, 4 values
     in_deployment = _job_stats(deployed.snakemake("-n", *overlay).stdout)
-    write_config(tmp_path, TINY_CONFIG)
+    write_config(tmp_path, DEPLOYED_CONFIG)
     in_clone = _job_stats(snakemake(tmp_path, "-n", "--configfile", str(REPO / overlay[1])).stdout)
     assert in_deployment == in_clone and in_clone["dense_train"] == 4
 
@@ -317,7 +324,8 @@ COST_KEYS = ["rule", "temperature", "density", "seed", "rseed", "a", "b", "runs"
 @pytest.mark.slow
 def test_no_shared_file_system_gives_the_shared_runs_results(deployed, tmp_path):
     """The same project in a fresh folder, every file through a storage provider: nothing is
-    written beside it, only declared files reach a job, and the tables equal the shared run's."""
+    written beside it, only declared files reach a job (a packed metrics job reads the local
+    copies of its models), and the tables equal the shared run's."""
     _rsync()
     project = tmp_path / "project"
     for part in ("config", "workflow", "profiles"):
@@ -329,52 +337,14 @@ def test_no_shared_file_system_gives_the_shared_runs_results(deployed, tmp_path)
     shared, stored = deployed.folder / "results" / "tiny", store / "results" / "tiny"
     for table in ("metrics.csv", "models.csv", "cells.csv", "regimes.csv", "advice.csv"):
         assert (stored / table).read_bytes() == (shared / table).read_bytes(), table
+    metrics = pd.read_csv(stored / "metrics.csv")
+    assert sorted(metrics["density"]) == [0.2, 0.2, 0.6, 0.6] and metrics["mc"].notna().all()
     # the cost table read every job's benchmark and device: declared, so retrieved from storage
     cost = [pd.read_csv(folder / "cost.csv")[COST_KEYS].astype(str) for folder in (shared, stored)]
-    assert len(cost[1]) == 19 and (cost[1]["device"] == "cpu").all()
+    # one job per dense model and step: 1 prepare_data, 2 x (dense_train, prune, retrain, metrics)
+    assert len(cost[1]) == 9 and (cost[1]["device"] == "cpu").all()
     assert sorted(map(tuple, cost[1].values)) == sorted(map(tuple, cost[0].values))
     assert "Nothing to be done" in deployed.snakemake("-n", *storage, folder=project).stdout
-
-
-@pytest.mark.slow
-def test_jobs_packed_per_dense_model_run_without_a_shared_file_system(tmp_path):
-    """Under retrain_pack temperature a metrics job reads every retrained model of its dense
-    model: under a storage provider it reads the local copies Snakemake made, never results/."""
-    _rsync()
-    config = copy.deepcopy(TINY_CONFIG)
-    config["runtime"] |= {"retrain_pack": "temperature"}
-    config["knob"]["values"] = [3]
-    project = write_config(tmp_path / "project", config).parent
-    store = tmp_path / "store"
-    storage = ["--default-storage-provider", "fs", "--default-storage-prefix", str(store)]
-    snakemake(project, *storage, "--shared-fs-usage", "none")
-    assert not (project / "results").exists()
-    metrics = pd.read_csv(store / "results" / "tiny" / "metrics.csv")
-    assert sorted(metrics["density"]) == [0.2, 0.6] and metrics["mc"].notna().all()
-
-
-@pytest.mark.slow
-def test_an_adaptive_grid_without_a_shared_file_system_plans_as_with_one(tmp_path):
-    """Adaptive refinement reads each round's plan, and asks which cells an earlier run measured,
-    while Snakemake builds the DAG: under a storage provider too (plans stay local, cells are
-    looked up in storage). Same regime table as on a shared file system; a later invocation
-    with no local copies left has nothing to do."""
-    _rsync()
-    from .test_adaptive import _adaptive_config
-
-    config = _adaptive_config()
-    config["adaptive"]["rounds"] = 1
-    shared, project = write_config(tmp_path / "shared", config).parent, tmp_path / "project"
-    write_config(project, config)
-    storage = ["--default-storage-provider", "fs", "--default-storage-prefix", str(tmp_path / "store")]
-    snakemake(shared)
-    snakemake(project, *storage, "--shared-fs-usage", "none")
-    stored = tmp_path / "store" / "results" / "tiny"
-    for table in ("metrics.csv", "regimes.csv"):
-        assert (stored / table).read_bytes() == (shared / "results" / "tiny" / table).read_bytes(), table
-    assert sorted(p.name for p in (project / "results" / "tiny").rglob("*")) == ["adaptive", "round1.json"]
-    elsewhere = ["--local-storage-prefix", str(tmp_path / "fresh-copies")]
-    assert "Nothing to be done" in snakemake(project, "-n", *storage, *elsewhere).stdout
 
 
 def test_collect_declares_every_jobs_benchmark_under_a_storage_provider(tmp_path):

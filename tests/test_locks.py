@@ -165,8 +165,10 @@ def test_a_second_live_run_is_refused_and_a_finished_run_unlocks_no_other(tmp_pa
     """Run A, started from a Python driver (in its own PID namespace where permitted), is frozen
     mid-run; run C of another results folder in the same directory ends (Snakemake then deletes
     .snakemake/locks, A's locks included); a second run of A's results is still refused before
-    any job, and A then finishes unharmed."""
+    any job, and A then finishes unharmed. A and C make one file each (the lock is the same for
+    a run of every job)."""
     write_config(tmp_path, TINY_CONFIG)
+    target = "results/tiny/dense/epochs-1/seed1/model.pt"
     write_config(tmp_path, {"run_name": "other"}, "other.yaml")
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
@@ -174,7 +176,7 @@ def test_a_second_live_run_is_refused_and_a_finished_run_unlocks_no_other(tmp_pa
     log = tmp_path / "first.log"
     with open(log, "w") as out:
         first = subprocess.Popen(
-            [*starter, sys.executable, str(driver), *_workflow(tmp_path)],
+            [*starter, sys.executable, str(driver), *_workflow(tmp_path, target)],
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
     record = tmp_path / locks.RUN_LOCKS / "run-tiny.json"
@@ -199,7 +201,7 @@ def test_a_second_live_run_is_refused_and_a_finished_run_unlocks_no_other(tmp_pa
     finally:
         os.killpg(first.pid, signal.SIGCONT)
     assert first.wait() == 0, log.read_text()[-3000:]
-    assert (tmp_path / "results" / "tiny" / "summary.json").is_file()
+    assert (tmp_path / target).is_file()
     assert locks.holders(tmp_path) == [], "a run that ends drops its record"
 
 
