@@ -274,6 +274,8 @@ def test_a_density_added_to_a_packed_run_shows_its_cells_not_started(tmp_path):
     """Packed per dense model, a finished job's log exists when a new density's parts of it
     have not run yet: those cells read not started, not failed; a job whose parts are all
     missing beside its log failed."""
+    import zipfile
+
     from threeregime.config.load import load_config
     from threeregime.views.status import read_status
 
@@ -285,8 +287,6 @@ def test_a_density_added_to_a_packed_run_shows_its_cells_not_started(tmp_path):
         for t in ("1", "3"):
             (logs / rule / f"epochs-{t}").mkdir(parents=True, exist_ok=True)
             (logs / rule / f"epochs-{t}" / "seed1.log").write_text("done\n")
-    import zipfile
-
     for t in ("1", "3"):
         pruned = tmp_path / RESULTS / f"pruned/epochs-{t}/density-0.2/seed1/model.pt"
         pruned.parent.mkdir(parents=True)

@@ -197,8 +197,13 @@ def job_units(cfg: ExperimentConfig, rule: str, keys: dict) -> float:
     cells = 1 if "density" in keys else len(cfg.densities)
     if rule == "metrics":
         pairs = 1 if "a" in keys else cells * len(cfg.retrain_pairs)
-        return pairs * cfg.metrics.lmc_points * n_train
+        return pairs * pair_units(cfg)
     return float(cells) if rule == "prune" else 1.0
+
+
+def pair_units(cfg: ExperimentConfig) -> float:
+    """Units of measuring one retrain pair: LMC points x training samples."""
+    return cfg.metrics.lmc_points * train_samples(cfg)
 
 
 def target_units(cfg: ExperimentConfig) -> dict[str, tuple[int, float]]:
@@ -213,13 +218,12 @@ def target_units(cfg: ExperimentConfig) -> dict[str, tuple[int, float]]:
     retrain_jobs = {"none": runs, "cell": cells + links, "temperature": len(models)}[pack]
     pairs = cells * len(cfg.retrain_pairs)
     packed = pack == "temperature"  # pruning and metrics packed per dense model too
-    one_pair = job_units(cfg, "metrics", {"density": "", "a": ""})
     units = {
         "prepare_data": (1, 1.0),
         "dense_train": (len(dense), sum(job_units(cfg, "dense_train", k) for k in dense)),
         "prune": (len(models) if packed else cells + links, float(cells + links)),
         "retrain": (retrain_jobs, runs * _samples(cfg.retrain_recipe(), train_samples(cfg))),
-        "metrics": (len(models) if packed else pairs, pairs * one_pair),
+        "metrics": (len(models) if packed else pairs, pairs * pair_units(cfg)),
     }
     if cfg.retrain.rewinds_weights:
         units["rewind"] = (len(models), sum(job_units(cfg, "rewind", k) for k in models))
